@@ -1,0 +1,40 @@
+"""The attack interface: perturb a batch to maximise a per-sample objective within a threat model.
+
+Attacks never compute parameter gradients: they differentiate the objective with respect to the
+input only (``torch.autograd.grad``), and they keep the perturbation, its projection and clamping in
+fp32 even when the model runs under bf16 autocast (bf16 spacing near 1 is 1/128, far coarser than
+2/255 steps). Images stay in [0, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
+
+from torch import Tensor
+
+from kdbench.config import EmptyConfig, StrictModel
+from kdbench.models.base import ModelOutput
+
+__all__ = ["Attack", "ModelFn", "Objective"]
+
+#: The model as the attack sees it: images ``(B, C, H, W)`` -> `ModelOutput`.
+ModelFn = Callable[[Tensor], ModelOutput]
+#: A per-sample objective to maximise: the model's output on x' -> ``(B,)``.
+Objective = Callable[[ModelOutput], Tensor]
+
+
+class Attack:
+    """Base class of every registered attack. Constructor: ``(config: Config)``."""
+
+    Config: ClassVar[type[StrictModel]] = EmptyConfig
+
+    def __init__(self, config: StrictModel):
+        self.config = config
+
+    def perturb(self, model: ModelFn, x: Tensor, objective: Objective) -> Tensor:
+        """Return x' (same shape and dtype as ``x``, inside the threat model) maximising ``objective``.
+
+        ``x`` is detached; ``x'`` is returned detached.
+        """
+        raise NotImplementedError

@@ -1,0 +1,194 @@
+"""Build a run's components from a resolved recipe: data, networks, teacher weights, method, attack."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from kdbench._errors import RecipeError, UserError
+from kdbench._registry import ATTACKS, DATASETS, METHODS, MODELS, split_variant
+from kdbench.attacks.base import Attack
+from kdbench.config import StrictModel
+from kdbench.data.base import DatasetInfo, DatasetSource
+from kdbench.data.cache import load_split_cached
+from kdbench.data.loader import DeviceLoader, balanced_subset
+from kdbench.engine.checkpoint import load_weights_only
+from kdbench.engine.hardware import Hardware
+from kdbench.method import Method, MethodSetup
+from kdbench.models.base import Network, NetworkSpec
+from kdbench.recipe import ResolvedRecipe
+
+__all__ = [
+    "DATA_ROOT_ENV",
+    "DataBundle",
+    "build_attack",
+    "build_data",
+    "build_method",
+    "build_network",
+    "build_source",
+    "check_label_spaces",
+    "dataset_root",
+    "load_network_weights",
+    "network_spec",
+]
+
+#: Folder with one sub-folder per dataset (cifar10/, cifar100/, stl10/), used when data.root is unset.
+DATA_ROOT_ENV = "KDBENCH_DATA_ROOT"
+
+
+@dataclass
+class DataBundle:
+    """The training loader and the evaluation images of a run."""
+
+    info: DatasetInfo
+    train: DeviceLoader
+    test_images: Tensor  # uint8 (N, C, H, W), on the CPU
+    test_labels: Tensor  # int64 (N,)
+
+    @property
+    def train_size(self) -> int:
+        return self.train.num_samples
+
+
+def dataset_root(resolved: ResolvedRecipe) -> Path | None:
+    """``data.root`` (relative to the recipe), else ``$KDBENCH_DATA_ROOT/<dataset>``, else None."""
+    data = resolved.recipe.data
+    if data.root:
+        return resolved.relative(data.root)
+    env = os.environ.get(DATA_ROOT_ENV)
+    if env:
+        return Path(env).expanduser() / split_variant(data.dataset)[0]
+    return None
+
+
+def build_source(resolved: ResolvedRecipe) -> DatasetSource:
+    data = resolved.recipe.data
+    cls = DATASETS.get(data.dataset)
+    return cls(resolved.data_config, dataset_root(resolved), data.download)  # type: ignore[no-any-return]
+
+
+def build_data(resolved: ResolvedRecipe, hardware: Hardware) -> DataBundle:
+    """Decode (or read from the cache) both splits, take the subsets, put the train split on the device."""
+    r = resolved.recipe
+    source = build_source(resolved)
+    info = source.info()
+    train = load_split_cached(source, "train")
+    test = load_split_cached(source, "test")
+    train_idx = _subset(train.labels, r.data.train_subset, resolved, "data.train_subset")
+    test_idx = _subset(test.labels, r.data.test_subset, resolved, "data.test_subset")
+    test_images, test_labels = test.images, test.labels
+    if test_idx is not None:
+        test_images, test_labels = test_images[test_idx], test_labels[test_idx]
+    n_eval = r.eval.n_examples
+    if n_eval is not None:
+        if n_eval > len(test_labels):
+            raise RecipeError(
+                f"asks for {n_eval} evaluation images but the test set has {len(test_labels)}",
+                file=resolved.file,
+                key="eval.n_examples",
+                hint=f"use at most {len(test_labels)}",
+            )
+        test_images, test_labels = test_images[:n_eval], test_labels[:n_eval]
+    loader = DeviceLoader(
+        train,
+        device=hardware.device,
+        batch_size=r.train.batch_size,
+        train=r.data.augment,
+        seed=r.seed,
+        subset_indices=train_idx,
+        channels_last=hardware.channels_last,
+    )
+    return DataBundle(info, loader, test_images, test_labels)
+
+
+def _subset(labels: Tensor, n: int | None, resolved: ResolvedRecipe, key: str) -> Tensor | None:
+    if n is None:
+        return None
+    if n > len(labels):
+        raise RecipeError(
+            f"subset of {n} asked for but the split has {len(labels)} images",
+            file=resolved.file,
+            key=key,
+            hint=f"use at most {len(labels)}",
+        )
+    return balanced_subset(labels, n)
+
+
+def network_spec(info: DatasetInfo, num_classes: int | None = None) -> NetworkSpec:
+    return NetworkSpec(num_classes or info.num_classes, info.image_size, tuple(info.mean), tuple(info.std))
+
+
+def build_network(name: str, config: StrictModel, spec: NetworkSpec) -> Network:
+    """Instantiate a registered model (``name`` may carry a ``:variant``)."""
+    cls = MODELS.get(name)
+    net = cls(spec, config, split_variant(name)[1])
+    return net  # type: ignore[no-any-return]
+
+
+def load_network_weights(net: Network, path: Path, *, what: str = "teacher") -> dict[str, Any]:
+    """Load weights into ``net`` from a run folder, a kdbench model file, a training checkpoint or a bare
+    state_dict (always ``weights_only=True``). Returns the file's metadata (empty for bare state_dicts)."""
+    if path.is_dir():
+        candidate = path / "model.pt"
+        if not candidate.is_file():
+            raise UserError(f"{what} checkpoint folder {path} has no model.pt; is the run finished?")
+        path = candidate
+    if not path.is_file():
+        raise UserError(f"{what} checkpoint {path} not found")
+    try:
+        payload = load_weights_only(path)
+    except Exception as exc:
+        raise UserError(
+            f"{what} checkpoint {path} cannot be loaded safely ({type(exc).__name__}); "
+            "kdbench reads only weights (torch.load weights_only=True)"
+        ) from None
+    meta: dict[str, Any] = {}
+    if isinstance(payload, dict) and "state_dict" in payload:
+        meta = {k: v for k, v in payload.items() if k != "state_dict"}
+        state = payload["state_dict"]
+    elif isinstance(payload, dict) and "student" in payload and isinstance(payload["student"], dict):
+        state = payload["student"]
+    else:
+        state = payload
+    if not isinstance(state, dict):
+        raise UserError(f"{what} checkpoint {path} holds no state_dict")
+    state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        detail = f"missing {len(missing)} keys (e.g. {missing[:2]})" if missing else ""
+        detail += ("; " if detail else "") + (
+            f"unexpected {len(unexpected)} keys (e.g. {unexpected[:2]})" if unexpected else ""
+        )
+        model = meta.get("model", "?")
+        raise UserError(
+            f"{what} checkpoint {path} does not fit {type(net).__name__}: {detail}; "
+            f"the file was saved from model {model!r} - check {what}.model"
+        )
+    return meta
+
+
+def build_method(resolved: ResolvedRecipe, setup: MethodSetup) -> Method:
+    cls = METHODS.get(resolved.recipe.method.name)
+    return cls(resolved.method_config, setup).to(setup.device)  # type: ignore[no-any-return]
+
+
+def build_attack(resolved: ResolvedRecipe) -> Attack:
+    cls = ATTACKS.get(resolved.recipe.attack.name)
+    return cls(resolved.attack_config)  # type: ignore[no-any-return]
+
+
+def check_label_spaces(resolved: ResolvedRecipe, teacher_classes: int, student_classes: int) -> None:
+    """Logit-based methods need the teacher and the student to share their classes."""
+    cls = METHODS.get(resolved.recipe.method.name)
+    if cls.uses_teacher_logits and teacher_classes != student_classes:
+        raise RecipeError(
+            f"method {resolved.recipe.method.name!r} compares teacher and student logits, but the teacher has "
+            f"{teacher_classes} classes and the student {student_classes}",
+            file=resolved.file,
+            key="method.name",
+            hint="use a feature-based method (crd, gacd) across label spaces, or a teacher of the same dataset",
+        )

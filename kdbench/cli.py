@@ -1,0 +1,196 @@
+"""The ``kdbench`` command line (also ``python -m kdbench``).
+
+User mistakes (`kdbench.UserError`) print one line and exit with code 2; a run stopped by a signal
+exits with 130 after checkpointing. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from kdbench._errors import PluginError, UserError, did_you_mean
+from kdbench._registry import Registry, registries
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdbench", description="Adversarially robust knowledge distillation.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="train and evaluate a recipe")
+    run.add_argument("recipe", type=Path)
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key, e.g. --set train.epochs=5 (repeatable)",
+    )
+    run.add_argument("--out", type=Path, help="output folder (default: runs/<name>/<hash>/)")
+    run.add_argument(
+        "--runs-dir", type=Path, help="root of default output folders (default: $KDBENCH_RUNS_DIR or ./runs)"
+    )
+    run.add_argument("--quiet", action="store_true", help="no progress output")
+
+    validate = sub.add_parser("validate", help="check recipes without running them")
+    validate.add_argument("recipes", type=Path, nargs="+")
+    validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    lst = sub.add_parser("list", help="registered components and the distributions that provide them")
+    lst.add_argument("kind", nargs="?", help="models, datasets, attacks or methods")
+    lst.add_argument("pattern", nargs="?", help="substring of the name")
+
+    show = sub.add_parser("show", help="a component's description and options")
+    show.add_argument("name", help="component name, or KIND/NAME when several kinds share it")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        handler = {"run": _cmd_run, "validate": _cmd_validate, "list": _cmd_list, "show": _cmd_show}[args.command]
+        return handler(args)
+    except UserError as exc:
+        print(f"kdbench: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("kdbench: interrupted", file=sys.stderr)
+        return 130
+
+
+# ------------------------------------------------------------------------------------------- run
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from kdbench.engine.progress import make_progress
+    from kdbench.engine.trainer import Interrupted
+    from kdbench.recipe import load_recipe
+    from kdbench.run import run_recipe
+
+    resolved = load_recipe(args.recipe, args.overrides)
+    progress = make_progress(quiet=args.quiet)
+    try:
+        outcome = run_recipe(resolved, args.out, runs_dir=args.runs_dir, progress=progress)
+    except Interrupted as exc:
+        progress.close()
+        print(f"kdbench: {exc}; run the same command to resume", file=sys.stderr)
+        return Interrupted.exit_code
+    finally:
+        progress.close()
+    _print_result(outcome.result, outcome.out_dir)
+    return 0
+
+
+def _print_result(result: dict[str, Any], out: Path) -> None:
+    m = result["metrics"]
+    robust = {k: v for k, v in m.get("robust", {}).items() if v is not None}
+    parts = [f"clean {m['clean_acc']:.4f}"] + [f"{k} {v:.4f}" for k, v in robust.items()]
+    print(f"{result['name']}: {' | '.join(parts)} (n={m.get('n_eval')})")
+    for flag in result.get("flags", []):
+        print(f"  flag: {flag}")
+    print(f"result: {out / 'result.json'}")
+
+
+# -------------------------------------------------------------------------------------- validate
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from kdbench.recipe import load_recipe
+
+    failed = 0
+    for path in args.recipes:
+        try:
+            resolved = load_recipe(path, args.overrides)
+        except UserError as exc:
+            failed += 1
+            print(f"kdbench: error: {exc}", file=sys.stderr)
+        else:
+            print(f"{path}: ok ({resolved.recipe.name}, hash {resolved.short_hash})")
+    return 2 if failed else 0
+
+
+# ------------------------------------------------------------------------------------ list / show
+
+
+def _registry_for(kind: str) -> Registry[Any]:
+    regs = registries()
+    key = kind if kind in regs else f"{kind}s"
+    if key not in regs:
+        raise UserError(f"unknown kind {kind!r}; {did_you_mean(kind, regs)}")
+    return regs[key]
+
+
+def _summary(obj: Any) -> str:
+    doc = inspect.getdoc(obj) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    regs = [_registry_for(args.kind)] if args.kind else list(registries().values())
+    pattern = (args.pattern or "").lower()
+    rows: list[tuple[str, str, str, str]] = []
+    for reg in regs:
+        for entry in reg.entries():
+            if pattern and pattern not in entry.name.lower():
+                continue
+            try:
+                summary = _summary(reg.get(entry.name))
+            except PluginError as exc:
+                summary = f"[failed to load] {exc}"
+            rows.append((reg.kind, entry.name, entry.provider, summary))
+    if not rows:
+        print("nothing matches", file=sys.stderr)
+        return 0
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for kind, name, provider, summary in rows:
+        print(f"{kind:<{widths[0]}}  {name:<{widths[1]}}  {provider:<{widths[2]}}  {summary}")
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    kind, _, name = args.name.rpartition("/")
+    regs = [_registry_for(kind)] if kind else list(registries().values())
+    found = [reg for reg in regs if name in reg]
+    if not found:
+        everything = [n for reg in regs for n in reg.names()]
+        raise UserError(f"no component named {name!r}; {did_you_mean(name, everything)}")
+    if len(found) > 1:
+        raise UserError(f"{name!r} is a {' and a '.join(r.kind[:-1] for r in found)}; write KIND/{name}")
+    reg = found[0]
+    entry = reg.entry(name)
+    obj = reg.get(name)
+    print(f"{reg.kind[:-1]} {entry.name}  ({entry.provider}, {entry.target})")
+    print()
+    print(inspect.getdoc(obj) or "(no description)")
+    config: type[BaseModel] = getattr(obj, "Config", None) or BaseModel
+    print()
+    if not config.model_fields:
+        print("options: none")
+        return 0
+    print("options:")
+    for key, info in config.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        shown = "required" if default is PydanticUndefined else f"default {default!r}"
+        annotation = getattr(info.annotation, "__name__", str(info.annotation)).replace("typing.", "")
+        line = f"  {key}: {annotation} ({shown})"
+        if info.description:
+            line += f"  {info.description}"
+        print(line)
+    extra = {k: v for k, v in getattr(obj, "attack_defaults", {}).items()}
+    if extra:
+        print(f"training-attack defaults: {extra}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

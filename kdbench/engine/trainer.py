@@ -1,0 +1,299 @@
+"""The training loop: one loop for every method (distillation and teacher training alike).
+
+Per batch the trainer builds a `StepContext`, asks the method for its named loss terms, and takes
+one SGD step. Everything per step stays on the device: loss sums, accuracy counts and the first
+non-finite step are accumulated as tensors and read only at sync points (every
+``train.log_every`` steps and at the end of an epoch), so the step issues no host synchronisation.
+
+Resume is exact: each epoch's data order and augmentation depend only on (seed, epoch) and the
+global RNG state is checkpointed, so a run killed at any moment and resumed produces the same
+weights as an uninterrupted one (bitwise on CPU with ``train.deterministic``).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from kdbench._errors import UserError
+from kdbench.attacks.base import Attack
+from kdbench.engine.checkpoint import CheckpointStore, atomic_write_bytes
+from kdbench.engine.hardware import Hardware
+from kdbench.engine.progress import Progress
+from kdbench.engine.schedule import build_scheduler, lr_factor
+from kdbench.method import Method, StepContext
+from kdbench.models.base import Network
+from kdbench.recipe import TrainSection
+
+__all__ = ["Interrupted", "NonFiniteLossError", "TrainSummary", "Trainer", "epoch_seed"]
+
+
+class NonFiniteLossError(UserError):
+    """A loss term became NaN or infinite; the run stops and keeps its last good checkpoint."""
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived; a checkpoint of the current position was written."""
+
+    exit_code = 130
+
+
+@dataclass
+class TrainSummary:
+    epochs: int
+    seconds: float
+    images_per_second: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of the global RNG at the start of ``epoch`` (attack starts, dropout)."""
+    return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63)
+
+
+class Trainer:
+    """Runs ``train.epochs`` epochs of ``method`` on ``student``, checkpointing after each epoch."""
+
+    def __init__(
+        self,
+        *,
+        student: Network,
+        method: Method,
+        loader: Any,  # kdbench.data.loader.DeviceLoader
+        train: TrainSection,
+        hardware: Hardware,
+        seed: int,
+        store: CheckpointStore,
+        metrics_path: Path,
+        progress: Progress,
+        teacher: Network | None = None,
+        attack: Attack | None = None,
+    ):
+        self.student, self.method, self.teacher, self.attack = student, method, teacher, attack
+        self.loader, self.cfg, self.hw, self.seed = loader, train, hardware, seed
+        self.store, self.metrics_path, self.progress = store, metrics_path, progress
+        self.device = hardware.device
+        params = [p for p in [*student.parameters(), *method.parameters()] if p.requires_grad]
+        self.optimizer = torch.optim.SGD(
+            params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay, nesterov=train.nesterov
+        )
+        steps_per_epoch = len(loader)
+        self.steps_per_epoch = steps_per_epoch
+        factor = lr_factor(
+            train.schedule,
+            total_steps=steps_per_epoch * train.epochs,
+            steps_per_epoch=steps_per_epoch,
+            milestones=list(train.milestones),
+            gamma=train.gamma,
+            warmup_epochs=train.warmup_epochs,
+            epochs=train.epochs,
+        )
+        self.scheduler = build_scheduler(self.optimizer, factor)
+        self.history: list[dict[str, Any]] = []
+        self.seconds = 0.0
+        self.images = 0
+        self._stop_signal: int | None = None
+
+    # ------------------------------------------------------------------------------ checkpointing
+
+    def state_dict(self, epoch: int, batch: int) -> dict[str, Any]:
+        rng: dict[str, Any] = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "format": 1,
+            "epoch": epoch,
+            "batch": batch,
+            "student": self.student.state_dict(),
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng,
+            "history": self.history,
+            "seconds": self.seconds,
+            "images": self.images,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> tuple[int, int]:
+        self.student.load_state_dict(state["student"])
+        self.method.load_state_dict(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["cpu"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.history = list(state["history"])
+        self.seconds = float(state["seconds"])
+        self.images = int(state["images"])
+        return int(state["epoch"]), int(state["batch"])
+
+    def _checkpoint(self, epoch: int, batch: int) -> Path:
+        path = self.store.save((epoch, batch), self.state_dict(epoch, batch))
+        self._write_metrics()
+        return path
+
+    def _write_metrics(self) -> None:
+        text = "".join(json.dumps(row) + "\n" for row in self.history)
+        atomic_write_bytes(self.metrics_path, text.encode())
+
+    # ----------------------------------------------------------------------------------- the loop
+
+    def fit(self) -> TrainSummary:
+        """Train (resuming from the newest good checkpoint) and return the summary."""
+        start_epoch, start_batch = 0, 0
+        latest = self.store.load_latest(self.device)
+        if latest is not None:
+            start_epoch, start_batch = self.load_state_dict(latest[1])
+            where = f"epoch {start_epoch + 1}" + (f", step {start_batch}" if start_batch else "")
+            self.progress.message(f"resuming from {latest[0]} at {where}")
+        self.student.train()
+        self.method.train()
+        with self._signals():
+            for epoch in range(start_epoch, self.cfg.epochs):
+                self._run_epoch(epoch, start_batch if epoch == start_epoch else 0)
+        return TrainSummary(
+            epochs=self.cfg.epochs,
+            seconds=self.seconds,
+            images_per_second=self.images / self.seconds if self.seconds > 0 else 0.0,
+            history=self.history,
+        )
+
+    def _run_epoch(self, epoch: int, start_batch: int) -> None:
+        if start_batch == 0:
+            torch.manual_seed(epoch_seed(self.seed, epoch))
+        steps = self.steps_per_epoch
+        self.progress.start_epoch(epoch, self.cfg.epochs, steps, start_batch)
+        sums: dict[str, Tensor] = {}
+        zero = torch.zeros((), device=self.device)
+        correct, seen = zero.clone(), zero.clone()
+        first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        bad_terms: dict[str, Tensor] = {}
+        tic = time.perf_counter()
+        batch = start_batch
+        steps_since_sync = 0
+        for x, y, index in self.loader.epoch(epoch, start_batch=start_batch):
+            terms, logits = self._step(x, y, index, epoch, batch)
+            for name, value in terms.items():
+                v = value.detach().float()
+                sums[name] = sums.get(name, zero) + v
+                finite = torch.isfinite(v)
+                bad_terms[name] = bad_terms.get(name, torch.zeros((), dtype=torch.bool, device=self.device)) | ~finite
+                first_bad = torch.where((first_bad < 0) & ~finite, torch.full_like(first_bad, batch), first_bad)
+            if logits is not None:
+                correct += (logits.argmax(1) == y).sum()
+                seen += y.numel()
+            batch += 1
+            steps_since_sync += 1
+            self.progress.advance()
+            if steps_since_sync >= self.cfg.log_every or self._stop_signal is not None:
+                steps_since_sync = 0
+                self._check_finite(first_bad, bad_terms, epoch)
+                self.progress.show(self._means(sums, batch - start_batch))
+                if self._stop_signal is not None:
+                    break
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds += time.perf_counter() - tic
+        done = batch - start_batch
+        self.images += done * self.loader.batch_size
+        self._check_finite(first_bad, bad_terms, epoch)
+        if self._stop_signal is not None and batch < steps:
+            path = self._checkpoint(epoch, batch)
+            raise Interrupted(f"stopped by signal {self._stop_signal} at epoch {epoch + 1}, step {batch}; saved {path}")
+        values = self._means(sums, max(done, 1))
+        row: dict[str, Any] = {"epoch": epoch + 1, **{f"loss/{k}": v for k, v in values.items()}}
+        if done:
+            row["loss"] = sum(values.values())
+        if seen.item() > 0:
+            row["train_acc"] = (correct / seen).item()
+        row["lr"] = self.optimizer.param_groups[0]["lr"]
+        row["seconds"] = self.seconds
+        if start_batch:
+            row["resumed_at_step"] = start_batch
+        self.history.append(row)
+        self.progress.end_epoch({k: v for k, v in row.items() if k in ("loss", "train_acc", "lr")})
+        self._checkpoint(epoch + 1, 0)
+        if self._stop_signal is not None:
+            raise Interrupted(f"stopped by signal {self._stop_signal} after epoch {epoch + 1}; checkpoint saved")
+
+    def _step(self, x: Tensor, y: Tensor, index: Tensor, epoch: int, batch: int) -> tuple[dict[str, Tensor], Any]:
+        ctx = StepContext(
+            x=x,
+            y=y,
+            index=index,
+            student=self.student,
+            teacher=self.teacher,
+            method=self.method,
+            attack=self.attack,
+            autocast=self.hw.autocast(),
+            epoch=epoch,
+            step=batch,
+        )
+        terms = self.method.loss(ctx)
+        if not terms:
+            raise RuntimeError(f"method {type(self.method).__name__} returned no loss terms")
+        total = torch.stack([t.float() for t in terms.values()]).sum()
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        view = ctx.computed("student_adv") or ctx.computed("student_clean")
+        return terms, (view.logits.detach() if view is not None else None)
+
+    def _means(self, sums: dict[str, Tensor], count: int) -> dict[str, float]:
+        if not sums:
+            return {}
+        values = torch.stack(list(sums.values())).div(max(count, 1)).tolist()  # one sync for all terms
+        return dict(zip(sums, values, strict=True))
+
+    def _check_finite(self, first_bad: Tensor, bad_terms: dict[str, Tensor], epoch: int) -> None:
+        step = int(first_bad.item())
+        if step < 0:
+            return
+        names = [name for name, flag in bad_terms.items() if bool(flag.item())]
+        last = self.store.positions()
+        good = f"last good checkpoint: {self.store.path(last[0])}" if last else "no checkpoint was written yet"
+        raise NonFiniteLossError(
+            f"non-finite loss term {', '.join(names)!s} of method {type(self.method).__name__} "
+            f"at epoch {epoch + 1}, step {step}; stopped without saving; {good}"
+        )
+
+    @contextmanager
+    def _signals(self) -> Iterator[None]:
+        """SIGINT/SIGTERM: finish the current step, checkpoint, stop (a second signal stops at once)."""
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            if self._stop_signal is not None:
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+            self.progress.message("stopping after this step (signal again to abort without a checkpoint)")
+
+        previous: dict[int, Any] = {}
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Eval mode and no parameter gradients: how the teacher runs."""
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module

@@ -1,0 +1,400 @@
+"""Recipes: TOML experiment descriptions, validated in two phases and resolved to a stable hash.
+
+Phase 1 validates the core schema below (unknown keys and NaN/inf rejected). Phase 2 looks the named
+components up in the registries and validates their own tables against each component's ``Config``:
+``[method]`` (besides ``name``), ``[attack]`` (besides ``name``, on top of the method's
+``attack_defaults``), ``student.options``, ``teacher.options`` and ``data.options``. The result is a
+`ResolvedRecipe`: the fully defaulted recipe, its component configs, and a hash of both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from kdbench import _toml
+from kdbench._errors import RecipeError, UserError, did_you_mean
+from kdbench._registry import ATTACKS, DATASETS, METHODS, MODELS, Registry
+from kdbench.config import Number, StrictModel
+
+__all__ = [
+    "AttackSection",
+    "DataSection",
+    "EvalSection",
+    "MethodSection",
+    "Recipe",
+    "ResolvedRecipe",
+    "StudentSection",
+    "TeacherSection",
+    "TrainSection",
+    "apply_overrides",
+    "load_recipe",
+    "resolve",
+]
+
+#: Recipe names become folder names: letters, digits and ._+- only.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$"
+
+
+# ---------------------------------------------------------------------------------------------- schema
+
+
+class DataSection(StrictModel):
+    """Where the images come from and which of them are used."""
+
+    dataset: str = Field(description="registered dataset name: cifar10, cifar100, stl10, imagefolder, fake, ...")
+    root: str | None = Field(None, description="the dataset's folder; default $KDBENCH_DATA_ROOT/<dataset>")
+    download: bool = Field(False, description="allow downloading the dataset into root when it is missing")
+    train_subset: int | None = Field(None, gt=0, description="train on a class-balanced subset of this size")
+    test_subset: int | None = Field(None, gt=0, description="evaluate on a class-balanced subset of this size")
+    augment: bool = Field(True, description="random crop (4-pixel zero padding) and horizontal flip")
+    options: dict[str, Any] = Field(default_factory=dict, description="the dataset's own options")
+
+
+class StudentSection(StrictModel):
+    """The network being trained."""
+
+    model: str = Field(description="registered model name, e.g. resnet18, mobilenet_v2, timm:<name>")
+    options: dict[str, Any] = Field(default_factory=dict, description="the model's own options")
+
+
+class TeacherSection(StrictModel):
+    """The frozen network distilled from: a checkpoint, or the result of another recipe."""
+
+    model: str | None = Field(None, description="registered model name (default: the teacher recipe's student)")
+    checkpoint: str | None = Field(None, description="weights file or run directory (relative to the recipe)")
+    recipe: str | None = Field(None, description="recipe that trains the teacher; run first unless already done")
+    options: dict[str, Any] = Field(default_factory=dict, description="the model's own options")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TeacherSection:
+        if (self.checkpoint is None) == (self.recipe is None):
+            raise ValueError("give exactly one of teacher.checkpoint or teacher.recipe")
+        if self.checkpoint is not None and self.model is None:
+            raise ValueError("teacher.model is required with teacher.checkpoint")
+        return self
+
+
+class _OpenSection(BaseModel):
+    """A table whose other keys belong to the named component (validated in phase 2)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class MethodSection(_OpenSection):
+    name: str = Field(description="registered method name: natural, kd, ...")
+
+
+class AttackSection(_OpenSection):
+    name: str = Field("pgd", description="registered attack used during training (when the method attacks)")
+
+
+class TrainSection(StrictModel):
+    """Optimisation, precision and checkpointing."""
+
+    epochs: int = Field(1, gt=0)
+    batch_size: int = Field(128, gt=0)
+    lr: float = Field(0.1, gt=0, description="peak learning rate (SGD)")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["multistep", "cosine", "onecycle", "constant"] = "multistep"
+    milestones: list[float] = Field(
+        default_factory=lambda: [0.5, 0.75],
+        description="multistep: epochs at which lr is multiplied by gamma (values < 1 are fractions of epochs)",
+    )
+    gamma: float = Field(0.1, gt=0, le=1)
+    warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up from 0 to lr over this many epochs")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
+    channels_last: bool | None = Field(None, description="None: on for CUDA, off for CPU")
+    compile: bool = Field(False, description="torch.compile the student and teacher")
+    deterministic: bool = Field(False, description="deterministic algorithms (bitwise-reproducible on CPU)")
+    log_every: int = Field(50, gt=0, description="steps between progress updates that read values from the device")
+
+    @model_validator(mode="after")
+    def _check_milestones(self) -> TrainSection:
+        if any(m <= 0 for m in self.milestones):
+            raise ValueError("train.milestones must be positive")
+        return self
+
+
+class EvalSection(StrictModel):
+    """The evaluation after training."""
+
+    attacks: list[str] = Field(default_factory=lambda: ["clean", "fgsm", "pgd20", "cw", "autoattack"])
+    n_examples: int | None = Field(None, gt=0, description="evaluate on the first N test images (None: all)")
+    batch_size: int = Field(256, gt=0)
+    eps: Number = Field(8 / 255, ge=0, description='evaluation budget, e.g. "8/255"')
+    norm: Literal["linf", "l2"] = "linf"
+
+
+class Recipe(StrictModel):
+    """A complete experiment. See docs/recipes.md for every key."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    seed: int = Field(0, ge=0)
+    data: DataSection
+    teacher: TeacherSection | None = None
+    student: StudentSection
+    method: MethodSection
+    attack: AttackSection = Field(default_factory=AttackSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+
+
+# ------------------------------------------------------------------------------------- resolution
+
+
+@dataclass
+class ResolvedRecipe:
+    """A validated recipe with every component looked up and configured."""
+
+    recipe: Recipe
+    path: Path | None
+    method_config: StrictModel
+    attack_config: StrictModel
+    student_config: StrictModel
+    teacher_config: StrictModel | None
+    data_config: StrictModel
+    teacher_recipe: ResolvedRecipe | None = None
+    overrides: list[str] = field(default_factory=list)
+
+    @property
+    def file(self) -> str:
+        return str(self.path) if self.path else "<recipe>"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe with every default and component option filled in (what recipe.toml holds)."""
+        r = self.recipe
+        data = r.model_dump(mode="json", exclude={"method", "attack"})
+        data["data"]["options"] = self.data_config.model_dump(mode="json")
+        data["student"]["options"] = self.student_config.model_dump(mode="json")
+        if r.teacher is not None and self.teacher_config is not None:
+            data["teacher"]["options"] = self.teacher_config.model_dump(mode="json")
+            if self.teacher_recipe is not None:
+                data["teacher"]["model"] = self.teacher_recipe.recipe.student.model
+        data["method"] = {"name": r.method.name, **self.method_config.model_dump(mode="json")}
+        data["attack"] = {"name": r.attack.name, **self.attack_config.model_dump(mode="json")}
+        ordered = {k: data[k] for k in ("name", "description", "seed") if k in data}
+        ordered.update({k: v for k, v in data.items() if k not in ordered})
+        return ordered
+
+    @property
+    def hash(self) -> str:
+        """sha256 over what determines the result: the resolved recipe (minus its description) and,
+        for a teacher trained by another recipe, that recipe's hash instead of its path."""
+        data = self.to_dict()
+        data.pop("description", None)
+        if self.teacher_recipe is not None:
+            data["teacher"]["recipe"] = self.teacher_recipe.hash
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    @property
+    def short_hash(self) -> str:
+        return self.hash[:10]
+
+    def relative(self, value: str) -> Path:
+        """A path from the recipe, relative to the recipe's folder (absolute paths unchanged)."""
+        p = Path(os.path.expanduser(value))
+        if p.is_absolute() or self.path is None:
+            return p
+        return self.path.parent / p
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str], file: str) -> dict[str, Any]:
+    """Apply ``dotted.key=value`` overrides to a raw recipe dict (values parsed as TOML, else strings)."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise RecipeError(f"--set {item!r} is not KEY=VALUE", file=file, hint="write e.g. --set train.epochs=5")
+        node = raw
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise RecipeError(
+                    f"--set cannot descend into {'.'.join(parts[: i + 1])!r}, which is not a table",
+                    file=file,
+                    key=key,
+                )
+            node = child
+        node[parts[-1]] = _toml.parse_value(text.strip())
+    return raw
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> ResolvedRecipe:
+    """Read, override, validate and resolve a recipe file (and the teacher recipe it names)."""
+    return _load(Path(path), list(overrides or []), stack=())
+
+
+def _load(path: Path, overrides: list[str], stack: tuple[Path, ...]) -> ResolvedRecipe:
+    file = str(path)
+    key = path.resolve()
+    if key in stack:
+        chain = " -> ".join(str(p) for p in (*stack, key))
+        raise RecipeError(f"teacher.recipe forms a cycle: {chain}", file=file, key="teacher.recipe")
+    raw = _toml.load_file(path)
+    raw = apply_overrides(raw, overrides, file)
+    return resolve(raw, path=path, overrides=overrides, _stack=(*stack, key))
+
+
+def resolve(
+    raw: dict[str, Any],
+    *,
+    path: Path | None = None,
+    overrides: list[str] | None = None,
+    _stack: tuple[Path, ...] = (),
+) -> ResolvedRecipe:
+    """Validate a raw recipe dict in both phases. Errors are `RecipeError`s naming file and key."""
+    file = str(path) if path else "<recipe>"
+    recipe = _validate(Recipe, raw, file, "")
+
+    method_cls = _lookup(METHODS, recipe.method.name, file, "method.name")
+    method_config = _validate(method_cls.Config, recipe.method.options(), file, "method")
+
+    attack_cls = _lookup(ATTACKS, recipe.attack.name, file, "attack.name")
+    attack_options = {**method_cls.attack_defaults, **recipe.attack.options()}
+    attack_config = _validate(attack_cls.Config, attack_options, file, "attack")
+
+    student_config = _model_config(recipe.student.model, recipe.student.options, file, "student")
+    data_cls = _lookup(DATASETS, recipe.data.dataset, file, "data.dataset")
+    data_config = _validate(data_cls.Config, recipe.data.options, file, "data.options")
+
+    _check_eval_attacks(recipe.eval.attacks, file)
+
+    resolved = ResolvedRecipe(
+        recipe=recipe,
+        path=path,
+        method_config=method_config,
+        attack_config=attack_config,
+        student_config=student_config,
+        teacher_config=None,
+        data_config=data_config,
+        overrides=list(overrides or []),
+    )
+
+    teacher = recipe.teacher
+    if method_cls.needs_teacher and teacher is None:
+        raise RecipeError(
+            f"method {recipe.method.name!r} distils from a teacher but the recipe has no [teacher] table",
+            file=file,
+            key="teacher",
+            hint='add [teacher] with model and checkpoint, or recipe = "<teacher recipe>.toml"',
+        )
+    if not method_cls.needs_teacher and teacher is not None:
+        raise RecipeError(
+            f"method {recipe.method.name!r} trains without a teacher",
+            file=file,
+            key="teacher",
+            hint="remove the [teacher] table",
+        )
+    if teacher is not None:
+        teacher_model = teacher.model
+        if teacher.recipe is not None:
+            teacher_path = resolved.relative(teacher.recipe)
+            try:
+                sub = _load(teacher_path, [], _stack)
+            except RecipeError as exc:
+                if exc.file == str(teacher_path) and exc.problem == "file not found":
+                    raise RecipeError(
+                        f"teacher recipe {str(teacher_path)!r} not found", file=file, key="teacher.recipe"
+                    ) from None
+                raise
+            resolved.teacher_recipe = sub
+            if teacher_model is not None and teacher_model != sub.recipe.student.model:
+                raise RecipeError(
+                    f"teacher.model is {teacher_model!r} but the teacher recipe trains {sub.recipe.student.model!r}",
+                    file=file,
+                    key="teacher.model",
+                    hint="remove teacher.model or make them agree",
+                )
+            teacher_model = sub.recipe.student.model
+            teacher_options = teacher.options or sub.recipe.student.options
+        else:
+            teacher_options = teacher.options
+        assert teacher_model is not None
+        resolved.teacher_config = _model_config(teacher_model, teacher_options, file, "teacher")
+    return resolved
+
+
+def _model_config(name: str, options: dict[str, Any], file: str, section: str) -> StrictModel:
+    cls = _lookup(MODELS, name, file, f"{section}.model")
+    if ":" in name and not cls.accepts_variant:
+        raise RecipeError(f"model {name.split(':')[0]!r} takes no ':variant'", file=file, key=f"{section}.model")
+    return _validate(cls.Config, options, file, f"{section}.options")
+
+
+def _lookup(registry: Registry[Any], name: str, file: str, key: str) -> Any:
+    try:
+        return registry.get(name)
+    except UserError as exc:
+        raise RecipeError(str(exc), file=file, key=key) from None
+
+
+def _check_eval_attacks(names: list[str], file: str) -> None:
+    try:
+        from kdbench.evaluation import check_attack_names
+    except ImportError:  # evaluation suite not present: only clean accuracy
+        unknown = [n for n in names if n != "clean"]
+        if unknown:
+            raise RecipeError(f"unknown evaluation attack {unknown[0]!r}", file=file, key="eval.attacks") from None
+        return
+    try:
+        check_attack_names(names)
+    except UserError as exc:
+        raise RecipeError(str(exc), file=file, key="eval.attacks") from None
+
+
+def _validate(model: type[BaseModel], data: Any, file: str, prefix: str) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise _as_recipe_error(exc, model, file, prefix) from None
+
+
+def _as_recipe_error(exc: ValidationError, model: type[BaseModel], file: str, prefix: str) -> RecipeError:
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    loc = [str(p) for p in first["loc"]]
+    key = ".".join([prefix, *loc] if prefix else loc) or None
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        allowed = _fields_at(model, loc[:-1])
+        return RecipeError(f"unknown key{more}", file=file, key=key, hint=did_you_mean(loc[-1], allowed))
+    if kind == "missing":
+        return RecipeError(f"required key is missing{more}", file=file, key=key, hint="add it")
+    message = first["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    given = first.get("input")
+    shown = "" if isinstance(given, dict) or given is None else f" (got {given!r})"
+    return RecipeError(f"{message}{shown}{more}", file=file, key=key)
+
+
+def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
+    """Field names of the (nested) pydantic model at ``loc``, for did-you-mean hints."""
+    current: Any = model
+    for part in loc:
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            return []
+        annotation = fields[part].annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if current is None:
+            return []
+    return list(getattr(current, "model_fields", {}))
