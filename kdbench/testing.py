@@ -129,7 +129,8 @@ class MethodConformance:
         terms, _, _ = self.step_loss()
         assert terms, "a method must return at least one loss term"
         for name, value in terms.items():
-            assert isinstance(name, str) and name
+            assert isinstance(name, str)
+            assert name
             assert value.dim() == 0, f"term {name!r} is not a scalar"
             assert torch.isfinite(value), f"term {name!r} is not finite"
 
@@ -146,7 +147,7 @@ class MethodConformance:
             assert all(p.grad is None for p in ctx.teacher.parameters()), "the teacher must stay frozen"
 
     def test_state_dict_round_trip(self) -> None:
-        terms, method, _ = self.step_loss()
+        _terms, method, _ = self.step_loss()
         state = copy.deepcopy(method.state_dict())
         fresh = self.build(seed=123)
         fresh.load_state_dict(state)
@@ -168,4 +169,5 @@ class MethodConformance:
         eps = ctx.attack.config.eps  # type: ignore[attr-defined]
         delta = (ctx.x_adv - ctx.x).abs().max().item()
         assert delta <= eps + 1e-6
-        assert ctx.x_adv.min() >= 0 and ctx.x_adv.max() <= 1
+        assert ctx.x_adv.min() >= 0
+        assert ctx.x_adv.max() <= 1

@@ -37,7 +37,8 @@ def base(tmp_path, extra: str = "", name: str = "r.toml"):
 def test_resolves_with_all_defaults(tmp_path):
     resolved = load_recipe(base(tmp_path))
     d = resolved.to_dict()
-    assert d["train"]["lr"] == 0.1 and d["train"]["schedule"] == "multistep"
+    assert d["train"]["lr"] == 0.1
+    assert d["train"]["schedule"] == "multistep"
     assert d["data"]["options"] == {"num_classes": 10, "image_size": 16, "train_size": 64, "test_size": 32, "seed": 0}
     assert d["method"] == {"name": "natural"}
     assert d["attack"]["name"] == "pgd"
@@ -62,7 +63,9 @@ def test_resolved_recipe_round_trips_through_toml(tmp_path):
 
 def test_overrides_are_typed_by_the_schema(tmp_path):
     r = load_recipe(base(tmp_path), ["train.epochs=3", "train.lr=1e-2", 'eval.attacks=["clean"]', "name=other"])
-    assert r.recipe.train.epochs == 3 and r.recipe.train.lr == 0.01 and r.recipe.name == "other"
+    assert r.recipe.train.epochs == 3
+    assert r.recipe.train.lr == 0.01
+    assert r.recipe.name == "other"
     r = load_recipe(base(tmp_path), ["train.device=cpu"])  # bare strings need no quotes
     assert r.recipe.train.device == "cpu"
 
@@ -71,7 +74,8 @@ def test_method_options_are_validated_by_the_method(tmp_path):
     extra = '\n[teacher]\nmodel = "resnet8"\ncheckpoint = "t.pt"\n'
     path = write(tmp_path / "kd.toml", BASE.replace('name = "natural"', 'name = "kd"\ntemperature = 2.0') + extra)
     r = load_recipe(path)
-    assert r.method_config.temperature == 2.0 and r.method_config.alpha == 0.9
+    assert r.method_config.temperature == 2.0
+    assert r.method_config.alpha == 0.9
 
 
 @pytest.mark.parametrize(
@@ -117,7 +121,8 @@ def test_teacher_recipe_is_resolved_relative_and_hashed(tmp_path):
         BASE.replace('name = "natural"', 'name = "kd"') + '\n[teacher]\nrecipe = "../teacher.toml"\n',
     )
     r = load_recipe(student)
-    assert r.teacher_recipe is not None and r.to_dict()["teacher"]["model"] == "resnet8"
+    assert r.teacher_recipe is not None
+    assert r.to_dict()["teacher"]["model"] == "resnet8"
     h = r.hash
     base(tmp_path, extra="", name="teacher.toml").write_text(BASE.replace("seed = 1", "seed = 2"))
     assert load_recipe(student).hash != h  # a different teacher is a different run

@@ -61,7 +61,8 @@ def test_duplicate_name_names_both_distributions(fake_distribution):
     reg = Registry("methods", Method)
     with pytest.raises(PluginError) as info:
         reg.get("twin")
-    assert "dup-one 1.0" in str(info.value) and "dup-two 2.0" in str(info.value)
+    assert "dup-one 1.0" in str(info.value)
+    assert "dup-two 2.0" in str(info.value)
     assert reg.get("kd") is METHODS.get("kd")  # everything else still works
 
 
@@ -82,7 +83,9 @@ def test_broken_plugin_is_reported_with_its_distribution(fake_distribution, code
     with pytest.raises(PluginError) as info:
         reg.get("bad")
     message = str(info.value)
-    assert "broken-plugin 0.3" in message and "bad = bad_mod:Good" in message and error in message
+    assert "broken-plugin 0.3" in message
+    assert "bad = bad_mod:Good" in message
+    assert error in message
     assert reg.get("kd").__name__ == "KD"
 
 
@@ -100,7 +103,8 @@ def test_autoload_can_be_disabled(fake_distribution, monkeypatch):
     )
     monkeypatch.setenv("KDBENCH_DISABLE_PLUGIN_AUTOLOAD", "1")
     reg = Registry("methods", Method)
-    assert "tp" not in reg.names() and "kd" in reg.names()
+    assert "tp" not in reg.names()
+    assert "kd" in reg.names()
 
 
 def test_register_in_python_and_variants():
@@ -114,4 +118,5 @@ def test_register_in_python_and_variants():
     assert reg.get("local") is Local
     with pytest.raises(PluginError, match="provided by both"):
         reg.register("local", Local)
-    assert "timm:resnet50" in MODELS and MODELS.get("timm:resnet50") is MODELS.get("timm")
+    assert "timm:resnet50" in MODELS
+    assert MODELS.get("timm:resnet50") is MODELS.get("timm")

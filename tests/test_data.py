@@ -1,0 +1,572 @@
+"""Tests of the data layer: sources, the decode cache and the on-device loader."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from importlib import metadata
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kdbench._errors import UserError
+from kdbench.data import sources
+from kdbench.data.base import DatasetSource, Split, SplitData
+from kdbench.data.cache import cache_file, default_cache_dir, load_split_cached
+from kdbench.data.loader import DeviceLoader, balanced_subset, crop_flip
+from kdbench.data.sources import (
+    CIFAR10,
+    CIFAR10_CLASSES,
+    CIFAR100,
+    CIFAR100_CLASSES,
+    STL10,
+    STL10_CLASSES,
+    FakeSource,
+    ImageFolderSource,
+    decode_images,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def fake(**options: int) -> FakeSource:
+    return FakeSource(FakeSource.Config(**options), None, False)
+
+
+def data_root() -> Path | None:
+    """The offline data folder: $KDBENCH_DATA_ROOT, else ../shared/data next to the repository."""
+    env = os.environ.get("KDBENCH_DATA_ROOT")
+    candidates = [Path(env)] if env else []
+    candidates.append(REPO_ROOT.parent / "shared" / "data")
+    for candidate in candidates:
+        if (candidate / "cifar10").is_dir():
+            return candidate
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# entry points and static facts
+# --------------------------------------------------------------------------------------------------
+
+
+def test_entry_points_resolve_to_sources() -> None:
+    eps = {ep.name: ep for ep in metadata.entry_points(group="kdbench.datasets")}
+    for name in ("cifar10", "cifar100", "stl10", "imagefolder", "fake"):
+        assert name in eps, f"entry point {name} missing (reinstall the package)"
+        assert issubclass(eps[name].load(), DatasetSource)
+
+
+def test_standard_class_orders_are_alphabetical() -> None:
+    # Folder trees are labelled by these names; torchvision's label order is the same.
+    for names, count in ((CIFAR10_CLASSES, 10), (CIFAR100_CLASSES, 100), (STL10_CLASSES, 10)):
+        assert len(names) == len(set(names)) == count
+        assert list(names) == sorted(names)
+
+
+def test_info_of_standard_sources() -> None:
+    info = CIFAR10(CIFAR10.Config(), None, False).info()
+    assert (info.num_classes, info.image_size) == (10, 32)
+    assert info.mean == (0.4914, 0.4822, 0.4465)
+    assert info.std == (0.2471, 0.2435, 0.2616)
+    assert CIFAR100(CIFAR100.Config(), None, False).info().num_classes == 100
+    assert STL10(STL10.Config(), None, False).info().image_size == 96
+    assert STL10(STL10.Config(image_size=32), None, False).info().image_size == 32
+
+
+# --------------------------------------------------------------------------------------------------
+# fake source
+# --------------------------------------------------------------------------------------------------
+
+
+def test_fake_source_shapes_and_determinism() -> None:
+    src = fake(num_classes=5, image_size=16, train_size=100, test_size=40, seed=3)
+    train, test = src.load("train"), src.load("test")
+    assert train.images.shape == (100, 3, 16, 16)
+    assert train.images.dtype == torch.uint8
+    assert train.labels.shape == (100,)
+    assert train.labels.dtype == torch.int64
+    assert test.images.shape == (40, 3, 16, 16)
+    assert torch.bincount(train.labels).tolist() == [20] * 5
+    again = fake(num_classes=5, image_size=16, train_size=100, test_size=40, seed=3).load("train")
+    assert torch.equal(train.images, again.images)
+    assert torch.equal(train.labels, again.labels)
+    assert not torch.equal(
+        train.images, fake(num_classes=5, image_size=16, train_size=100, seed=4).load("train").images
+    )
+    # The train split does not depend on the test split's size.
+    other = fake(num_classes=5, image_size=16, train_size=100, test_size=7, seed=3).load("train")
+    assert torch.equal(train.images, other.images)
+    assert src.fingerprint("train") is None
+    assert src.info().num_classes == 5
+    assert src.info().image_size == 16
+
+
+def test_fake_source_is_learnable() -> None:
+    """A nearest-class-mean classifier fitted on train must classify test almost perfectly."""
+    src = fake(train_size=500, test_size=200)
+    train, test = src.load("train"), src.load("test")
+    x = train.images.flatten(1).float()
+    means = torch.stack([x[train.labels == k].mean(0) for k in range(10)])
+    predicted = torch.cdist(test.images.flatten(1).float(), means).argmin(1)
+    assert (predicted == test.labels).float().mean() > 0.95
+
+
+def test_fake_source_rejects_bad_options() -> None:
+    with pytest.raises(ValueError, match="num_classes"):
+        FakeSource.Config(num_classes=1)
+    with pytest.raises(ValueError, match="extra"):
+        FakeSource.Config(size=3)
+
+
+# --------------------------------------------------------------------------------------------------
+# DeviceLoader
+# --------------------------------------------------------------------------------------------------
+
+
+def toy_split(n: int = 100, size: int = 8, classes: int = 4) -> SplitData:
+    images = torch.randint(0, 256, (n, 3, size, size), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    labels = torch.arange(n) % classes
+    return SplitData(images, labels)
+
+
+def collect(loader: DeviceLoader, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    return list(loader.epoch(epoch))
+
+
+def test_eval_loader_batches_in_order() -> None:
+    data = toy_split(100)
+    loader = DeviceLoader(data, "cpu", 32, train=False)
+    batches = collect(loader, 0)
+    assert len(loader) == len(batches) == 4
+    assert loader.num_samples == 100
+    assert [len(b[0]) for b in batches] == [32, 32, 32, 4]
+    index = torch.cat([b[2] for b in batches])
+    assert torch.equal(index, torch.arange(100))
+    for x, y, idx in batches:
+        assert x.dtype == torch.float32
+        assert y.dtype == torch.int64
+        assert idx.dtype == torch.int64
+        assert torch.equal(x, data.images[idx].float() / 255)
+        assert torch.equal(y, data.labels[idx])
+
+
+def test_train_loader_index_matches_unaugmented_images() -> None:
+    data = toy_split(100)
+    loader = DeviceLoader(data, "cpu", 16, train=True, seed=5, crop_padding=0, hflip=False)
+    seen = []
+    for x, y, idx in loader.epoch(0):
+        assert x.shape == (16, 3, 8, 8)
+        assert torch.equal(x, data.images[idx].float() / 255)
+        assert torch.equal(y, data.labels[idx])
+        seen.append(idx)
+    seen_all = torch.cat(seen)
+    assert len(seen_all) == 96
+    assert len(seen_all.unique()) == 96
+    assert not torch.equal(seen_all, torch.arange(96))
+
+
+def test_train_loader_is_a_function_of_seed_and_epoch() -> None:
+    data = toy_split(100)
+    a = DeviceLoader(data, "cpu", 20, train=True, seed=1)
+    b = DeviceLoader(data, "cpu", 20, train=True, seed=1)
+    collect(b, 5)  # consuming another epoch first must not matter
+    for (xa, ya, ia), (xb, yb, ib) in zip(collect(a, 3), collect(b, 3), strict=True):
+        assert torch.equal(xa, xb)
+        assert torch.equal(ya, yb)
+        assert torch.equal(ia, ib)
+    order = lambda loader, e: torch.cat([i for _, _, i in loader.epoch(e)])  # noqa: E731
+    assert not torch.equal(order(a, 3), order(a, 4))
+    assert not torch.equal(order(a, 3), order(DeviceLoader(data, "cpu", 20, train=True, seed=2), 3))
+
+
+def test_resume_mid_epoch_gives_the_remaining_batches() -> None:
+    loader = DeviceLoader(toy_split(100), "cpu", 10, train=True, seed=7)
+    full = collect(loader, 2)
+    tail = list(loader.epoch(2, start_batch=6))
+    assert len(tail) == 4
+    for (xa, _, ia), (xb, _, ib) in zip(full[6:], tail, strict=True):
+        assert torch.equal(xa, xb)
+        assert torch.equal(ia, ib)
+
+
+def test_drop_last_only_when_more_than_one_batch() -> None:
+    loader = DeviceLoader(toy_split(100), "cpu", 32, train=True)
+    assert len(loader) == 3
+    assert [len(b[0]) for b in loader.epoch(0)] == [32, 32, 32]
+    small = DeviceLoader(toy_split(20), "cpu", 32, train=True)
+    assert len(small) == 1
+    assert [len(b[0]) for b in small.epoch(0)] == [20]
+    exact = DeviceLoader(toy_split(64), "cpu", 32, train=True)
+    assert len(exact) == 2
+
+
+def distinctive_images(n: int, size: int = 8) -> torch.Tensor:
+    """Every pixel value is unique within an image and never 0, so a window is identifiable."""
+    h = torch.arange(size)[:, None]
+    w = torch.arange(size)[None, :]
+    channel = torch.arange(3)[:, None, None] * 70
+    image = (1 + h * size + w + channel).to(torch.uint8)  # 1..204
+    return image.expand(n, 3, size, size).clone()
+
+
+def test_crop_flip_with_known_offsets() -> None:
+    images = distinctive_images(3)
+    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    offsets = torch.tensor([[4, 4], [0, 8], [2, 5]])
+    flips = torch.tensor([False, False, True])
+    out = crop_flip(images, offsets, flips, 4)
+    assert torch.equal(out[0], images[0])  # centred, no flip: identity
+    assert torch.equal(out[1], padded[1, :, 0:8, 8:16])
+    assert (out[1][:, :4, :] == 0).all()
+    assert (out[1][:, :, 4:] == 0).all()
+    assert torch.equal(out[2], padded[2, :, 2:10, 5:13].flip(-1))
+    assert torch.equal(crop_flip(images, torch.full((3, 2), 4), torch.ones(3, dtype=torch.bool), 4), images.flip(-1))
+
+
+def test_train_augmentation_is_a_shifted_window_or_its_mirror() -> None:
+    images = distinctive_images(64)
+    data = SplitData(images, torch.zeros(64, dtype=torch.int64))
+    padded = torch.nn.functional.pad(images[0], (4, 4, 4, 4))
+    windows = {}
+    for dy in range(9):
+        for dx in range(9):
+            window = padded[:, dy : dy + 8, dx : dx + 8]
+            windows[(dy, dx, False)] = window
+            windows[(dy, dx, True)] = window.flip(-1)
+    loader = DeviceLoader(data, "cpu", 64, train=False)
+    train = DeviceLoader(data, "cpu", 64, train=True, seed=0)
+    found = set()
+    for x, _, _ in train.epoch(0):
+        for sample in (x * 255).round().to(torch.uint8):
+            matches = [key for key, window in windows.items() if torch.equal(sample, window)]
+            assert len(matches) == 1, "augmented sample is not a padded crop (or its mirror) of the image"
+            found.add(matches[0])
+    assert len(found) > 20  # offsets and flips actually vary
+    assert {flip for _, _, flip in found} == {False, True}
+    assert len(loader) == 1
+
+
+def test_channels_last_output() -> None:
+    loader = DeviceLoader(toy_split(40), "cpu", 16, train=True, channels_last=True)
+    x, _, _ = next(iter(loader.epoch(0)))
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    plain = DeviceLoader(toy_split(40), "cpu", 16, train=True)
+    x_plain, _, _ = next(iter(plain.epoch(0)))
+    assert torch.equal(x, x_plain)
+
+
+def test_subset_indices_give_positions_within_the_subset() -> None:
+    data = toy_split(100)
+    subset = torch.tensor([5, 17, 42, 99, 3])
+    loader = DeviceLoader(data, "cpu", 2, train=False, subset_indices=subset)
+    assert loader.num_samples == 5
+    assert len(loader) == 3
+    for x, y, idx in loader.epoch(0):
+        assert int(idx.max()) < 5
+        assert torch.equal(x, data.images[subset[idx]].float() / 255)
+        assert torch.equal(y, data.labels[subset[idx]])
+    with pytest.raises(UserError, match="out of range"):
+        DeviceLoader(data, "cpu", 2, train=False, subset_indices=torch.tensor([100]))
+
+
+# --------------------------------------------------------------------------------------------------
+# balanced_subset
+# --------------------------------------------------------------------------------------------------
+
+
+def test_balanced_subset_is_balanced_deterministic_and_nested() -> None:
+    labels = torch.arange(1000) % 10
+    labels = labels[torch.randperm(1000, generator=torch.Generator().manual_seed(1))]
+    subset = balanced_subset(labels, 105)
+    assert len(subset) == 105
+    assert len(subset.unique()) == 105
+    assert torch.equal(subset, subset.sort().values)
+    counts = torch.bincount(labels[subset], minlength=10)
+    assert int(counts.max()) - int(counts.min()) <= 1
+    assert torch.equal(subset, balanced_subset(labels, 105))
+    assert not torch.equal(subset, balanced_subset(labels, 105, seed=1))
+    assert set(balanced_subset(labels, 50).tolist()) <= set(subset.tolist())
+    assert torch.equal(balanced_subset(labels, 1000), torch.arange(1000))
+
+
+def test_balanced_subset_with_a_rare_class() -> None:
+    labels = torch.tensor([0] * 50 + [1] * 3 + [2] * 50)
+    counts = torch.bincount(labels[balanced_subset(labels, 30)]).tolist()
+    assert counts == [10, 3, 17] or sorted(counts) == [3, 13, 14]
+
+
+def test_balanced_subset_rejects_too_large_n() -> None:
+    with pytest.raises(UserError, match="larger than the split"):
+        balanced_subset(torch.zeros(10, dtype=torch.int64), 11)
+
+
+# --------------------------------------------------------------------------------------------------
+# decode cache
+# --------------------------------------------------------------------------------------------------
+
+
+class CountingSource(DatasetSource):
+    """A fake source with a fingerprint, counting how often it decodes."""
+
+    def __init__(self, tag: str = "a"):
+        super().__init__(FakeSource.Config(), None, False)
+        self.inner = fake(train_size=64, test_size=32)
+        self.loads = 0
+        self.tag = tag
+
+    def load(self, split: Split) -> SplitData:
+        self.loads += 1
+        return self.inner.load(split)
+
+    def fingerprint(self, split: Split) -> str | None:
+        return f"counting {self.tag} {split}"
+
+
+def test_cache_round_trip_and_hit(tmp_path: Path) -> None:
+    src = CountingSource()
+    first = load_split_cached(src, "train", tmp_path)
+    assert src.loads == 1
+    assert cache_file("counting a train", tmp_path).is_file()
+    second = load_split_cached(src, "train", tmp_path)
+    assert src.loads == 1
+    assert torch.equal(first.images, second.images)
+    assert torch.equal(first.labels, second.labels)
+    load_split_cached(src, "test", tmp_path)
+    load_split_cached(CountingSource("b"), "train", tmp_path)  # another fingerprint: another file
+    assert src.loads == 2
+    assert len(list(tmp_path.glob("*.pt"))) == 3
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_corrupt_cache_file_is_redecoded_with_a_warning(tmp_path: Path) -> None:
+    src = CountingSource()
+    load_split_cached(src, "train", tmp_path)
+    path = cache_file("counting a train", tmp_path)
+    path.write_bytes(path.read_bytes()[:100])  # truncated
+    with pytest.warns(UserWarning, match="unreadable data cache"):
+        data = load_split_cached(src, "train", tmp_path)
+    assert src.loads == 2
+    assert torch.equal(data.images, src.inner.load("train").images)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_split_cached(src, "train", tmp_path)  # rewritten: a clean hit again
+    assert src.loads == 2
+
+
+def test_source_without_fingerprint_is_not_cached(tmp_path: Path) -> None:
+    data = load_split_cached(fake(), "test", tmp_path)
+    assert data.images.shape == (256, 3, 32, 32)
+    assert not list(tmp_path.iterdir())
+
+
+def test_default_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("KDBENCH_CACHE_DIR", str(tmp_path / "explicit"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "explicit"
+    monkeypatch.delenv("KDBENCH_CACHE_DIR")
+    assert default_cache_dir() == tmp_path / "xdg" / "kdbench"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert default_cache_dir() == Path.home() / ".cache" / "kdbench"
+
+
+# --------------------------------------------------------------------------------------------------
+# ImageFolder trees
+# --------------------------------------------------------------------------------------------------
+
+
+def write_image(path: Path, image: torch.Tensor) -> None:
+    """Write ``uint8 (C, H, W)`` (C = 1 or 3) as a lossless PNG with Pillow."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = image.permute(1, 2, 0).numpy()
+    Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).save(path)
+
+
+def make_tree(root: Path, classes: tuple[str, ...] = ("cat", "dog"), per_class: int = 3, size: int = 8) -> None:
+    gen = torch.Generator().manual_seed(0)
+    for split in ("train", "test"):
+        for name in classes:
+            for i in range(per_class):
+                image = torch.randint(0, 256, (3, size, size), generator=gen, dtype=torch.uint8)
+                write_image(root / split / name / f"{i:04d}.png", image)
+
+
+def test_imagefolder_decodes_in_sorted_order(tmp_path: Path) -> None:
+    make_tree(tmp_path, classes=("zebra", "ant"), per_class=3)
+    write_image(tmp_path / "train" / "ant" / "9999.png", torch.full((1, 8, 8), 77, dtype=torch.uint8))  # grayscale
+    (tmp_path / "train" / "ant" / "notes.txt").write_text("ignored")
+    src = ImageFolderSource(ImageFolderSource.Config(), tmp_path, False)
+    info = src.info()
+    assert info.class_names == ("ant", "zebra")
+    assert info.image_size == 8
+    assert info.mean == (0.5, 0.5, 0.5)
+    data = src.load("train")
+    assert data.images.shape == (7, 3, 8, 8)
+    assert data.labels.tolist() == [0, 0, 0, 0, 1, 1, 1]
+    assert (data.images[3] == 77).all()  # grayscale -> 3 equal channels, sorted last within "ant"
+    expected = torch.from_numpy(np.array(Image.open(tmp_path / "train" / "ant" / "0000.png"))).permute(2, 0, 1)
+    assert torch.equal(data.images[0], expected)
+
+
+def test_decoders_agree_and_stay_quiet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_tree(tmp_path, per_class=20)
+    files = sorted((tmp_path / "train").rglob("*.png"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torchvision's per-call deprecation warning must not escape
+        default = decode_images(files)
+    monkeypatch.setattr(sources, "_backend", lambda: "pillow")
+    assert torch.equal(decode_images(files, num_workers=2), default)
+    assert torch.equal(decode_images(files, num_workers=1), default)
+
+
+def test_imagefolder_fingerprint_tracks_changes(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    src = ImageFolderSource(ImageFolderSource.Config(), tmp_path, False)
+    before = src.fingerprint("train")
+    assert before == src.fingerprint("train")
+    assert before != src.fingerprint("test")
+    write_image(tmp_path / "train" / "cat" / "0100.png", torch.zeros((3, 8, 8), dtype=torch.uint8))
+    assert src.fingerprint("train") != before
+    resized = ImageFolderSource(ImageFolderSource.Config(image_size=4), tmp_path, False)
+    assert resized.fingerprint("test") != src.fingerprint("test")
+
+
+def test_imagefolder_resizes_when_asked(tmp_path: Path) -> None:
+    make_tree(tmp_path, size=8)
+    write_image(tmp_path / "train" / "cat" / "0100.png", torch.zeros((3, 12, 10), dtype=torch.uint8))
+    with pytest.raises(UserError, match="image_size"):
+        ImageFolderSource(ImageFolderSource.Config(), tmp_path, False).load("train")
+    src = ImageFolderSource(ImageFolderSource.Config(image_size=6), tmp_path, False)
+    assert src.info().image_size == 6
+    assert src.load("train").images.shape == (7, 3, 6, 6)
+
+
+def test_imagefolder_errors_name_the_folder(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    (tmp_path / "test" / "dog").rename(tmp_path / "test" / "wolf")
+    with pytest.raises(UserError, match=r"only in .*train.*dog"):
+        ImageFolderSource(ImageFolderSource.Config(), tmp_path, False).load("train")
+    (tmp_path / "test" / "wolf").rename(tmp_path / "test" / "dog")
+    (tmp_path / "train" / "bird").mkdir()
+    (tmp_path / "test" / "bird").mkdir()
+    with pytest.raises(UserError, match=r"bird: no images"):
+        ImageFolderSource(ImageFolderSource.Config(), tmp_path, False).load("train")
+    with pytest.raises(UserError, match=r"data\.root"):
+        ImageFolderSource(ImageFolderSource.Config(), None, False).load("train")
+
+
+def test_cifar_folder_tree_needs_the_standard_class_names(tmp_path: Path) -> None:
+    make_tree(tmp_path, classes=("cat", "dog"), size=32)
+    with pytest.raises(UserError, match="expected exactly"):
+        CIFAR10(CIFAR10.Config(), tmp_path, False).load("test")
+
+
+# --------------------------------------------------------------------------------------------------
+# torchvision layouts (without the real files)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_cifar_torchvision_arrays_become_nchw(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"x")
+    nhwc = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    fake_ds = SimpleNamespace(data=nhwc, targets=[0, 1, 2, 3, 9])
+    monkeypatch.setattr(CIFAR10, "_torchvision_dataset", lambda self, split, download=False: fake_ds)
+    src = CIFAR10(CIFAR10.Config(), tmp_path, False)
+    data = src.load("train")
+    assert data.images.shape == (5, 3, 32, 32)
+    assert data.images.is_contiguous()
+    assert torch.equal(data.images, torch.from_numpy(nhwc).permute(0, 3, 1, 2))
+    assert data.labels.tolist() == [0, 1, 2, 3, 9]
+    assert data.labels.dtype == torch.int64
+    assert "layout=torchvision" in (src.fingerprint("train") or "")
+
+
+def test_stl10_binary_layout_and_resize(tmp_path: Path) -> None:
+    folder = tmp_path / "stl10_binary"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    images = {split: rng.integers(0, 256, (n, 3, 96, 96), dtype=np.uint8) for split, n in (("train", 4), ("test", 2))}
+    for split, array in images.items():
+        array.transpose(0, 1, 3, 2).tofile(folder / f"{split}_X.bin")  # STL stores columns first
+        np.arange(1, len(array) + 1, dtype=np.uint8).tofile(folder / f"{split}_y.bin")
+    data = STL10(STL10.Config(), tmp_path, False).load("train")
+    assert torch.equal(data.images, torch.from_numpy(images["train"]))
+    assert data.labels.tolist() == [0, 1, 2, 3]
+    small = STL10(STL10.Config(image_size=32), tmp_path, False).load("test")
+    assert small.images.shape == (2, 3, 32, 32)
+    assert small.images.dtype == torch.uint8
+    mean_96 = torch.from_numpy(images["test"]).float().mean()
+    assert abs(small.images.float().mean() - mean_96) < 2  # antialiased: the average is preserved
+
+
+# --------------------------------------------------------------------------------------------------
+# missing data
+# --------------------------------------------------------------------------------------------------
+
+
+def test_missing_data_root_says_how_to_fix() -> None:
+    with pytest.raises(UserError, match="KDBENCH_DATA_ROOT") as info:
+        CIFAR10(CIFAR10.Config(), None, False).load("train")
+    assert "data.root" in str(info.value)
+
+
+def test_empty_data_folder_says_how_to_fix(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="KDBENCH_DATA_ROOT") as info:
+        load_split_cached(CIFAR100(CIFAR100.Config(), tmp_path / "cifar100", False), "test", tmp_path / "cache")
+    message = str(info.value)
+    assert "cifar-100-python/" in message
+    assert "data.download = true" in message
+    assert "\n" not in message
+
+
+def test_failed_download_is_a_user_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision.datasets
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise OSError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(UserError, match=r"download into .* failed .*KDBENCH_DATA_ROOT"):
+        CIFAR10(CIFAR10.Config(), tmp_path / "cifar10", True).load("train")
+
+
+# --------------------------------------------------------------------------------------------------
+# the real offline CIFAR-10 copy
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cifar10_source() -> CIFAR10:
+    root = data_root()
+    if root is None:
+        pytest.skip("offline CIFAR-10 not found: set KDBENCH_DATA_ROOT to a folder holding cifar10/")
+    return CIFAR10(CIFAR10.Config(), root / "cifar10", False)
+
+
+@pytest.fixture(scope="module")
+def cifar10_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cifar10-cache")
+
+
+def test_cifar10_test_split_from_offline_copy(cifar10_source: CIFAR10, cifar10_cache: Path) -> None:
+    data = load_split_cached(cifar10_source, "test", cifar10_cache)
+    assert data.images.shape == (10000, 3, 32, 32)
+    assert data.images.dtype == torch.uint8
+    assert data.labels.dtype == torch.int64
+    assert torch.bincount(data.labels).tolist() == [1000] * 10
+    mean = data.images.float().mean((0, 2, 3)) / 255
+    assert torch.allclose(mean, torch.tensor(cifar10_source.info().mean), atol=0.01)
+    again = load_split_cached(cifar10_source, "test", cifar10_cache)  # from the cache file
+    assert torch.equal(again.images, data.images)
+    assert torch.equal(again.labels, data.labels)
+
+
+@pytest.mark.slow
+def test_cifar10_train_split_from_offline_copy(cifar10_source: CIFAR10, cifar10_cache: Path) -> None:
+    data = load_split_cached(cifar10_source, "train", cifar10_cache)
+    assert data.images.shape == (50000, 3, 32, 32)
+    assert torch.bincount(data.labels).tolist() == [5000] * 10
