@@ -141,16 +141,17 @@ class StepContext:
         return self._cached("x_adv", self._run_attack)
 
     def _run_attack(self) -> Tensor:
-        objective = self.method.attack_objective(self)
-        if objective is None or self.attack is None:
-            raise RuntimeError(
-                f"method {type(self.method).__name__} asked for adversarial inputs but "
-                + ("defines no attack objective" if objective is None else "the recipe builds no attack")
-            )
         student = self.student
         was_training = student.training
         student.train(self.method.attack_bn_mode == "train")
         try:
+            # Built in the attack's BatchNorm mode, so targets computed from the student (TRADES) match it.
+            objective = self.method.attack_objective(self)
+            if objective is None or self.attack is None:
+                raise RuntimeError(
+                    f"method {type(self.method).__name__} asked for adversarial inputs but "
+                    + ("defines no attack objective" if objective is None else "the recipe builds no attack")
+                )
 
             def model(z: Tensor) -> ModelOutput:
                 with self.autocast():

@@ -142,7 +142,8 @@ class MethodConformance:
         assert any(g is not None and g.abs().sum() > 0 for g in grads), "no gradient reached the student"
         for name, p in method.named_parameters():
             if p.requires_grad:
-                assert p.grad is not None and torch.isfinite(p.grad).all(), f"method parameter {name} got no gradient"
+                assert p.grad is not None, f"method parameter {name} got no gradient"
+                assert torch.isfinite(p.grad).all(), f"method parameter {name} got a non-finite gradient"
         if ctx.teacher is not None:
             assert all(p.grad is None for p in ctx.teacher.parameters()), "the teacher must stay frozen"
 

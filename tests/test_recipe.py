@@ -107,7 +107,7 @@ def test_errors_name_file_key_and_fix(tmp_path, overrides, key, fragment):
 
 
 def test_file_errors(tmp_path):
-    with pytest.raises(RecipeError, match="missing.toml: file not found"):
+    with pytest.raises(RecipeError, match=r"missing\.toml: file not found"):
         load_recipe(tmp_path / "missing.toml")
     bad = write(tmp_path / "bad.toml", "name = \n")
     with pytest.raises(RecipeError, match=r"bad.toml: invalid TOML: .*line 1"):

@@ -31,7 +31,10 @@ def test_core_imports_no_plugin():
     # Importing the core (and resolving a model) must not import any method plugin.
     import subprocess
 
-    code = "import kdbench, kdbench.run, kdbench.cli, sys; print([m for m in sys.modules if m.startswith('kdbench_plugins')])"
+    code = (
+        "import kdbench, kdbench.run, kdbench.cli, sys; "
+        "print([m for m in sys.modules if m.startswith('kdbench_plugins')])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -93,7 +96,7 @@ def test_wrong_type_is_rejected(fake_distribution):
     fake_distribution(
         "wrong-type", entry_points={"kdbench.methods": {"notamethod": "wt:thing"}}, modules={"wt": "thing = 42"}
     )
-    with pytest.raises(PluginError, match="not a subclass of kdbench.method.Method"):
+    with pytest.raises(PluginError, match=r"not a subclass of kdbench\.method\.Method"):
         Registry("methods", Method).get("notamethod")
 
 

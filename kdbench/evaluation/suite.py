@@ -51,6 +51,7 @@ from kdbench.evaluation.sanity import (
     check_gradient_masking,
     check_logits,
     check_robust_le_clean,
+    check_steps_monotone,
 )
 from kdbench.models.base import ModelOutput
 
@@ -73,7 +74,7 @@ class EvalReport:
 
     ``robust`` always holds `ROBUST_KEYS` (None when not run) plus any extra ``pgd<k>`` run;
     ``correct`` holds the per-sample robust correctness ``(N,)`` bool (CPU) of ``"clean"`` and of every
-    attack run; ``seconds`` the wall time per attack.
+    attack run; ``seconds`` the wall time per attack (and ``steps_check`` when `evaluate` ran that check).
     """
 
     clean_acc: float
@@ -237,6 +238,7 @@ def evaluate(
     device: torch.device | str | None = None,
     seed: int = 0,
     sanity: bool = True,
+    steps_check: bool = False,
 ) -> EvalReport:
     """Clean and robust accuracy of ``model`` on ``images: (N, C, H, W)`` (float in [0, 1] or uint8).
 
@@ -244,7 +246,9 @@ def evaluate(
     on ``device`` (default: the device of its parameters); ``labels: (N,)``; ``attacks``: names from
     `ATTACK_NAMES` or ``pgd<k>`` (unknown names raise `UserError` with close matches). With ``sanity``,
     the first batch is checked with PGD at eps = 0 and the clean outputs for probabilities; the flags of
-    `kdbench.evaluation.sanity` and AutoAttack's own checks end up in `EvalReport.flags`.
+    `kdbench.evaluation.sanity` and AutoAttack's own checks end up in `EvalReport.flags`. With
+    ``steps_check`` (costly: PGD-10, -20 and -50 on every image), `check_steps_monotone` also runs, its
+    flags join the others and its wall time is ``seconds["steps_check"]``.
     """
     names = parse_attacks(attacks)
     if norm not in ("linf", "l2"):
@@ -317,6 +321,20 @@ def evaluate(
                     robust_correct[a:b] = _predict_correct(net, x_adv, yb).cpu()
             correct[name] = robust_correct & clean
             seconds[name] = _clock(device) - t0
+
+        if steps_check:
+            t0 = _clock(device)
+            flags += check_steps_monotone(
+                net,
+                x_all,
+                y_all,
+                eps=eps,
+                norm=norm,
+                step_size=LINF_STEP if norm == "linf" else eps / 4,
+                seed=seed,
+                batch_size=batch_size,
+            )
+            seconds["steps_check"] = _clock(device) - t0
 
     def accuracy(mask: Tensor) -> float:
         return float(mask.float().mean())

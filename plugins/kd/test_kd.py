@@ -1,4 +1,5 @@
 import math
+from typing import ClassVar
 
 import pytest
 import torch
@@ -12,22 +13,22 @@ class TestKDConformance(MethodConformance):
 
 class TestKDPureDistillation(MethodConformance):
     method = "kd"
-    options = {"alpha": 1.0, "temperature": 1.0}
+    options: ClassVar[dict] = {"alpha": 1.0, "temperature": 1.0}
 
 
-def _reference_kd(zs: torch.Tensor, zt: torch.Tensor, y: torch.Tensor, T: float, a: float) -> float:
+def _reference_kd(zs: torch.Tensor, zt: torch.Tensor, y: torch.Tensor, t: float, a: float) -> float:
     """Hinton's loss written out with plain Python loops (independent of the plugin's code)."""
     total_kl, total_ce = 0.0, 0.0
     for b in range(zs.shape[0]):
-        ps = [math.exp(v / T) for v in zs[b].tolist()]
-        pt = [math.exp(v / T) for v in zt[b].tolist()]
+        ps = [math.exp(v / t) for v in zs[b].tolist()]
+        pt = [math.exp(v / t) for v in zt[b].tolist()]
         ps = [p / sum(ps) for p in ps]
         pt = [p / sum(pt) for p in pt]
         total_kl += sum(t * math.log(t / s) for t, s in zip(pt, ps, strict=True))
         logits = zs[b].tolist()
         total_ce += -logits[int(y[b])] + math.log(sum(math.exp(v) for v in logits))
     n = zs.shape[0]
-    return a * T * T * total_kl / n + (1 - a) * total_ce / n
+    return a * t * t * total_kl / n + (1 - a) * total_ce / n
 
 
 def test_kd_golden_value():
@@ -37,7 +38,7 @@ def test_kd_golden_value():
     zs = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, 0.3]])
     zt = torch.tensor([[1.0, 0.0, -1.0], [3.0, -2.0, 0.0]])
     y = torch.tensor([0, 2])
-    expected = _reference_kd(zs, zt, y, T=4.0, a=0.9)
+    expected = _reference_kd(zs, zt, y, t=4.0, a=0.9)
     method = KD(KDConfig(), setup=None)  # type: ignore[arg-type]
 
     class View:

@@ -1,0 +1,524 @@
+"""``kdbench eval TARGET``: evaluate a finished run or a weights file and write eval.json.
+
+TARGET is either
+
+* a run folder (``runs/<name>/<hash>/``, holding ``model.pt`` and ``recipe.toml``): the network is
+  rebuilt from model.pt's metadata (``model``, ``options``, ``num_classes``) and evaluated on the test
+  split of the run's recipe (``data.*``, with ``data.test_subset`` honoured); the attacks, eps, norm,
+  batch size, first-N and seed default to the run's ``[eval]`` table and ``seed``, so a plain
+  ``kdbench eval RUN`` reproduces the numbers of its result.json; or
+* a weights file (a kdbench ``model.pt``, a training checkpoint or a bare state_dict) with
+  ``--dataset NAME`` (and ``--model NAME`` unless the file names its model), optionally
+  ``--data-option KEY=VALUE`` and ``--data-root DIR``.
+
+Weights are only ever read with ``weights_only=True``. The result, eval.json (schema_version 1)::
+
+    {"schema_version": 1, "target", "kind": "run" | "weights", "model", "dataset",
+     "threat_model": {"norm": "Linf" | "L2", "eps": "8/255"},
+     "metrics": {"clean_acc", "robust": {fgsm, pgd20, cw, autoattack, ..., "worst"}, "n_eval"},
+     "flags": [...], "seconds": {<attack>: s, ..., "total": s}, "seed", "attacks",
+     "eps_sweep": [{"eps", "eps_label", "pgd20"}, ...],          (only with --eps-sweep)
+     "eps_sweep_plot": "eps_sweep.png",                           (only with --eps-sweep)
+     "env": {"kdbench", "torch", "python", "device", "git_commit", "plugins"}}
+
+written atomically, by default into the run folder (or next to the weights file). ``--eps-sweep``
+runs PGD-20 at several budgets on the same samples and seed, stores accuracy against eps in
+eval.json and draws it (matplotlib, Agg) into a PNG next to eval.json. Every evaluation runs the
+sanity checks of `kdbench.evaluation.sanity`; ``--check-steps`` adds the costly PGD-10/20/50 check,
+and a sweep is checked for accuracy rising with eps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from kdbench import _toml
+from kdbench._errors import RecipeError, UserError
+from kdbench._registry import DATASETS, MODELS, split_variant
+from kdbench.attacks.threat import check_eps
+from kdbench.build import DATA_ROOT_ENV, build_network, load_network_weights, network_spec
+from kdbench.config import StrictModel, parse_number
+from kdbench.data.base import DatasetInfo, DatasetSource
+from kdbench.data.cache import load_split_cached
+from kdbench.data.loader import balanced_subset
+from kdbench.engine.checkpoint import atomic_write_bytes, load_weights_only
+from kdbench.evaluation.sanity import check_eps_monotone
+from kdbench.evaluation.suite import EvalReport, evaluate, parse_attacks
+from kdbench.models.base import Network
+from kdbench.results import SCHEMA_VERSION, environment, eps_label, write_json
+
+__all__ = ["DEFAULT_ATTACKS", "DEFAULT_SWEEP", "add_eval_parser", "cmd_eval", "parse_eps", "plot_eps_sweep"]
+
+#: Attacks evaluated when neither ``--attacks`` nor the run's ``eval.attacks`` says otherwise.
+DEFAULT_ATTACKS = ("clean", "fgsm", "pgd20", "cw", "autoattack")
+#: ``--eps-sweep`` without a list: the L-inf budgets of the usual CIFAR robustness curves.
+DEFAULT_SWEEP = "0,1/255,2/255,4/255,8/255,12/255,16/255"
+#: ``--eps-sweep`` without a list under ``--norm l2``.
+DEFAULT_SWEEP_L2 = "0,0.125,0.25,0.5,0.75,1.0"
+#: The attack of an eps sweep.
+SWEEP_ATTACK = "pgd20"
+#: The default budget per norm when neither ``--eps`` nor the run gives one.
+DEFAULT_EPS = {"linf": 8 / 255, "l2": 0.5}
+_SWEEP_DEFAULT = "default"
+
+
+def add_eval_parser(subparsers: Any) -> None:
+    """Add the ``eval`` sub-command to ``subparsers`` (the object ``ArgumentParser.add_subparsers`` returns)."""
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate a run folder or a weights file (table + eval.json)",
+        description="Evaluate a finished run folder, or a weights file with --model and --dataset; "
+        "print a table and write eval.json.",
+    )
+    p.add_argument("target", type=Path, metavar="TARGET", help="a run folder (holding model.pt) or a weights file")
+    p.add_argument(
+        "--attacks",
+        nargs="+",
+        metavar="NAME",
+        help="attacks, space or comma separated: clean fgsm pgd<k> cw autoattack "
+        f"(default: the run's eval.attacks, else {' '.join(DEFAULT_ATTACKS)})",
+    )
+    p.add_argument("--n", type=int, metavar="N", help="evaluate the first N test images (default: the run's, else all)")
+    p.add_argument("--eps", metavar="EPS", help='budget, e.g. "8/255" (default: the run\'s, else 8/255; L2 0.5)')
+    p.add_argument("--norm", choices=("linf", "l2"), help="threat model (default: the run's, else linf)")
+    p.add_argument("--batch-size", type=int, metavar="B", help="evaluation batch size (default: the run's, else 256)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda when available")
+    p.add_argument("--seed", type=int, help="seed of the attacks' random starts (default: the run's, else 0)")
+    p.add_argument("--out", type=Path, metavar="FILE", help="eval.json path (default: in the run folder / beside it)")
+    p.add_argument(
+        "--eps-sweep",
+        nargs="?",
+        const=_SWEEP_DEFAULT,
+        metavar="LIST",
+        help=f"also PGD-20 accuracy at each eps of LIST (comma separated; default {DEFAULT_SWEEP}), "
+        "saved in eval.json and plotted to eps_sweep.png",
+    )
+    p.add_argument(
+        "--check-steps", action="store_true", help="also check that PGD-50 is no weaker than PGD-20/-10 (costly)"
+    )
+    p.add_argument("--model", metavar="NAME", help="model of a weights file (default: the name the file records)")
+    p.add_argument("--dataset", metavar="NAME", help="dataset of a weights file, e.g. cifar10")
+    p.add_argument(
+        "--data-option",
+        dest="data_options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of --dataset (repeatable), e.g. --data-option image_size=16",
+    )
+    p.add_argument(
+        "--data-root", type=Path, metavar="DIR", help=f"the dataset's folder (default: ${DATA_ROOT_ENV}/<name>)"
+    )
+
+
+# ------------------------------------------------------------------------------------ parsing
+
+
+def parse_eps(text: str | float, *, what: str = "--eps") -> float:
+    """``"8/255"``, ``"0.03"`` or a number -> float; anything else is a `UserError`."""
+    value = parse_number(text)
+    try:
+        eps = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{what}: {text!r} is not a number (write e.g. 8/255 or 0.5)") from None
+    if eps != eps or eps in (float("inf"), float("-inf")):
+        raise UserError(f"{what}: {text!r} is not a finite number")
+    return eps
+
+
+def _checked_eps(eps: float, norm: str, what: str) -> float:
+    try:
+        check_eps(norm, eps)
+    except ValueError as err:
+        raise UserError(f"{what}: {err}") from None
+    return eps
+
+
+def _attack_list(values: list[str] | None, default: list[str] | tuple[str, ...]) -> list[str]:
+    if not values:
+        return parse_attacks(list(default))
+    names = [part for value in values for part in value.split(",") if part.strip()]
+    if not names:
+        raise UserError("--attacks: no attack named")
+    return parse_attacks(names)
+
+
+def _sweep_list(text: str, norm: str) -> list[float]:
+    if text == _SWEEP_DEFAULT:
+        text = DEFAULT_SWEEP if norm == "linf" else DEFAULT_SWEEP_L2
+    parts = [part for part in text.replace(" ", ",").split(",") if part]
+    if not parts:
+        raise UserError("--eps-sweep: empty list (write e.g. 0,2/255,4/255,8/255)")
+    values = {_checked_eps(parse_eps(part, what="--eps-sweep"), norm, "--eps-sweep") for part in parts}
+    return sorted(values)
+
+
+def _options(items: list[str], what: str) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"{what} {item!r} is not KEY=VALUE (e.g. {what} image_size=16)")
+        options[key.strip()] = _toml.parse_value(text.strip())
+    return options
+
+
+def _config(cls: Any, options: dict[str, Any], what: str) -> StrictModel:
+    """Validate ``options`` against a component's Config; errors become one-line `UserError`s."""
+    from pydantic import ValidationError
+
+    try:
+        return cls.Config.model_validate(options)  # type: ignore[no-any-return]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "options"
+        raise UserError(f"{what}: {where}: {first['msg']}") from None
+
+
+def _device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda but no CUDA device is available; use --device auto or cpu")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+# ------------------------------------------------------------------------------------ the target
+
+
+@dataclass
+class _Target:
+    """What to evaluate: the network, the test images and the defaults of the run (if any)."""
+
+    kind: str  # "run" | "weights"
+    path: Path
+    weights: Path
+    model: str
+    dataset: str
+    net: Network
+    images: Tensor  # uint8 (N, C, H, W), CPU
+    labels: Tensor  # int64 (N,)
+    defaults: dict[str, Any]  # attacks, n, eps, norm, batch_size, seed (from the run's recipe)
+    default_out: Path
+
+
+def _metadata(weights: Path) -> dict[str, Any]:
+    """The metadata of a kdbench model file (``model``, ``options``, ``num_classes``; empty otherwise)."""
+    try:
+        payload = load_weights_only(weights)
+    except Exception:
+        return {}  # load_network_weights reports the problem with context
+    if isinstance(payload, dict) and "state_dict" in payload:
+        return {k: v for k, v in payload.items() if k != "state_dict"}
+    return {}
+
+
+def _make_source(dataset: str, config: StrictModel, root: Path | None, download: bool = False) -> DatasetSource:
+    cls = DATASETS.get(dataset)
+    return cls(config, root, download)  # type: ignore[no-any-return]
+
+
+def _env_root(dataset: str) -> Path | None:
+    env = os.environ.get(DATA_ROOT_ENV)
+    return Path(env).expanduser() / split_variant(dataset)[0] if env else None
+
+
+def _build_net(model: str, options: dict[str, Any], info: DatasetInfo, num_classes: int | None) -> Network:
+    cls = MODELS.get(model)
+    if ":" in model and not cls.accepts_variant:
+        raise UserError(f"model {split_variant(model)[0]!r} takes no ':variant'")
+    config = _config(cls, options, f"model {model!r} options")
+    return build_network(model, config, network_spec(info, num_classes))
+
+
+def _load_run(run: Path, args: argparse.Namespace) -> _Target:
+    """A run folder: the network from model.pt's metadata, the test split from recipe.toml's data table."""
+    from kdbench.recipe import DataSection, EvalSection, _validate
+
+    for flag, value in (("--model", args.model), ("--dataset", args.dataset), ("--data-option", args.data_options)):
+        if value:
+            raise UserError(f"{flag} is for a weights file; the run folder {run} records its own")
+    recipe_file = run / "recipe.toml"
+    weights = run / "model.pt"
+    if not recipe_file.is_file():
+        raise UserError(f"{run} is not a kdbench run folder (no recipe.toml)")
+    if not weights.is_file():
+        raise UserError(f"{run} has no model.pt: the run is not finished (run `kdbench run` on its recipe first)")
+    raw = _toml.load_file(recipe_file)
+    # Only [data], [eval] and seed matter here: the method, attack and teacher of the run (whose recipe
+    # path is relative to a file elsewhere) are not needed, nor need their plugins be installed.
+    file = str(recipe_file)
+    data: DataSection = _validate(DataSection, raw.get("data"), file, "data")
+    ev: EvalSection = _validate(EvalSection, raw.get("eval", {}), file, "eval")
+    seed = raw.get("seed", 0)
+    data_cls = DATASETS.get(data.dataset)
+    try:
+        data_config = _config(data_cls, data.options, "data.options")
+    except UserError as exc:
+        raise RecipeError(str(exc), file=file) from None
+    if args.data_root is not None:
+        root: Path | None = args.data_root
+    elif data.root:
+        root = Path(os.path.expanduser(data.root))
+        root = root if root.is_absolute() else run / root
+    else:
+        root = _env_root(data.dataset)
+    source = _make_source(data.dataset, data_config, root, data.download)
+    info = source.info()
+    test = load_split_cached(source, "test")
+    images, labels = test.images, test.labels
+    if data.test_subset is not None:
+        if data.test_subset > len(labels):
+            raise RecipeError(
+                f"subset of {data.test_subset} asked for but the split has {len(labels)} images",
+                file=file,
+                key="data.test_subset",
+            )
+        idx = balanced_subset(labels, data.test_subset)
+        images, labels = images[idx], labels[idx]
+
+    meta = _metadata(weights)
+    model = meta.get("model")
+    if not isinstance(model, str):
+        raise UserError(f"{weights} does not record its model; evaluate it as a weights file with --model NAME")
+    options = meta.get("options") if isinstance(meta.get("options"), dict) else {}
+    num_classes = int(meta["num_classes"]) if "num_classes" in meta else None
+    net = _build_net(model, options, info, num_classes)
+    load_network_weights(net, weights, what="model")
+    defaults = {
+        "attacks": list(ev.attacks),
+        "n": ev.n_examples,
+        "eps": ev.eps,
+        "norm": ev.norm,
+        "batch_size": ev.batch_size,
+        "seed": int(seed) if isinstance(seed, int) else 0,
+    }
+    return _Target("run", run, weights, model, data.dataset, net, images, labels, defaults, run / "eval.json")
+
+
+def _load_weights(weights: Path, args: argparse.Namespace) -> _Target:
+    """A weights file: --model (or the file's own record) on --dataset's test split."""
+    if not args.dataset:
+        raise UserError(f"{weights} is a weights file: name its dataset with --dataset (e.g. --dataset cifar10)")
+    meta = _metadata(weights)
+    recorded = meta.get("model") if isinstance(meta.get("model"), str) else None
+    model = args.model or recorded
+    if not model:
+        raise UserError(f"{weights} does not record its model: name it with --model (e.g. --model resnet18)")
+    MODELS.entry(model)  # unknown names fail here, with close matches, before any data is read
+    data_cls = DATASETS.get(args.dataset)
+    data_config = _config(data_cls, _options(args.data_options, "--data-option"), f"dataset {args.dataset!r}")
+    root = args.data_root if args.data_root is not None else _env_root(args.dataset)
+    source = _make_source(args.dataset, data_config, root)
+    info = source.info()
+    options = meta.get("options") if model == recorded and isinstance(meta.get("options"), dict) else {}
+    num_classes = int(meta["num_classes"]) if "num_classes" in meta else None
+    net = _build_net(model, options, info, num_classes)
+    load_network_weights(net, weights, what="model")
+    test = load_split_cached(source, "test")
+    defaults: dict[str, Any] = {"attacks": list(DEFAULT_ATTACKS), "n": None, "seed": 0, "batch_size": 256}
+    return _Target(
+        "weights",
+        weights,
+        weights,
+        model,
+        args.dataset,
+        net,
+        test.images,
+        test.labels,
+        defaults,
+        weights.parent / "eval.json",
+    )
+
+
+def _load_target(args: argparse.Namespace) -> _Target:
+    target: Path = args.target
+    if target.is_dir():
+        return _load_run(target, args)
+    if target.is_file():
+        return _load_weights(target, args)
+    raise UserError(f"{target} not found: give a run folder (holding model.pt) or a weights file")
+
+
+# ------------------------------------------------------------------------------------ output
+
+
+def plot_eps_sweep(points: list[dict[str, Any]], path: Path, *, title: str, norm: str) -> None:
+    """Draw robust accuracy against eps (matplotlib's Agg backend, no display needed) into a PNG file.
+
+    ``points``: eval.json's ``eps_sweep`` entries ``{"eps", "eps_label", "pgd20"}``. Written atomically.
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise UserError("--eps-sweep draws its plot with matplotlib: pip install matplotlib") from None
+    fig = Figure(figsize=(6, 4), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    linf = norm == "linf"
+    xs = [p["eps"] * 255 if linf else p["eps"] for p in points]
+    ax.plot(xs, [p[SWEEP_ATTACK] for p in points], marker="o", label="PGD-20")
+    ax.set_xlabel("eps (x/255, L-inf)" if linf else "eps (L2)")
+    ax.set_ylabel("robust accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_xticks(xs)
+    ax.set_xticklabels([p["eps_label"].removesuffix("/255") if linf else p["eps_label"] for p in points])
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _sweep_plot_path(out: Path) -> Path:
+    """``eps_sweep.png`` beside eval.json; ``<stem>.eps_sweep.png`` for any other --out name."""
+    return out.with_name("eps_sweep.png") if out.name == "eval.json" else out.with_name(f"{out.stem}.eps_sweep.png")
+
+
+def _table(report: EvalReport, sweep: list[dict[str, Any]]) -> list[str]:
+    rows = [("clean", report.clean_acc, report.seconds.get("clean"))]
+    rows += [(name, report.robust[name], report.seconds.get(name)) for name in report.correct if name != "clean"]
+    rows.append(("worst", report.worst, None))
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'attack':<{width}}  {'accuracy':>8}  {'seconds':>8}"]
+    for name, acc, secs in rows:
+        shown = f"{acc:.4f}" if acc is not None else "-"
+        lines.append(f"{name:<{width}}  {shown:>8}  {f'{secs:.1f}' if secs is not None else '':>8}")
+    if sweep:
+        lines.append("")
+        lines.append(f"{'eps':<8}  {SWEEP_ATTACK:>8}")
+        lines += [f"{p['eps_label']:<8}  {p[SWEEP_ATTACK]:>8.4f}" for p in sweep]
+    return lines
+
+
+# ------------------------------------------------------------------------------------ the command
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Run ``kdbench eval`` for parsed ``args`` (see `add_eval_parser`): print a table, write eval.json.
+
+    Returns the exit code (0). User mistakes raise `UserError` (the CLI prints one line, exit code 2).
+    """
+    started = time.perf_counter()
+    target = _load_target(args)
+    d = target.defaults
+    norm = args.norm or d.get("norm") or "linf"
+    if args.eps is not None:
+        eps = parse_eps(args.eps)
+    elif d.get("eps") is not None and d.get("norm", norm) == norm:
+        eps = float(d["eps"])
+    else:
+        eps = DEFAULT_EPS[norm]
+    eps = _checked_eps(eps, norm, "--eps")
+    attacks = _attack_list(args.attacks, d["attacks"])
+    sweep_eps = _sweep_list(args.eps_sweep, norm) if args.eps_sweep is not None else []
+    batch_size = args.batch_size if args.batch_size is not None else int(d["batch_size"])
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    seed = args.seed if args.seed is not None else int(d["seed"])
+    n = args.n if args.n is not None else d.get("n")
+    total = len(target.labels)
+    if n is not None:
+        if n < 1:
+            raise UserError(f"--n must be >= 1, got {n}")
+        if n > total:
+            which = "--n" if args.n is not None else "the run's eval.n_examples"
+            raise UserError(f"{which} is {n} but the test set has {total} images; use at most {total}")
+    images, labels = (target.images[:n], target.labels[:n]) if n is not None else (target.images, target.labels)
+    device = _device(args.device)
+    out: Path = args.out if args.out is not None else target.default_out
+    net = target.net.to(device)
+    setup_seconds = time.perf_counter() - started
+
+    print(
+        f"kdbench: evaluating {target.model} on {len(labels)} {target.dataset} test images ({', '.join(attacks)}; "
+        f"{'Linf' if norm == 'linf' else 'L2'} eps {eps_label(eps)}; {device.type})",
+        file=sys.stderr,
+    )
+    report = evaluate(
+        net,
+        images,
+        labels,
+        attacks,
+        eps=eps,
+        norm=norm,
+        batch_size=batch_size,
+        device=device,
+        seed=seed,
+        steps_check=args.check_steps,
+    )
+    flags = list(report.flags)
+    seconds = {"setup": setup_seconds, **report.seconds}
+
+    sweep: list[dict[str, Any]] = []
+    if sweep_eps:
+        t0 = time.perf_counter()
+        correct_by_eps: dict[float, Tensor] = {}
+        for e in sweep_eps:
+            point = evaluate(
+                net,
+                images,
+                labels,
+                ["clean", SWEEP_ATTACK],
+                eps=e,
+                norm=norm,
+                batch_size=batch_size,
+                device=device,
+                seed=seed,
+                sanity=False,
+            )
+            correct_by_eps[e] = point.correct[SWEEP_ATTACK]
+            sweep.append({"eps": e, "eps_label": eps_label(e), SWEEP_ATTACK: point.robust[SWEEP_ATTACK]})
+        flags += check_eps_monotone(correct_by_eps)
+        seconds["eps_sweep"] = time.perf_counter() - t0
+
+    plot = _sweep_plot_path(out) if sweep else None
+    if plot is not None:
+        title = f"{target.model} on {target.dataset}: PGD-20 accuracy vs eps (n={len(labels)})"
+        plot_eps_sweep(sweep, plot, title=title, norm=norm)
+    seconds["total"] = time.perf_counter() - started
+
+    result: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "target": str(target.path),
+        "kind": target.kind,
+        "model": target.model,
+        "dataset": target.dataset,
+        "threat_model": {"norm": "Linf" if norm == "linf" else "L2", "eps": eps_label(eps)},
+        "metrics": report.to_dict(),
+        "flags": flags,
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "attacks": attacks,
+        "seed": seed,
+    }
+    if sweep:
+        result["eps_sweep"] = sweep
+        result["eps_sweep_plot"] = plot.name if plot is not None else None
+    result["env"] = environment(
+        device.type if device.type == "cpu" else torch.cuda.get_device_name(device),
+        {"models": [target.model], "datasets": [target.dataset]},
+    )
+    write_json(out, result)
+
+    print(
+        f"{target.model} | {target.dataset} | {result['threat_model']['norm']} eps {eps_label(eps)} | n={len(labels)}"
+    )
+    for line in _table(report, sweep):
+        print(line)
+    for flag in flags:
+        print(f"  flag: {flag}")
+    print(f"eval: {out}")
+    if plot is not None:
+        print(f"plot: {plot}")
+    return 0

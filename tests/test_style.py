@@ -1,0 +1,18 @@
+"""The tree stays ruff-clean (the dev extra installs ruff)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from .conftest import REPO
+
+
+@pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff is not installed (pip install -e '.[dev]')")
+def test_ruff_check_and_format():
+    check = subprocess.run(["ruff", "check", "--quiet", "."], cwd=REPO, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    fmt = subprocess.run(["ruff", "format", "--check", "--quiet", "."], cwd=REPO, capture_output=True, text=True)
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
