@@ -7,6 +7,7 @@ exits with 130 after checkpointing. Anything else is a bug and keeps its traceba
 from __future__ import annotations
 
 import argparse
+import importlib
 import inspect
 import sys
 from collections.abc import Sequence
@@ -19,14 +20,20 @@ from pydantic_core import PydanticUndefined
 from kdbench._errors import PluginError, UserError, did_you_mean
 from kdbench._registry import Registry, registries
 
-__all__ = ["main"]
+__all__ = ["COMMAND_MODULES", "main"]
+
+#: Sub-commands in modules of their own. Each module has ``add_parser(subparsers)``, which adds its
+#: sub-command and sets ``handler`` (``args -> exit code``) with ``set_defaults``.
+COMMAND_MODULES = [
+    "kdbench.evaluation.command",
+]
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdbench", description="Adversarially robust knowledge distillation.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="train and evaluate a recipe")
+    run = sub.add_parser("run", help="train and evaluate a recipe (every variant of its [sweep])")
     run.add_argument("recipe", type=Path)
     run.add_argument(
         "--set",
@@ -41,25 +48,32 @@ def _parser() -> argparse.ArgumentParser:
         "--runs-dir", type=Path, help="root of default output folders (default: $KDBENCH_RUNS_DIR or ./runs)"
     )
     run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.add_argument("--dry-run", action="store_true", help="list the runs (a sweep's variants) and their status")
+    run.set_defaults(handler=_cmd_run)
 
     validate = sub.add_parser("validate", help="check recipes without running them")
     validate.add_argument("recipes", type=Path, nargs="+")
     validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    validate.set_defaults(handler=_cmd_validate)
 
     lst = sub.add_parser("list", help="registered components and the distributions that provide them")
     lst.add_argument("kind", nargs="?", help="models, datasets, attacks or methods")
     lst.add_argument("pattern", nargs="?", help="substring of the name")
+    lst.set_defaults(handler=_cmd_list)
 
     show = sub.add_parser("show", help="a component's description and options")
     show.add_argument("name", help="component name, or KIND/NAME when several kinds share it")
+    show.set_defaults(handler=_cmd_show)
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        handler = {"run": _cmd_run, "validate": _cmd_validate, "list": _cmd_list, "show": _cmd_show}[args.command]
-        return handler(args)
+        return int(args.handler(args))
     except UserError as exc:
         print(f"kdbench: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -74,21 +88,52 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from kdbench.engine.progress import make_progress
     from kdbench.engine.trainer import Interrupted
-    from kdbench.recipe import load_recipe
-    from kdbench.run import run_recipe
+    from kdbench.recipe import load_recipes
+    from kdbench.run import default_out_dir, run_recipe, status
 
-    resolved = load_recipe(args.recipe, args.overrides)
+    variants = load_recipes(args.recipe, args.overrides)
+    if args.out is not None and len(variants) > 1:
+        raise UserError(f"{args.recipe} sweeps over {len(variants)} runs; --out names one folder, use --runs-dir")
+    if args.dry_run:
+        for resolved in variants:
+            out = args.out or default_out_dir(resolved, args.runs_dir)
+            print(f"{resolved.recipe.name}  {resolved.short_hash}  {status(resolved, out):<8}  {out}")
+        return 0
     progress = make_progress(quiet=args.quiet)
+    rows: list[tuple[str, dict[str, Any] | None, str]] = []
     try:
-        outcome = run_recipe(resolved, args.out, runs_dir=args.runs_dir, progress=progress)
+        for resolved in variants:
+            try:
+                outcome = run_recipe(resolved, args.out, runs_dir=args.runs_dir, progress=progress)
+            except UserError as exc:
+                if len(variants) == 1:
+                    raise
+                print(f"kdbench: error: {resolved.recipe.name}: {exc}", file=sys.stderr)
+                rows.append((resolved.recipe.name, None, f"failed: {exc}"))
+                continue
+            rows.append((resolved.recipe.name, outcome.result, str(outcome.out_dir / "result.json")))
     except Interrupted as exc:
-        progress.close()
         print(f"kdbench: {exc}; run the same command to resume", file=sys.stderr)
         return Interrupted.exit_code
     finally:
         progress.close()
-    _print_result(outcome.result, outcome.out_dir)
-    return 0
+    if len(variants) == 1:
+        _, result, where = rows[0]
+        assert result is not None
+        _print_result(result, Path(where).parent)
+        return 0
+    _print_summary(rows)
+    return 2 if any(result is None for _, result, _ in rows) else 0
+
+
+def _metric_cells(result: dict[str, Any]) -> list[str]:
+    m = result["metrics"]
+    robust = m.get("robust", {})
+    cells = [f"{m['clean_acc']:.4f}"]
+    for key in ("fgsm", "pgd20", "cw", "autoattack"):
+        value = robust.get(key)
+        cells.append("-" if value is None else f"{value:.4f}")
+    return cells
 
 
 def _print_result(result: dict[str, Any], out: Path) -> None:
@@ -101,21 +146,38 @@ def _print_result(result: dict[str, Any], out: Path) -> None:
     print(f"result: {out / 'result.json'}")
 
 
+def _print_summary(rows: list[tuple[str, dict[str, Any] | None, str]]) -> None:
+    header = ["run", "method", "seed", "clean", "fgsm", "pgd20", "cw", "autoattack", "flags", "result"]
+    table = [header]
+    for name, result, where in rows:
+        if result is None:
+            table.append([name, "-", "-", "-", "-", "-", "-", "-", "-", where])
+        else:
+            flags = str(len(result.get("flags", [])))
+            table.append([name, result["method"], str(result["seed"]), *_metric_cells(result), flags, where])
+    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1])
+
+
 # -------------------------------------------------------------------------------------- validate
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from kdbench.recipe import load_recipe
+    from kdbench.recipe import load_recipes
 
     failed = 0
     for path in args.recipes:
         try:
-            resolved = load_recipe(path, args.overrides)
+            variants = load_recipes(path, args.overrides)
         except UserError as exc:
             failed += 1
             print(f"kdbench: error: {exc}", file=sys.stderr)
         else:
-            print(f"{path}: ok ({resolved.recipe.name}, hash {resolved.short_hash})")
+            if len(variants) == 1:
+                print(f"{path}: ok ({variants[0].recipe.name}, hash {variants[0].short_hash})")
+            else:
+                print(f"{path}: ok ({len(variants)} runs: {', '.join(v.recipe.name for v in variants)})")
     return 2 if failed else 0
 
 

@@ -9,9 +9,12 @@ components up in the registries and validates their own tables against each comp
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import itertools
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +38,8 @@ __all__ = [
     "TrainSection",
     "apply_overrides",
     "load_recipe",
+    "load_recipes",
+    "read_raw",
     "resolve",
 ]
 
@@ -213,6 +218,21 @@ class ResolvedRecipe:
         return self.path.parent / p
 
 
+def _set_dotted(raw: dict[str, Any], key: str, value: Any, file: str, origin: str) -> None:
+    node = raw
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise RecipeError(
+                f"{origin} cannot descend into {'.'.join(parts[: i + 1])!r}, which is not a table",
+                file=file,
+                key=key,
+            )
+        node = child
+    node[parts[-1]] = value
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str], file: str) -> dict[str, Any]:
     """Apply ``dotted.key=value`` overrides to a raw recipe dict (values parsed as TOML, else strings)."""
     for item in overrides:
@@ -220,24 +240,106 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], file: str) -> dic
         key = key.strip()
         if not sep or not key:
             raise RecipeError(f"--set {item!r} is not KEY=VALUE", file=file, hint="write e.g. --set train.epochs=5")
-        node = raw
-        parts = key.split(".")
-        for i, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise RecipeError(
-                    f"--set cannot descend into {'.'.join(parts[: i + 1])!r}, which is not a table",
-                    file=file,
-                    key=key,
-                )
-            node = child
-        node[parts[-1]] = _toml.parse_value(text.strip())
+        _set_dotted(raw, key, _toml.parse_value(text.strip()), file, "--set")
     return raw
 
 
+#: Keys holding paths relative to the recipe file; rebased when a recipe `extends` one elsewhere.
+_PATH_KEYS = (("teacher", "recipe"), ("teacher", "checkpoint"), ("data", "root"))
+
+
+def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge: tables merge key by key, anything else in ``child`` replaces ``base``."""
+    out = dict(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_raw(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A recipe file as a dict, with ``extends = "base.toml"`` merged in (recursively, cycles refused).
+
+    Relative paths the base recipe holds (teacher.recipe, teacher.checkpoint, data.root) keep
+    pointing where they pointed from the base file's folder.
+    """
+    raw = _toml.load_file(path)
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    file = str(path)
+    if not isinstance(parent, str):
+        raise RecipeError("must be a path string", file=file, key="extends", hint='write extends = "base.toml"')
+    base_path = (path.parent / parent) if not Path(parent).is_absolute() else Path(parent)
+    here = path.resolve()
+    if base_path.resolve() in (*_chain, here):
+        chain = " -> ".join(str(p) for p in (*_chain, here, base_path.resolve()))
+        raise RecipeError(f"extends forms a cycle: {chain}", file=file, key="extends")
+    if not base_path.is_file():
+        raise RecipeError(f"base recipe {str(base_path)!r} not found", file=file, key="extends")
+    base = read_raw(base_path, (*_chain, here))
+    for section, key in _PATH_KEYS:
+        value = base.get(section, {}).get(key) if isinstance(base.get(section), dict) else None
+        if isinstance(value, str) and not Path(value).expanduser().is_absolute():
+            base[section][key] = os.path.relpath(base_path.parent / value, path.parent)
+    return _merge(base, raw)
+
+
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> ResolvedRecipe:
-    """Read, override, validate and resolve a recipe file (and the teacher recipe it names)."""
+    """Read, override, validate and resolve a recipe file without a sweep (and the teacher recipe it names)."""
     return _load(Path(path), list(overrides or []), stack=())
+
+
+def load_recipes(path: str | Path, overrides: list[str] | None = None) -> list[ResolvedRecipe]:
+    """All variants of a recipe: one, or the product of its ``[sweep]`` table.
+
+    ``[sweep]`` maps dotted keys to lists, e.g. ``"method.name" = ["kd", "ard"]`` and ``seed = [0, 1]``;
+    each variant sets those keys (after ``--set`` overrides) and is named ``<name>-<value>-<value>``.
+    """
+    path = Path(path)
+    file = str(path)
+    overrides = list(overrides or [])
+    raw = apply_overrides(read_raw(path), overrides, file)
+    sweep = raw.pop("sweep", None)
+    if sweep is None:
+        return [resolve(raw, path=path, overrides=overrides, _stack=(path.resolve(),))]
+    axes = _sweep_axes(sweep, file)
+    variants = []
+    for values in itertools.product(*axes.values()):
+        variant = copy.deepcopy(raw)
+        for key, value in zip(axes, values, strict=True):
+            _set_dotted(variant, key, value, file, "[sweep]")
+        base_name = variant.get("name")
+        if isinstance(base_name, str):
+            suffix = "-".join(re.sub(r"[^A-Za-z0-9_.+-]+", "_", str(v)) for v in values)
+            variant["name"] = f"{base_name}-{suffix}"
+        label = ", ".join(f"{k}={v!r}" for k, v in zip(axes, values, strict=True))
+        try:
+            resolved = resolve(variant, path=path, overrides=overrides, _stack=(path.resolve(),))
+        except RecipeError as exc:
+            hint = f"{exc.hint}; " if exc.hint else ""
+            raise RecipeError(
+                exc.problem, file=exc.file, key=exc.key, hint=f"{hint}in the [sweep] variant {label}"
+            ) from None
+        variants.append(resolved)
+    return variants
+
+
+def _sweep_axes(sweep: Any, file: str) -> dict[str, list[Any]]:
+    if not isinstance(sweep, dict) or not sweep:
+        raise RecipeError("must be a table of dotted keys to lists", file=file, key="sweep")
+    axes: dict[str, list[Any]] = {}
+    for key, values in sweep.items():
+        if isinstance(values, dict):  # a dotted key written without quotes: [sweep] method.name = [...]
+            for sub, sub_values in _sweep_axes(values, file).items():
+                axes[f"{key}.{sub}"] = sub_values
+            continue
+        if not isinstance(values, list) or not values:
+            raise RecipeError("must be a non-empty list of values", file=file, key=f"sweep.{key}")
+        axes[key] = values
+    return axes
 
 
 def _load(path: Path, overrides: list[str], stack: tuple[Path, ...]) -> ResolvedRecipe:
@@ -246,8 +348,15 @@ def _load(path: Path, overrides: list[str], stack: tuple[Path, ...]) -> Resolved
     if key in stack:
         chain = " -> ".join(str(p) for p in (*stack, key))
         raise RecipeError(f"teacher.recipe forms a cycle: {chain}", file=file, key="teacher.recipe")
-    raw = _toml.load_file(path)
+    raw = read_raw(path)
     raw = apply_overrides(raw, overrides, file)
+    if "sweep" in raw:
+        raise RecipeError(
+            "a recipe with a [sweep] table names several runs",
+            file=file,
+            key="sweep",
+            hint="run it with `kdbench run`, or point teacher.recipe at a recipe without a sweep",
+        )
     return resolve(raw, path=path, overrides=overrides, _stack=(*stack, key))
 
 

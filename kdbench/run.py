@@ -46,7 +46,7 @@ from kdbench.models.base import Network
 from kdbench.recipe import ResolvedRecipe
 from kdbench.results import SCHEMA_VERSION, environment, eps_label, read_result, write_json
 
-__all__ = ["RUNS_DIR_ENV", "RunOutcome", "default_out_dir", "run_recipe"]
+__all__ = ["RUNS_DIR_ENV", "RunOutcome", "default_out_dir", "run_recipe", "status"]
 
 #: Where runs go when --out is not given (default: ./runs).
 RUNS_DIR_ENV = "KDBENCH_RUNS_DIR"
@@ -83,6 +83,15 @@ def run_recipe(
         _claim(resolved, out)
         result = _execute(resolved, out, runs_dir, progress)
     return RunOutcome(out, result, reused=False)
+
+
+def status(resolved: ResolvedRecipe, out: Path) -> str:
+    """``done`` (result present), ``partial`` (checkpoints, no result) or ``new``."""
+    if _finished(resolved, out) is not None:
+        return "done"
+    if CheckpointStore(out / "checkpoints").positions():
+        return "partial"
+    return "new"
 
 
 def _finished(resolved: ResolvedRecipe, out: Path) -> dict[str, Any] | None:
