@@ -57,7 +57,15 @@ from kdbench.evaluation.suite import EvalReport, evaluate, parse_attacks
 from kdbench.models.base import Network
 from kdbench.results import SCHEMA_VERSION, environment, eps_label, write_json
 
-__all__ = ["DEFAULT_ATTACKS", "DEFAULT_SWEEP", "add_eval_parser", "cmd_eval", "parse_eps", "plot_eps_sweep"]
+__all__ = [
+    "DEFAULT_ATTACKS",
+    "DEFAULT_SWEEP",
+    "add_eval_parser",
+    "add_parser",
+    "cmd_eval",
+    "parse_eps",
+    "plot_eps_sweep",
+]
 
 #: Attacks evaluated when neither ``--attacks`` nor the run's ``eval.attacks`` says otherwise.
 DEFAULT_ATTACKS = ("clean", "fgsm", "pgd20", "cw", "autoattack")
@@ -73,7 +81,10 @@ _SWEEP_DEFAULT = "default"
 
 
 def add_eval_parser(subparsers: Any) -> None:
-    """Add the ``eval`` sub-command to ``subparsers`` (the object ``ArgumentParser.add_subparsers`` returns)."""
+    """Add the ``eval`` sub-command to ``subparsers`` (what ``ArgumentParser.add_subparsers`` returns).
+
+    The parsed namespace gets ``handler = cmd_eval`` (the convention of `kdbench.cli.COMMAND_MODULES`).
+    """
     p = subparsers.add_parser(
         "eval",
         help="evaluate a run folder or a weights file (table + eval.json)",
@@ -119,6 +130,11 @@ def add_eval_parser(subparsers: Any) -> None:
     p.add_argument(
         "--data-root", type=Path, metavar="DIR", help=f"the dataset's folder (default: ${DATA_ROOT_ENV}/<name>)"
     )
+    p.set_defaults(handler=cmd_eval)
+
+
+#: The entry point `kdbench.cli` calls for every module of its ``COMMAND_MODULES``.
+add_parser = add_eval_parser
 
 
 # ------------------------------------------------------------------------------------ parsing
@@ -134,6 +150,15 @@ def parse_eps(text: str | float, *, what: str = "--eps") -> float:
     if eps != eps or eps in (float("inf"), float("-inf")):
         raise UserError(f"{what}: {text!r} is not a finite number")
     return eps
+
+
+def _eps_label(eps: float) -> str:
+    """``"12/255"`` for any whole number of 255ths (`kdbench.results.eps_label` reduces 12/255 to 4/85 and
+    then prints a decimal), ``"0"`` for 0, else `kdbench.results.eps_label`."""
+    k = round(eps * 255)
+    if k and abs(k - eps * 255) < 1e-6:
+        return f"{k}/255"
+    return eps_label(eps)
 
 
 def _checked_eps(eps: float, norm: str, what: str) -> float:
@@ -173,16 +198,11 @@ def _options(items: list[str], what: str) -> dict[str, Any]:
     return options
 
 
-def _config(cls: Any, options: dict[str, Any], what: str) -> StrictModel:
-    """Validate ``options`` against a component's Config; errors become one-line `UserError`s."""
-    from pydantic import ValidationError
+def _config(cls: Any, options: dict[str, Any], where: str, key: str) -> StrictModel:
+    """Validate ``options`` against a component's Config; errors are one-line `RecipeError`s at ``where: key``."""
+    from kdbench.recipe import _validate
 
-    try:
-        return cls.Config.model_validate(options)  # type: ignore[no-any-return]
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "options"
-        raise UserError(f"{what}: {where}: {first['msg']}") from None
+    return _validate(cls.Config, options, where, key)  # type: ignore[no-any-return]
 
 
 def _device(name: str) -> torch.device:
@@ -231,11 +251,13 @@ def _env_root(dataset: str) -> Path | None:
     return Path(env).expanduser() / split_variant(dataset)[0] if env else None
 
 
-def _build_net(model: str, options: dict[str, Any], info: DatasetInfo, num_classes: int | None) -> Network:
+def _build_net(
+    model: str, options: dict[str, Any], info: DatasetInfo, num_classes: int | None, weights: Path
+) -> Network:
     cls = MODELS.get(model)
     if ":" in model and not cls.accepts_variant:
         raise UserError(f"model {split_variant(model)[0]!r} takes no ':variant'")
-    config = _config(cls, options, f"model {model!r} options")
+    config = _config(cls, options, str(weights), f"options of model {model!r}")
     return build_network(model, config, network_spec(info, num_classes))
 
 
@@ -259,11 +281,7 @@ def _load_run(run: Path, args: argparse.Namespace) -> _Target:
     data: DataSection = _validate(DataSection, raw.get("data"), file, "data")
     ev: EvalSection = _validate(EvalSection, raw.get("eval", {}), file, "eval")
     seed = raw.get("seed", 0)
-    data_cls = DATASETS.get(data.dataset)
-    try:
-        data_config = _config(data_cls, data.options, "data.options")
-    except UserError as exc:
-        raise RecipeError(str(exc), file=file) from None
+    data_config = _config(DATASETS.get(data.dataset), data.options, file, "data.options")
     if args.data_root is not None:
         root: Path | None = args.data_root
     elif data.root:
@@ -291,7 +309,7 @@ def _load_run(run: Path, args: argparse.Namespace) -> _Target:
         raise UserError(f"{weights} does not record its model; evaluate it as a weights file with --model NAME")
     options = meta.get("options") if isinstance(meta.get("options"), dict) else {}
     num_classes = int(meta["num_classes"]) if "num_classes" in meta else None
-    net = _build_net(model, options, info, num_classes)
+    net = _build_net(model, options, info, num_classes, weights)
     load_network_weights(net, weights, what="model")
     defaults = {
         "attacks": list(ev.attacks),
@@ -314,14 +332,13 @@ def _load_weights(weights: Path, args: argparse.Namespace) -> _Target:
     if not model:
         raise UserError(f"{weights} does not record its model: name it with --model (e.g. --model resnet18)")
     MODELS.entry(model)  # unknown names fail here, with close matches, before any data is read
-    data_cls = DATASETS.get(args.dataset)
-    data_config = _config(data_cls, _options(args.data_options, "--data-option"), f"dataset {args.dataset!r}")
+    data_config = _config(DATASETS.get(args.dataset), _options(args.data_options, "--data-option"), "--data-option", "")
     root = args.data_root if args.data_root is not None else _env_root(args.dataset)
     source = _make_source(args.dataset, data_config, root)
     info = source.info()
     options = meta.get("options") if model == recorded and isinstance(meta.get("options"), dict) else {}
     num_classes = int(meta["num_classes"]) if "num_classes" in meta else None
-    net = _build_net(model, options, info, num_classes)
+    net = _build_net(model, options, info, num_classes, weights)
     load_network_weights(net, weights, what="model")
     test = load_split_cached(source, "test")
     defaults: dict[str, Any] = {"attacks": list(DEFAULT_ATTACKS), "n": None, "seed": 0, "batch_size": 256}
@@ -371,7 +388,7 @@ def plot_eps_sweep(points: list[dict[str, Any]], path: Path, *, title: str, norm
     ax.set_ylabel("robust accuracy")
     ax.set_ylim(0, 1)
     ax.set_xticks(xs)
-    ax.set_xticklabels([p["eps_label"].removesuffix("/255") if linf else p["eps_label"] for p in points])
+    ax.set_xticklabels([f"{x:.3g}" for x in xs])
     ax.grid(True, alpha=0.3)
     ax.legend()
     ax.set_title(title)
@@ -443,7 +460,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     print(
         f"kdbench: evaluating {target.model} on {len(labels)} {target.dataset} test images ({', '.join(attacks)}; "
-        f"{'Linf' if norm == 'linf' else 'L2'} eps {eps_label(eps)}; {device.type})",
+        f"{'Linf' if norm == 'linf' else 'L2'} eps {_eps_label(eps)}; {device.type})",
         file=sys.stderr,
     )
     report = evaluate(
@@ -479,7 +496,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 sanity=False,
             )
             correct_by_eps[e] = point.correct[SWEEP_ATTACK]
-            sweep.append({"eps": e, "eps_label": eps_label(e), SWEEP_ATTACK: point.robust[SWEEP_ATTACK]})
+            sweep.append({"eps": e, "eps_label": _eps_label(e), SWEEP_ATTACK: point.robust[SWEEP_ATTACK]})
         flags += check_eps_monotone(correct_by_eps)
         seconds["eps_sweep"] = time.perf_counter() - t0
 
@@ -495,7 +512,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "kind": target.kind,
         "model": target.model,
         "dataset": target.dataset,
-        "threat_model": {"norm": "Linf" if norm == "linf" else "L2", "eps": eps_label(eps)},
+        "threat_model": {"norm": "Linf" if norm == "linf" else "L2", "eps": _eps_label(eps)},
         "metrics": report.to_dict(),
         "flags": flags,
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
@@ -506,13 +523,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         result["eps_sweep"] = sweep
         result["eps_sweep_plot"] = plot.name if plot is not None else None
     result["env"] = environment(
-        device.type if device.type == "cpu" else torch.cuda.get_device_name(device),
+        f"cpu ({torch.get_num_threads()} threads)" if device.type == "cpu" else torch.cuda.get_device_name(device),
         {"models": [target.model], "datasets": [target.dataset]},
     )
     write_json(out, result)
 
     print(
-        f"{target.model} | {target.dataset} | {result['threat_model']['norm']} eps {eps_label(eps)} | n={len(labels)}"
+        f"{target.model} | {target.dataset} | {result['threat_model']['norm']} eps {_eps_label(eps)} | n={len(labels)}"
     )
     for line in _table(report, sweep):
         print(line)
