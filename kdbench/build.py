@@ -71,7 +71,7 @@ def build_source(resolved: ResolvedRecipe) -> DatasetSource:
     return cls(resolved.data_config, dataset_root(resolved), data.download)  # type: ignore[no-any-return]
 
 
-def build_data(resolved: ResolvedRecipe, hardware: Hardware) -> DataBundle:
+def build_data(resolved: ResolvedRecipe, hardware: Hardware, rank: int = 0, world_size: int = 1) -> DataBundle:
     """Decode (or read from the cache) both splits, take the subsets, put the train split on the device."""
     r = resolved.recipe
     source = build_source(resolved)
@@ -93,10 +93,19 @@ def build_data(resolved: ResolvedRecipe, hardware: Hardware) -> DataBundle:
                 hint=f"use at most {len(test_labels)}",
             )
         test_images, test_labels = test_images[:n_eval], test_labels[:n_eval]
+    if r.train.batch_size % world_size:
+        raise RecipeError(
+            f"batch size {r.train.batch_size} does not split over {world_size} processes",
+            file=resolved.file,
+            key="train.batch_size",
+            hint=f"use a multiple of {world_size}",
+        )
     loader = DeviceLoader(
         train,
         device=hardware.device,
-        batch_size=r.train.batch_size,
+        batch_size=r.train.batch_size // world_size,
+        rank=rank,
+        world_size=world_size,
         train=r.data.augment,
         seed=r.seed,
         subset_indices=train_idx,

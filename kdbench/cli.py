@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -117,6 +118,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return Interrupted.exit_code
     finally:
         progress.close()
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # a non-zero rank of a torchrun job: rank 0 reports
     if len(variants) == 1:
         _, result, where = rows[0]
         assert result is not None

@@ -38,6 +38,7 @@ from kdbench.build import (
     network_spec,
 )
 from kdbench.engine.checkpoint import CheckpointStore, atomic_write_bytes
+from kdbench.engine.distributed import Distributed, setup_distributed
 from kdbench.engine.hardware import resolve_hardware
 from kdbench.engine.progress import Progress, make_progress
 from kdbench.engine.trainer import Trainer, freeze
@@ -79,9 +80,12 @@ def run_recipe(
         progress.message(f"{resolved.recipe.name}: already finished in {out} (hash {resolved.short_hash})")
         return RunOutcome(out, done, reused=True)
     out.mkdir(parents=True, exist_ok=True)
+    ddp = setup_distributed(resolved.recipe.train.device)
+    if not ddp.is_main:  # rank 0 owns the folder; the others train beside it and write nothing
+        return RunOutcome(out, _execute(resolved, out, runs_dir, progress, ddp), reused=False)
     with _lock(out):
         _claim(resolved, out)
-        result = _execute(resolved, out, runs_dir, progress)
+        result = _execute(resolved, out, runs_dir, progress, ddp)
     return RunOutcome(out, result, reused=False)
 
 
@@ -164,11 +168,16 @@ def _checkpoint_classes(path: Path) -> int | None:
     return int(payload["num_classes"]) if isinstance(payload, dict) and "num_classes" in payload else None
 
 
-def _execute(resolved: ResolvedRecipe, out: Path, runs_dir: Path | None, progress: Progress) -> dict[str, Any]:
+def _execute(
+    resolved: ResolvedRecipe, out: Path, runs_dir: Path | None, progress: Progress, ddp: Distributed
+) -> dict[str, Any]:
+    """Train and evaluate; returns result.json's content ({} on processes other than rank 0)."""
     r = resolved.recipe
-    hw = resolve_hardware(r.train.device, r.train.precision, r.train.channels_last, r.train.deterministic)
+    hw = resolve_hardware(
+        r.train.device, r.train.precision, r.train.channels_last, r.train.deterministic, ddp.local_rank
+    )
     torch.manual_seed(r.seed)  # model initialisation
-    data = build_data(resolved, hw)
+    data = build_data(resolved, hw, ddp.rank, ddp.world_size)
     spec = network_spec(data.info)
     teacher = _teacher(resolved, runs_dir, progress, spec.num_classes) if r.teacher is not None else None
     progress.message(
@@ -190,6 +199,12 @@ def _execute(resolved: ResolvedRecipe, out: Path, runs_dir: Path | None, progres
     student = student.to(hw.device, memory_format=memory)
     if teacher is not None:
         teacher = teacher.to(hw.device, memory_format=memory)
+    ddp.broadcast_module(student)
+    ddp.broadcast_module(method)
+    if r.train.compile:
+        _compile(student)
+        if teacher is not None:
+            _compile(teacher)
     trainer = Trainer(
         student=student,
         method=method,
@@ -202,8 +217,11 @@ def _execute(resolved: ResolvedRecipe, out: Path, runs_dir: Path | None, progres
         store=CheckpointStore(out / "checkpoints"),
         metrics_path=out / "metrics.jsonl",
         progress=progress,
+        distributed=ddp,
     )
     summary = trainer.fit()
+    if not ddp.is_main:
+        return {}
     _save_model(out / "model.pt", student, resolved, spec.num_classes)
 
     report = _evaluate(student, data, resolved, hw.device, progress)
@@ -236,12 +254,18 @@ def _execute(resolved: ResolvedRecipe, out: Path, runs_dir: Path | None, progres
             },
         ),
         "precision": hw.precision,
+        "world_size": ddp.world_size,
         "deterministic": r.train.deterministic,
         "seed": r.seed,
     }
     write_json(out / "result.json", result)
     progress.message(f"{r.name}: result in {out / 'result.json'}")
     return result
+
+
+def _compile(net: Network) -> None:
+    """torch.compile the pass the engine and the attacks call, keeping the module (and its state_dict keys)."""
+    net.forward_all = torch.compile(net.forward_all)  # type: ignore[method-assign]
 
 
 def _count(net: torch.nn.Module) -> int:

@@ -54,6 +54,8 @@ class DeviceLoader:
         channels_last: bool = False,
         crop_padding: int = 4,
         hflip: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         images, labels = data
         if images.dtype != torch.uint8 or images.dim() != 4:
@@ -83,6 +85,11 @@ class DeviceLoader:
         self.channels_last = bool(channels_last)
         self.crop_padding = int(crop_padding)
         self.hflip = bool(hflip)
+        # Data-parallel sharding: every process draws the same epoch order and takes its own slice
+        # of each global batch (``batch_size`` samples per process, ``batch_size * world_size`` per step).
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside a world of {world_size}")
+        self.rank, self.world_size = int(rank), int(world_size)
 
     @property
     def num_samples(self) -> int:
@@ -90,13 +97,18 @@ class DeviceLoader:
         return len(self.labels)
 
     @property
+    def global_batch_size(self) -> int:
+        """Samples per optimiser step over all processes."""
+        return self.batch_size * self.world_size
+
+    @property
     def drop_last(self) -> bool:
-        return self.train and self.num_samples > self.batch_size
+        return self.train and (self.num_samples > self.global_batch_size or self.world_size > 1)
 
     def __len__(self) -> int:
-        """Batches per epoch."""
+        """Batches per epoch (per process; every process takes the same number of steps)."""
         if self.drop_last:
-            return self.num_samples // self.batch_size
+            return max(self.num_samples // self.global_batch_size, 1 if self.world_size == 1 else 0)
         return -(-self.num_samples // self.batch_size)
 
     def _generators(self, epoch: int) -> tuple[torch.Generator, torch.Generator]:
@@ -125,7 +137,11 @@ class DeviceLoader:
             if not self.hflip:
                 flips = torch.zeros_like(flips)
         for step in range(start_batch, steps):
-            lo, hi = step * bs, min((step + 1) * bs, n)
+            if self.train:
+                lo = step * self.global_batch_size + self.rank * bs
+                hi = min(lo + bs, n)
+            else:
+                lo, hi = step * bs, min((step + 1) * bs, n)
             if self.train:
                 index = order[lo:hi]
                 x = self.images[index]

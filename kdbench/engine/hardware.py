@@ -34,11 +34,14 @@ class Hardware:
         return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def resolve_hardware(device: str, precision: str, channels_last: bool | None, deterministic: bool) -> Hardware:
+def resolve_hardware(
+    device: str, precision: str, channels_last: bool | None, deterministic: bool, local_rank: int = 0
+) -> Hardware:
     """Turn the recipe's ``train.device/precision/channels_last/deterministic`` into concrete choices."""
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("train.device is 'cuda' but no CUDA device is available; use --set train.device=auto")
-    dev = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if precision == "auto":
         precision = "bf16" if dev.type == "cuda" else "fp32"
     if channels_last is None:

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from kdbench._errors import UserError
 from kdbench.attacks.base import Attack
 from kdbench.engine.checkpoint import CheckpointStore, atomic_write_bytes
+from kdbench.engine.distributed import Distributed
 from kdbench.engine.hardware import Hardware
 from kdbench.engine.progress import Progress
 from kdbench.engine.schedule import build_scheduler, lr_factor
@@ -78,12 +79,15 @@ class Trainer:
         progress: Progress,
         teacher: Network | None = None,
         attack: Attack | None = None,
+        distributed: Distributed | None = None,
     ):
         self.student, self.method, self.teacher, self.attack = student, method, teacher, attack
         self.loader, self.cfg, self.hw, self.seed = loader, train, hardware, seed
         self.store, self.metrics_path, self.progress = store, metrics_path, progress
         self.device = hardware.device
+        self.dist = distributed or Distributed()
         params = [p for p in [*student.parameters(), *method.parameters()] if p.requires_grad]
+        self.params = params
         self.optimizer = torch.optim.SGD(
             params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay, nesterov=train.nesterov
         )
@@ -138,6 +142,8 @@ class Trainer:
         return int(state["epoch"]), int(state["batch"])
 
     def _checkpoint(self, epoch: int, batch: int) -> Path:
+        if not self.dist.is_main:  # rank 0 writes for everyone
+            return self.store.path((epoch, batch))
         path = self.store.save((epoch, batch), self.state_dict(epoch, batch))
         self._write_metrics()
         return path
@@ -154,6 +160,8 @@ class Trainer:
         latest = self.store.load_latest(self.device)
         if latest is not None:
             start_epoch, start_batch = self.load_state_dict(latest[1])
+            if self.dist.enabled and start_batch:  # the checkpoint holds rank 0's RNG state only
+                torch.manual_seed(epoch_seed(self.seed, start_epoch) + 7919 * start_batch + self.dist.rank)
             where = f"epoch {start_epoch + 1}" + (f", step {start_batch}" if start_batch else "")
             self.progress.message(f"resuming from {latest[0]} at {where}")
         self.student.train()
@@ -169,8 +177,8 @@ class Trainer:
         )
 
     def _run_epoch(self, epoch: int, start_batch: int) -> None:
-        if start_batch == 0:
-            torch.manual_seed(epoch_seed(self.seed, epoch))
+        if start_batch == 0:  # attack starts differ between processes, as their data does
+            torch.manual_seed(epoch_seed(self.seed, epoch) + self.dist.rank)
         steps = self.steps_per_epoch
         self.progress.start_epoch(epoch, self.cfg.epochs, steps, start_batch)
         sums: dict[str, Tensor] = {}
@@ -195,17 +203,17 @@ class Trainer:
             batch += 1
             steps_since_sync += 1
             self.progress.advance()
-            if steps_since_sync >= self.cfg.log_every or self._stop_signal is not None:
+            if steps_since_sync >= self.cfg.log_every or (self._stop_signal is not None and not self.dist.enabled):
                 steps_since_sync = 0
                 self._check_finite(first_bad, bad_terms, epoch)
                 self.progress.show(self._means(sums, batch - start_batch))
-                if self._stop_signal is not None:
+                if self._should_stop():
                     break
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.seconds += time.perf_counter() - tic
         done = batch - start_batch
-        self.images += done * self.loader.batch_size
+        self.images += done * self.loader.batch_size * self.dist.world_size
         self._check_finite(first_bad, bad_terms, epoch)
         if self._stop_signal is not None and batch < steps:
             path = self._checkpoint(epoch, batch)
@@ -214,6 +222,8 @@ class Trainer:
         row: dict[str, Any] = {"epoch": epoch + 1, **{f"loss/{k}": v for k, v in values.items()}}
         if done:
             row["loss"] = sum(values.values())
+        self.dist.sum(correct)
+        self.dist.sum(seen)
         if seen.item() > 0:
             row["train_acc"] = (correct / seen).item()
         row["lr"] = self.optimizer.param_groups[0]["lr"]
@@ -245,6 +255,7 @@ class Trainer:
         total = torch.stack([t.float() for t in terms.values()]).sum()
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
+        self.dist.average_gradients(self.params)
         self.optimizer.step()
         self.scheduler.step()
         view = ctx.computed("student_adv") or ctx.computed("student_clean")
@@ -253,11 +264,22 @@ class Trainer:
     def _means(self, sums: dict[str, Tensor], count: int) -> dict[str, float]:
         if not sums:
             return {}
-        values = torch.stack(list(sums.values())).div(max(count, 1)).tolist()  # one sync for all terms
+        stacked = self.dist.sum(torch.stack(list(sums.values())))
+        values = stacked.div(max(count, 1) * self.dist.world_size).tolist()  # one sync for all terms
         return dict(zip(sums, values, strict=True))
 
+    def _should_stop(self) -> bool:
+        """Whether a stop signal arrived (in any process: they all stop at the same step)."""
+        if not self.dist.enabled:
+            return self._stop_signal is not None
+        flag = torch.tensor(float(self._stop_signal is not None), device=self.device)
+        if self.dist.sum(flag).item() > 0:
+            self._stop_signal = self._stop_signal or signal.SIGTERM
+            return True
+        return False
+
     def _check_finite(self, first_bad: Tensor, bad_terms: dict[str, Tensor], epoch: int) -> None:
-        step = int(first_bad.item())
+        step = int(self.dist.max(first_bad.clone()).item())
         if step < 0:
             return
         names = [name for name, flag in bad_terms.items() if bool(flag.item())]

@@ -1,0 +1,95 @@
+"""Data-parallel training with torch.distributed, launched by torchrun.
+
+``torchrun --nproc_per_node=N -m kdbench run RECIPE`` starts N processes; each builds the same
+components, trains on its own slice of every global batch (kdbench.data.loader), and averages
+gradients with one all-reduce per step. Only rank 0 writes checkpoints and results.
+
+Why not the ``DistributedDataParallel`` wrapper: a robust-distillation step runs the student many
+times before one backward pass (k attack iterations with input-only gradients, then the clean and
+adversarial views a method asks for). DDP's reducer expects one forward per backward through its
+wrapper and fails or needs ``find_unused_parameters`` with every extra pass. Averaging the gradients
+after ``backward()`` with ``all_reduce`` over one flattened buffer is what the reducer does at the
+end of a step, without those constraints; the launch, rendezvous and collectives are torch's own.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+__all__ = ["Distributed", "setup_distributed"]
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in the job (rank 0 of 1 when not launched by torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def average_gradients(self, params: list[nn.Parameter]) -> None:
+        """Average ``.grad`` over processes with one all-reduce of a flattened buffer."""
+        if not self.enabled:
+            return
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat.div_(self.world_size)
+        offset = 0
+        for g in grads:
+            n = g.numel()
+            g.copy_(flat[offset : offset + n].view_as(g))
+            offset += n
+
+    def broadcast_module(self, module: nn.Module) -> None:
+        """Make every process start from rank 0's parameters and buffers."""
+        if not self.enabled:
+            return
+        for tensor in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(tensor.data, src=0)
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum of ``tensor`` over processes (in place; returned for chaining)."""
+        if self.enabled:
+            dist.all_reduce(tensor)
+        return tensor
+
+    def max(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Maximum of ``tensor`` over processes (in place; returned for chaining)."""
+        if self.enabled:
+            dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return tensor
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+
+def setup_distributed(device: str) -> Distributed:
+    """Join the torchrun job described by RANK/WORLD_SIZE/LOCAL_RANK, if any (idempotent)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed()
+    rank = int(os.environ["RANK"])
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device != "cpu" and torch.cuda.is_available()
+    if not dist.is_initialized():
+        if use_cuda:
+            torch.cuda.set_device(local)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return Distributed(rank=rank, world_size=world, local_rank=local)

@@ -1,0 +1,63 @@
+"""Data-parallel runs: torchrun with 2 CPU processes (gloo) on a tiny recipe."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from .conftest import write
+
+RECIPE = """
+name = "ddp"
+seed = 0
+[data]
+dataset = "fake"
+options = {train_size = 128, test_size = 32, image_size = 16}
+[student]
+model = "resnet8"
+[method]
+name = "pgd_at"
+[attack]
+steps = 2
+[train]
+epochs = 2
+batch_size = 32
+device = "cpu"
+[eval]
+attacks = ["clean", "pgd20"]
+"""
+
+
+def _torchrun(*args: str, cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "kdbench", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_torchrun_two_processes_train_one_result(tmp_path):
+    recipe = write(tmp_path / "ddp.toml", RECIPE)
+    out = tmp_path / "out"
+    proc = _torchrun("run", str(recipe), "--out", str(out), "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["world_size"] == 2
+    assert result["train"]["epochs"] == 2
+    # 128 images, global batch 32 -> 4 steps per epoch, each process 16 images per step
+    assert result["train"]["train_size"] == 128
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert proc.stdout.count("result: ") == 1  # only rank 0 reports
+    assert sorted(p.name for p in (out / "checkpoints").glob("*.pt")) == [
+        "ckpt-e0001-b000000.pt",
+        "ckpt-e0002-b000000.pt",
+    ]
+    again = _torchrun("run", str(recipe), "--out", str(out), "--quiet", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert again.stdout.count("result: ") == 1
+    assert again.stderr.count("already finished") == 2  # both processes see the finished run
