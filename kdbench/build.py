@@ -168,14 +168,12 @@ def load_network_weights(net: Network, path: Path, *, what: str = "teacher") -> 
     state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:
-        detail = f"missing {len(missing)} keys (e.g. {missing[:2]})" if missing else ""
-        detail += ("; " if detail else "") + (
-            f"unexpected {len(unexpected)} keys (e.g. {unexpected[:2]})" if unexpected else ""
-        )
-        model = meta.get("model", "?")
+        parts = [f"missing {len(missing)} keys (e.g. {missing[:2]})"] if missing else []
+        parts += [f"unexpected {len(unexpected)} keys (e.g. {unexpected[:2]})"] if unexpected else []
+        saved = f"it was saved from model {meta['model']!r}; " if "model" in meta else ""
         raise UserError(
-            f"{what} checkpoint {path} does not fit {type(net).__name__}: {detail}; "
-            f"the file was saved from model {model!r} - check {what}.model"
+            f"{what} checkpoint {path} does not fit {type(net).__name__}: {', '.join(parts)}; "
+            f"{saved}check that the model name given for it is the one it was trained as"
         )
     return meta
 

@@ -27,6 +27,10 @@ __all__ = ["COMMAND_MODULES", "main"]
 #: sub-command and sets ``handler`` (``args -> exit code``) with ``set_defaults``.
 COMMAND_MODULES = [
     "kdbench.evaluation.command",
+    "kdbench.bench.command",
+    "kdbench.leaderboard.command",
+    "kdbench.leaderboard.robustbench",
+    "kdbench.analysis.command",
 ]
 
 
@@ -87,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from kdbench.engine.distributed import teardown_distributed
     from kdbench.engine.progress import make_progress
     from kdbench.engine.trainer import Interrupted
     from kdbench.recipe import load_recipes
@@ -118,6 +123,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return Interrupted.exit_code
     finally:
         progress.close()
+        teardown_distributed()
     if os.environ.get("RANK", "0") != "0":
         return 0  # a non-zero rank of a torchrun job: rank 0 reports
     if len(variants) == 1:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import platform
 import subprocess
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +30,9 @@ SCHEMA_VERSION = 1
 
 def eps_label(eps: float) -> str:
     """``8/255`` for the usual pixel budgets, else the number (``0.5``)."""
-    frac = Fraction(eps).limit_denominator(255)
-    if frac.denominator == 255 and abs(float(frac) - eps) < 1e-9:
-        return f"{frac.numerator}/255"
+    k = round(eps * 255)
+    if k and abs(k / 255 - eps) < 1e-9:
+        return f"{k}/255"
     return f"{eps:g}"
 
 

@@ -5,11 +5,14 @@ over its final name (``os.replace`` is atomic on POSIX), and the folder is fsync
 survives a power cut. A sidecar ``.sha256`` holds the checksum of the bytes; a checkpoint whose bytes
 do not match (truncated, bit-flipped) is skipped with a warning and the previous one is used.
 Checkpoints are read with ``torch.load(weights_only=True)``: a pickle that would run code is refused.
+A full disk while saving is a `DiskFullError` (a one-line user error) that names the previous
+checkpoint, which the failed save never touched.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import os
@@ -20,9 +23,18 @@ from typing import Any
 
 import torch
 
-__all__ = ["CheckpointStore", "atomic_write_bytes", "load_weights_only"]
+from kdbench._errors import UserError
+
+__all__ = ["CheckpointStore", "DiskFullError", "atomic_write_bytes", "load_weights_only"]
 
 _NAME = re.compile(r"^ckpt-e(\d+)-b(\d+)\.pt$")
+
+#: errno values that mean "no room to write": a full disk, or a user's disk quota.
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+
+
+class DiskFullError(UserError):
+    """The disk filled up while a checkpoint was saved; the earlier checkpoints are untouched."""
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -76,12 +88,33 @@ class CheckpointStore:
         torch.save(state, buffer)
         data = buffer.getvalue()
         path = self.path(position)
-        # Checksum first: a crash between the two writes leaves a sidecar without its checkpoint,
-        # which is ignored, never a checkpoint with a stale sidecar.
-        atomic_write_bytes(path.with_suffix(".pt.sha256"), hashlib.sha256(data).hexdigest().encode())
-        atomic_write_bytes(path, data)
+        sidecar = path.with_suffix(".pt.sha256")
+        try:
+            # Checksum first: a crash between the two writes leaves a sidecar without its checkpoint,
+            # which is ignored, never a checkpoint with a stale sidecar.
+            atomic_write_bytes(sidecar, hashlib.sha256(data).hexdigest().encode())
+            atomic_write_bytes(path, data)
+        except OSError as exc:
+            if exc.errno not in _NO_SPACE:
+                raise
+            if not path.exists():  # the orphan sidecar would be ignored anyway; keep the folder tidy
+                with contextlib.suppress(OSError):
+                    sidecar.unlink()
+            raise DiskFullError(self._disk_full_message(path, exc)) from None
         self._prune()
         return path
+
+    def _disk_full_message(self, path: Path, exc: OSError) -> str:
+        intact = next(
+            (self.path(p) for p in self.positions() if self.path(p) != path and self._verify(self.path(p)) is None),
+            None,
+        )
+        previous = (
+            f"the previous checkpoint {intact} is intact; free some space and run the same command to resume"
+            if intact is not None
+            else "no intact earlier checkpoint exists, so the run would start over; free some space and run it again"
+        )
+        return f"disk full while saving checkpoint {path} ({exc.strerror or 'no space left'}); {previous}"
 
     def positions(self) -> list[tuple[int, int]]:
         """Positions with a checkpoint file, newest first."""

@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["Distributed", "setup_distributed"]
+__all__ = ["Distributed", "setup_distributed", "teardown_distributed"]
+
+#: Other ranks wait in collectives while rank 0 evaluates a finished run (AutoAttack may take hours).
+COLLECTIVE_TIMEOUT = timedelta(hours=12)
 
 
 @dataclass(frozen=True)
@@ -91,5 +95,11 @@ def setup_distributed(device: str) -> Distributed:
     if not dist.is_initialized():
         if use_cuda:
             torch.cuda.set_device(local)
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=COLLECTIVE_TIMEOUT)
     return Distributed(rank=rank, world_size=world, local_rank=local)
+
+
+def teardown_distributed() -> None:
+    """Leave the process group so that a rank can exit while rank 0 is still evaluating."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -160,6 +160,8 @@ class Trainer:
         latest = self.store.load_latest(self.device)
         if latest is not None:
             start_epoch, start_batch = self.load_state_dict(latest[1])
+            if self.dist.is_main:  # killed between a checkpoint and its metrics: make them agree again
+                self._write_metrics()
             if self.dist.enabled and start_batch:  # the checkpoint holds rank 0's RNG state only
                 torch.manual_seed(epoch_seed(self.seed, start_epoch) + 7919 * start_batch + self.dist.rank)
             where = f"epoch {start_epoch + 1}" + (f", step {start_batch}" if start_batch else "")

@@ -45,7 +45,7 @@ from torch import Tensor
 from kdbench import _toml
 from kdbench._errors import RecipeError, UserError
 from kdbench._registry import DATASETS, MODELS, split_variant
-from kdbench.attacks.threat import check_eps
+from kdbench.attacks.threat import Norm, check_eps
 from kdbench.build import DATA_ROOT_ENV, build_network, load_network_weights, network_spec
 from kdbench.config import StrictModel, parse_number
 from kdbench.data.base import DatasetInfo, DatasetSource
@@ -152,15 +152,6 @@ def parse_eps(text: str | float, *, what: str = "--eps") -> float:
     return eps
 
 
-def _eps_label(eps: float) -> str:
-    """``"12/255"`` for any whole number of 255ths (`kdbench.results.eps_label` reduces 12/255 to 4/85 and
-    then prints a decimal), ``"0"`` for 0, else `kdbench.results.eps_label`."""
-    k = round(eps * 255)
-    if k and abs(k - eps * 255) < 1e-6:
-        return f"{k}/255"
-    return eps_label(eps)
-
-
 def _checked_eps(eps: float, norm: str, what: str) -> float:
     try:
         check_eps(norm, eps)
@@ -202,7 +193,7 @@ def _config(cls: Any, options: dict[str, Any], where: str, key: str) -> StrictMo
     """Validate ``options`` against a component's Config; errors are one-line `RecipeError`s at ``where: key``."""
     from kdbench.recipe import _validate
 
-    return _validate(cls.Config, options, where, key)  # type: ignore[no-any-return]
+    return _validate(cls.Config, options, where, key)
 
 
 def _device(name: str) -> torch.device:
@@ -243,7 +234,7 @@ def _metadata(weights: Path) -> dict[str, Any]:
 
 def _make_source(dataset: str, config: StrictModel, root: Path | None, download: bool = False) -> DatasetSource:
     cls = DATASETS.get(dataset)
-    return cls(config, root, download)  # type: ignore[no-any-return]
+    return cls(config, root, download)
 
 
 def _env_root(dataset: str) -> Path | None:
@@ -307,7 +298,7 @@ def _load_run(run: Path, args: argparse.Namespace) -> _Target:
     model = meta.get("model")
     if not isinstance(model, str):
         raise UserError(f"{weights} does not record its model; evaluate it as a weights file with --model NAME")
-    options = meta.get("options") if isinstance(meta.get("options"), dict) else {}
+    options: dict[str, Any] = meta["options"] if isinstance(meta.get("options"), dict) else {}
     num_classes = int(meta["num_classes"]) if "num_classes" in meta else None
     net = _build_net(model, options, info, num_classes, weights)
     load_network_weights(net, weights, what="model")
@@ -336,7 +327,7 @@ def _load_weights(weights: Path, args: argparse.Namespace) -> _Target:
     root = args.data_root if args.data_root is not None else _env_root(args.dataset)
     source = _make_source(args.dataset, data_config, root)
     info = source.info()
-    options = meta.get("options") if model == recorded and isinstance(meta.get("options"), dict) else {}
+    options: dict[str, Any] = meta["options"] if model == recorded and isinstance(meta.get("options"), dict) else {}
     num_classes = int(meta["num_classes"]) if "num_classes" in meta else None
     net = _build_net(model, options, info, num_classes, weights)
     load_network_weights(net, weights, what="model")
@@ -404,7 +395,7 @@ def _sweep_plot_path(out: Path) -> Path:
 
 
 def _table(report: EvalReport, sweep: list[dict[str, Any]]) -> list[str]:
-    rows = [("clean", report.clean_acc, report.seconds.get("clean"))]
+    rows: list[tuple[str, float | None, float | None]] = [("clean", report.clean_acc, report.seconds.get("clean"))]
     rows += [(name, report.robust[name], report.seconds.get(name)) for name in report.correct if name != "clean"]
     rows.append(("worst", report.worst, None))
     width = max(len(r[0]) for r in rows)
@@ -428,39 +419,42 @@ def cmd_eval(args: argparse.Namespace) -> int:
     Returns the exit code (0). User mistakes raise `UserError` (the CLI prints one line, exit code 2).
     """
     started = time.perf_counter()
+    # What the command line says is checked before any weights or images are read.
+    given_eps = parse_eps(args.eps) if args.eps is not None else None
+    given_attacks = _attack_list(args.attacks, ()) if args.attacks else None
+    if args.n is not None and args.n < 1:
+        raise UserError(f"--n must be >= 1, got {args.n}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    device = _device(args.device)
+
     target = _load_target(args)
     d = target.defaults
-    norm = args.norm or d.get("norm") or "linf"
-    if args.eps is not None:
-        eps = parse_eps(args.eps)
+    norm: Norm = args.norm or d.get("norm") or "linf"
+    if given_eps is not None:
+        eps = given_eps
     elif d.get("eps") is not None and d.get("norm", norm) == norm:
         eps = float(d["eps"])
     else:
         eps = DEFAULT_EPS[norm]
     eps = _checked_eps(eps, norm, "--eps")
-    attacks = _attack_list(args.attacks, d["attacks"])
+    attacks = given_attacks or _attack_list(None, d["attacks"])
     sweep_eps = _sweep_list(args.eps_sweep, norm) if args.eps_sweep is not None else []
     batch_size = args.batch_size if args.batch_size is not None else int(d["batch_size"])
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     seed = args.seed if args.seed is not None else int(d["seed"])
     n = args.n if args.n is not None else d.get("n")
     total = len(target.labels)
-    if n is not None:
-        if n < 1:
-            raise UserError(f"--n must be >= 1, got {n}")
-        if n > total:
-            which = "--n" if args.n is not None else "the run's eval.n_examples"
-            raise UserError(f"{which} is {n} but the test set has {total} images; use at most {total}")
+    if n is not None and n > total:
+        which = "--n" if args.n is not None else "the run's eval.n_examples"
+        raise UserError(f"{which} is {n} but the test set has {total} images; use at most {total}")
     images, labels = (target.images[:n], target.labels[:n]) if n is not None else (target.images, target.labels)
-    device = _device(args.device)
     out: Path = args.out if args.out is not None else target.default_out
     net = target.net.to(device)
     setup_seconds = time.perf_counter() - started
 
     print(
         f"kdbench: evaluating {target.model} on {len(labels)} {target.dataset} test images ({', '.join(attacks)}; "
-        f"{'Linf' if norm == 'linf' else 'L2'} eps {_eps_label(eps)}; {device.type})",
+        f"{'Linf' if norm == 'linf' else 'L2'} eps {eps_label(eps)}; {device.type})",
         file=sys.stderr,
     )
     report = evaluate(
@@ -496,7 +490,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 sanity=False,
             )
             correct_by_eps[e] = point.correct[SWEEP_ATTACK]
-            sweep.append({"eps": e, "eps_label": _eps_label(e), SWEEP_ATTACK: point.robust[SWEEP_ATTACK]})
+            sweep.append({"eps": e, "eps_label": eps_label(e), SWEEP_ATTACK: point.robust[SWEEP_ATTACK]})
         flags += check_eps_monotone(correct_by_eps)
         seconds["eps_sweep"] = time.perf_counter() - t0
 
@@ -512,7 +506,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "kind": target.kind,
         "model": target.model,
         "dataset": target.dataset,
-        "threat_model": {"norm": "Linf" if norm == "linf" else "L2", "eps": _eps_label(eps)},
+        "threat_model": {"norm": "Linf" if norm == "linf" else "L2", "eps": eps_label(eps)},
         "metrics": report.to_dict(),
         "flags": flags,
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
@@ -529,7 +523,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     write_json(out, result)
 
     print(
-        f"{target.model} | {target.dataset} | {result['threat_model']['norm']} eps {_eps_label(eps)} | n={len(labels)}"
+        f"{target.model} | {target.dataset} | {result['threat_model']['norm']} eps {eps_label(eps)} | n={len(labels)}"
     )
     for line in _table(report, sweep):
         print(line)

@@ -1,0 +1,278 @@
+"""Group runs by setting, average seeds, rank.
+
+A *setting* is what makes numbers comparable: (dataset, threat model norm and eps, teacher, student).
+Inside a setting, runs with the same variant key (`kdbench.leaderboard.collect.variant_key`: the
+resolved recipe without its seed) form one *variant*, whose numbers are the mean over its seeds and
+the sample standard deviation
+
+    mean = (1/n) sum_i a_i,    std = sqrt( sum_i (a_i - mean)^2 / (n - 1) )     (std only for n >= 2)
+
+of each accuracy a (fractions in [0, 1]), of the training time and of the analysis numbers
+(`kdbench analyze`). A metric a seed did not evaluate is left out of that metric's mean (its ``n``
+says how many seeds it averages).
+
+Variants are ranked by the mean of one accuracy, ``autoattack`` by default. When AutoAttack was not
+run for every variant of a setting, comparing AutoAttack with nothing would be meaningless, so that
+setting is ranked by PGD-20 instead and says so (`Board.ranked_by`, `Board.note`). Any other metric
+can be asked for; variants without it rank last. Ties go to the higher clean accuracy, then the
+label.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+from kdbench.leaderboard.collect import RunRecord
+
+__all__ = [
+    "ANALYSIS_KEYS",
+    "METRICS",
+    "METRIC_LABELS",
+    "SORT_KEYS",
+    "Board",
+    "Setting",
+    "Stat",
+    "Variant",
+    "build_boards",
+    "run_metrics",
+]
+
+#: Accuracies shown, in column order (``clean`` is ``metrics.clean_acc``, the rest ``metrics.robust``).
+METRICS = ("clean", "fgsm", "pgd20", "cw", "autoattack", "worst")
+METRIC_LABELS = {
+    "clean": "Clean",
+    "fgsm": "FGSM",
+    "pgd20": "PGD-20",
+    "cw": "CW",
+    "autoattack": "AutoAttack",
+    "worst": "worst",
+}
+SORT_KEYS = ("autoattack", "pgd20", "clean", "cw", "fgsm", "worst")
+#: Numbers `kdbench analyze` writes under result.json's "analysis", with their column headers.
+ANALYSIS_KEYS = {
+    "cka_clean": "CKA",
+    "cka_adv": "CKA adv",
+    "class_corr_distance": "corr. dist.",
+    "feature_change": "feat. change",
+}
+_SEED_SUFFIX = re.compile(r"[-_.+]?(seed|s)[-_]?\d+$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation (None for fewer than 2 values) of the values of the seeds."""
+
+    values: tuple[float, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.values) if self.values else None
+
+    @property
+    def std(self) -> float | None:
+        return statistics.stdev(self.values) if len(self.values) >= 2 else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean, "std": self.std, "n": self.n, "values": list(self.values)}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What a ranking compares within: dataset, threat model, teacher and student."""
+
+    dataset: str
+    norm: str
+    eps: str
+    teacher: str | None
+    student: str
+
+    @property
+    def eps_value(self) -> float:
+        try:
+            return float(Fraction(self.eps))
+        except (ValueError, ZeroDivisionError):
+            return math.nan
+
+    def label(self) -> str:
+        teacher = f"teacher {self.teacher}" if self.teacher else "no teacher"
+        return f"{self.dataset} | {self.norm} eps {self.eps} | {teacher} | student {self.student}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "threat_model": {"norm": self.norm, "eps": self.eps},
+            "teacher": self.teacher,
+            "student": self.student,
+        }
+
+
+@dataclass
+class Variant:
+    """The runs of one recipe over its seeds, with their aggregated numbers."""
+
+    key: str
+    label: str
+    method: str
+    runs: list[RunRecord]
+    metrics: dict[str, Stat]
+    analysis: dict[str, Stat]
+    train_seconds: Stat
+    params: int | None
+    flags: list[tuple[int | None, str]]  # (seed, text) of every flag raised, in seed order
+    n_eval: list[int]
+    rank: int = 0
+
+    @property
+    def seeds(self) -> list[int | None]:
+        return [run.seed for run in self.runs]
+
+    @property
+    def flag_texts(self) -> list[str]:
+        """Distinct flag texts (one flag raised by several seeds counts once)."""
+        return list(dict.fromkeys(text for _, text in self.flags))
+
+    def mean(self, metric: str) -> float | None:
+        stat = self.metrics.get(metric) or self.analysis.get(metric)
+        return stat.mean if stat is not None else None
+
+
+@dataclass
+class Board:
+    """The ranked variants of one setting."""
+
+    setting: Setting
+    variants: list[Variant]
+    requested: str
+    ranked_by: str
+    note: str = ""
+    has_analysis: bool = field(default=False)
+
+    @property
+    def runs(self) -> int:
+        return sum(len(v.runs) for v in self.variants)
+
+
+def run_metrics(result: dict[str, Any]) -> dict[str, float | None]:
+    """The accuracies of one result.json by leaderboard key (None when not evaluated)."""
+    metrics = result.get("metrics", {})
+    robust = metrics.get("robust") or {}
+    out: dict[str, float | None] = {"clean": metrics.get("clean_acc")}
+    for key in METRICS[1:]:
+        value = robust.get(key)
+        out[key] = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    return out
+
+
+def _setting(result: dict[str, Any]) -> Setting:
+    threat = result["threat_model"]
+    return Setting(result["dataset"], str(threat["norm"]), str(threat["eps"]), result.get("teacher"), result["student"])
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _label(runs: Sequence[RunRecord]) -> str:
+    """The runs' common name; names that differ only by a seed suffix (``-seed1``, ``_s2``) lose it."""
+    names = [str(run.result["name"]) for run in runs]
+    if len(set(names)) == 1:
+        return names[0]
+    stripped = {_SEED_SUFFIX.sub("", name) for name in names}
+    if len(stripped) == 1:
+        return stripped.pop()
+    prefix = ""
+    for chars in zip(*names, strict=False):
+        if len(set(chars)) != 1:
+            break
+        prefix += chars[0]
+    prefix = prefix.rstrip("-_.+")
+    return prefix or sorted(names)[0]
+
+
+def _variant(key: str, runs: list[RunRecord]) -> Variant:
+    runs = sorted(runs, key=lambda r: (r.seed is None, r.seed or 0, str(r.result_file)))
+    per_run = [run_metrics(r.result) for r in runs]
+    metrics = {m: Stat(tuple(v for p in per_run if (v := p[m]) is not None)) for m in METRICS}
+    analysis: dict[str, Stat] = {}
+    for akey in ANALYSIS_KEYS:
+        values = tuple(
+            v for r in runs if (v := _number((r.result.get("analysis") or {}).get(akey))) is not None
+        )
+        if values:
+            analysis[akey] = Stat(values)
+    seconds = tuple(v for r in runs if (v := _number((r.result.get("train") or {}).get("seconds"))) is not None)
+    params = [p for r in runs if isinstance(p := (r.result.get("params") or {}).get("student"), int)]
+    flags = [(r.seed, str(text)) for r in runs for text in r.result.get("flags", [])]
+    n_eval = [n for r in runs if isinstance(n := r.result["metrics"].get("n_eval"), int)]
+    methods = sorted({str(r.result["method"]) for r in runs})
+    return Variant(
+        key=key,
+        label=_label(runs),
+        method=", ".join(methods),
+        runs=runs,
+        metrics=metrics,
+        analysis=analysis,
+        train_seconds=Stat(seconds),
+        params=max(params) if params else None,
+        flags=flags,
+        n_eval=n_eval,
+    )
+
+
+def _rank(variants: list[Variant], metric: str) -> list[Variant]:
+    def key(v: Variant) -> tuple[Any, ...]:
+        value = v.mean(metric)
+        clean = v.mean("clean")
+        return (value is None, -(value or 0.0), -(clean or 0.0), v.label, v.key)
+
+    ranked = sorted(variants, key=key)
+    for i, v in enumerate(ranked, 1):
+        v.rank = i
+    return ranked
+
+
+def build_boards(runs: Iterable[RunRecord], sort: str = "autoattack") -> list[Board]:
+    """One ranked `Board` per setting, settings in (dataset, norm, eps, teacher, student) order."""
+    if sort not in SORT_KEYS:
+        raise ValueError(f"sort must be one of {SORT_KEYS}, got {sort!r}")
+    by_setting: dict[Setting, dict[str, list[RunRecord]]] = {}
+    for run in runs:
+        by_setting.setdefault(_setting(run.result), {}).setdefault(run.variant_key, []).append(run)
+    boards = []
+    for setting in sorted(
+        by_setting, key=lambda s: (s.dataset, s.norm, s.eps_value, s.eps, s.teacher or "", s.student)
+    ):
+        variants = [_variant(key, group) for key, group in by_setting[setting].items()]
+        ranked_by, note = sort, ""
+        if sort == "autoattack" and any(v.mean("autoattack") is None for v in variants):
+            ranked_by = "pgd20"
+            missing = sum(v.mean("autoattack") is None for v in variants)
+            note = (
+                f"AutoAttack was not run for {missing} of {len(variants)} variants: ranked by PGD-20, "
+                "which overestimates robustness"
+            )
+        elif any(v.mean(sort) is None for v in variants):
+            note = f"{METRIC_LABELS[sort]} missing for some variants: they rank last"
+        boards.append(
+            Board(
+                setting=setting,
+                variants=_rank(variants, ranked_by),
+                requested=sort,
+                ranked_by=ranked_by,
+                note=note,
+                has_analysis=any(v.analysis for v in variants),
+            )
+        )
+    return boards
