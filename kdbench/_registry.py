@@ -64,7 +64,7 @@ class Registry(Generic[T]):
         if self._entries is not None:
             return self._entries
         entries: dict[str, Entry] = {}
-        only_core = os.environ.get(DISABLE_AUTOLOAD_ENV, "").strip() not in ("", "0", "false")
+        only_core = os.environ.get(DISABLE_AUTOLOAD_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
         for ep in metadata.entry_points(group=self.group):
             dist = getattr(ep, "dist", None)
             dist_name = dist.metadata["Name"] if dist is not None else "<unknown>"

@@ -118,7 +118,9 @@ class TrainSection(StrictModel):
         description="multistep: epochs at which lr is multiplied by gamma (values < 1 are fractions of epochs)",
     )
     gamma: float = Field(0.1, gt=0, le=1)
-    warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up from 0 to lr over this many epochs")
+    warmup_epochs: float = Field(
+        0.0, ge=0, description="linear warm-up from 0 to lr over this many epochs (onecycle: the length of its ramp)"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
     channels_last: bool | None = Field(None, description="None: on for CUDA, off for CPU")
@@ -135,6 +137,14 @@ class TrainSection(StrictModel):
 
 class EvalSection(StrictModel):
     """The evaluation after training."""
+
+    @model_validator(mode="after")
+    def _check_threat_model(self) -> EvalSection:
+        if self.norm == "linf" and self.eps > 1:
+            raise ValueError(f"an L-inf eps above 1 is meaningless for images in [0, 1] (got {self.eps})")
+        if self.norm == "l2" and "fgsm" in self.attacks:
+            raise ValueError("fgsm is an L-inf attack; with norm 'l2' evaluate pgd<k> instead")
+        return self
 
     attacks: list[str] = Field(default_factory=lambda: ["clean", "fgsm", "pgd20", "cw", "autoattack"])
     n_examples: int | None = Field(None, gt=0, description="evaluate on the first N test images (None: all)")
@@ -203,6 +213,9 @@ class ResolvedRecipe:
         data.pop("description", None)
         if self.teacher_recipe is not None:
             data["teacher"]["recipe"] = self.teacher_recipe.hash
+        elif self.recipe.teacher is not None and self.recipe.teacher.checkpoint is not None:
+            # the weights, not the path: a retrained teacher at the same path is a different run
+            data["teacher"]["checkpoint"] = _file_digest(self.relative(self.recipe.teacher.checkpoint))
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -231,6 +244,26 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any, file: str, origin: st
             )
         node = child
     node[parts[-1]] = value
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 of a weights file (of model.pt for a run folder), or the path when it does not exist yet."""
+    file = path / "model.pt" if path.is_dir() else path
+    try:
+        stat = file.stat()
+    except OSError:
+        return str(path)
+    key = (str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with open(file, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str], file: str) -> dict[str, Any]:
@@ -441,16 +474,20 @@ def resolve(
 
 def _model_config(name: str, options: dict[str, Any], file: str, section: str) -> StrictModel:
     cls = _lookup(MODELS, name, file, f"{section}.model")
-    if ":" in name and not cls.accepts_variant:
-        raise RecipeError(f"model {name.split(':')[0]!r} takes no ':variant'", file=file, key=f"{section}.model")
     return _validate(cls.Config, options, file, f"{section}.options")
 
 
 def _lookup(registry: Registry[Any], name: str, file: str, key: str) -> Any:
     try:
-        return registry.get(name)
+        cls = registry.get(name)
     except UserError as exc:
         raise RecipeError(str(exc), file=file, key=key) from None
+    if ":" in name and not getattr(cls, "accepts_variant", False):
+        base = name.split(":")[0]
+        raise RecipeError(
+            f"{registry.kind[:-1]} {base!r} takes no ':variant'", file=file, key=key, hint=f"write {base!r}"
+        )
+    return cls
 
 
 def _check_eval_attacks(names: list[str], file: str) -> None:
@@ -483,7 +520,8 @@ def _as_recipe_error(exc: ValidationError, model: type[BaseModel], file: str, pr
     kind = first["type"]
     if kind == "extra_forbidden":
         allowed = _fields_at(model, loc[:-1])
-        return RecipeError(f"unknown key{more}", file=file, key=key, hint=did_you_mean(loc[-1], allowed))
+        hint = did_you_mean(loc[-1], allowed) if allowed else "this table takes no keys here"
+        return RecipeError(f"unknown key{more}", file=file, key=key, hint=hint)
     if kind == "missing":
         return RecipeError(f"required key is missing{more}", file=file, key=key, hint="add it")
     message = first["msg"]

@@ -139,10 +139,12 @@ def _teacher(resolved: ResolvedRecipe, runs_dir: Path | None, progress: Progress
     assert resolved.teacher_config is not None
     if resolved.teacher_recipe is not None:
         sub = resolved.teacher_recipe
+        info = build_source(sub).info()
+        check_label_spaces(resolved, info.num_classes, student_classes)  # before spending time on the teacher
         progress.message(f"teacher: recipe {sub.file} (hash {sub.short_hash})")
         outcome = run_recipe(sub, runs_dir=runs_dir, progress=progress)
+        setup_distributed(sub.recipe.train.device).barrier()  # rank 0 has written model.pt
         weights = outcome.out_dir / "model.pt"
-        info = build_source(sub).info()
         model_name = sub.recipe.student.model
     else:
         assert r.teacher.checkpoint is not None

@@ -33,7 +33,8 @@ def lr_factor(
     - onecycle: linear ramp to 1 over the first 30 % (or the warm-up), then linear decay to 0
       (the short-schedule recipe of fast adversarial training, Wong et al. 2020)
     - constant: 1
-    Optional linear warm-up over ``warmup_epochs`` multiplies any of them.
+    A linear warm-up over ``warmup_epochs`` multiplies multistep, cosine and constant; for onecycle it
+    replaces the 30 % ramp.
     """
     epoch_marks = [m * epochs if m < 1 else m for m in milestones]
     warmup_steps = warmup_epochs * steps_per_epoch
@@ -45,10 +46,11 @@ def lr_factor(
             base = gamma ** sum(epoch >= m for m in epoch_marks)
         elif schedule == "cosine":
             base = 0.5 * (1.0 + math.cos(math.pi * t))
-        elif schedule == "onecycle":
-            peak = warmup_steps / total_steps if warmup_steps > 0 else 0.3
-            base = t / peak if t < peak else max(0.0, (1.0 - t) / (1.0 - peak))
-            return base
+        elif schedule == "onecycle":  # the warm-up, when given, is the ramp itself
+            peak = min(warmup_steps / total_steps, 1.0) if warmup_steps > 0 else 0.3
+            if t < peak:
+                return t / peak
+            return max(0.0, (1.0 - t) / (1.0 - peak)) if peak < 1.0 else 1.0
         elif schedule == "constant":
             base = 1.0
         else:

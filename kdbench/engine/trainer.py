@@ -36,7 +36,7 @@ from kdbench.method import Method, StepContext
 from kdbench.models.base import Network
 from kdbench.recipe import TrainSection
 
-__all__ = ["Interrupted", "NonFiniteLossError", "TrainSummary", "Trainer", "epoch_seed"]
+__all__ = ["Interrupted", "NonFiniteLossError", "TrainSummary", "Trainer", "global_seed"]
 
 
 class NonFiniteLossError(UserError):
@@ -57,8 +57,11 @@ class TrainSummary:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed of the global RNG at the start of ``epoch`` (attack starts, dropout)."""
+def global_seed(seed: int, epoch: int) -> int:
+    """The seed of the global RNG at the start of ``epoch`` (attack starts, dropout).
+
+    Deliberately not the data loader's `kdbench.data.loader.epoch_seed`: the two streams stay distinct.
+    """
     return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63)
 
 
@@ -163,7 +166,7 @@ class Trainer:
             if self.dist.is_main:  # killed between a checkpoint and its metrics: make them agree again
                 self._write_metrics()
             if self.dist.enabled and start_batch:  # the checkpoint holds rank 0's RNG state only
-                torch.manual_seed(epoch_seed(self.seed, start_epoch) + 7919 * start_batch + self.dist.rank)
+                torch.manual_seed(global_seed(self.seed, start_epoch) + 7919 * start_batch + self.dist.rank)
             where = f"epoch {start_epoch + 1}" + (f", step {start_batch}" if start_batch else "")
             self.progress.message(f"resuming from {latest[0]} at {where}")
         self.student.train()
@@ -180,7 +183,7 @@ class Trainer:
 
     def _run_epoch(self, epoch: int, start_batch: int) -> None:
         if start_batch == 0:  # attack starts differ between processes, as their data does
-            torch.manual_seed(epoch_seed(self.seed, epoch) + self.dist.rank)
+            torch.manual_seed(global_seed(self.seed, epoch) + self.dist.rank)
         steps = self.steps_per_epoch
         self.progress.start_epoch(epoch, self.cfg.epochs, steps, start_batch)
         sums: dict[str, Tensor] = {}
