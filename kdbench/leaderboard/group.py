@@ -8,8 +8,9 @@ the sample standard deviation
     mean = (1/n) sum_i a_i,    std = sqrt( sum_i (a_i - mean)^2 / (n - 1) )     (std only for n >= 2)
 
 of each accuracy a (fractions in [0, 1]), of the training time and of the analysis numbers
-(`kdbench analyze`). A metric a seed did not evaluate is left out of that metric's mean (its ``n``
-says how many seeds it averages).
+(`kdbench analyze`). Runs of one recipe that repeat a seed (the same recipe saved under two names)
+are not independent seeds, so they stay apart, one variant per name. A metric a seed did not
+evaluate is left out of that metric's mean (its ``n`` says how many seeds it averages).
 
 Variants are ranked by the mean of one accuracy, ``autoattack`` by default. When AutoAttack was not
 run for every variant of a setting, comparing AutoAttack with nothing would be meaningless, so that
@@ -61,7 +62,7 @@ ANALYSIS_KEYS = {
     "class_corr_distance": "corr. dist.",
     "feature_change": "feat. change",
 }
-_SEED_SUFFIX = re.compile(r"[-_.+]?(seed|s)[-_]?\d+$", re.IGNORECASE)
+_SEED_SUFFIX = re.compile(r"[-_.+](seed|s)[-_]?(\d+)$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ class Setting:
 
     def label(self) -> str:
         teacher = f"teacher {self.teacher}" if self.teacher else "no teacher"
-        return f"{self.dataset} | {self.norm} eps {self.eps} | {teacher} | student {self.student}"
+        return f"{self.dataset} · {self.norm} eps {self.eps} · {teacher} · student {self.student}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -184,14 +185,27 @@ def _number(value: Any) -> float | None:
     return None
 
 
+def _without_seed(name: str, seed: int | None) -> str:
+    """``kd-seed1`` / ``kd_s1`` -> ``kd`` when 1 is the run's seed (a suffix naming another number stays)."""
+    match = _SEED_SUFFIX.search(name)
+    if match and seed is not None and int(match.group(2)) == seed and match.start() > 0:
+        return name[: match.start()]
+    return name
+
+
 def _label(runs: Sequence[RunRecord]) -> str:
-    """The runs' common name; names that differ only by a seed suffix (``-seed1``, ``_s2``) lose it."""
+    """The runs' common name without a suffix naming the seed (``-seed1``, ``_s2``), else their common prefix."""
     names = [str(run.result["name"]) for run in runs]
-    if len(set(names)) == 1:
-        return names[0]
-    stripped = {_SEED_SUFFIX.sub("", name) for name in names}
+    stripped = {_without_seed(name, run.seed) for name, run in zip(names, runs, strict=True)}
     if len(stripped) == 1:
         return stripped.pop()
+    # A [sweep] names its variants "<name>-<value>-<value>"; drop the parts that differ and spell the seed.
+    parts = [name.split("-") for name in names]
+    if len({len(p) for p in parts}) == 1:
+        varying = [i for i in range(len(parts[0])) if len({p[i] for p in parts}) > 1]
+        seeds_only = all(p[i] == str(run.seed) for i in varying for p, run in zip(parts, runs, strict=True))
+        if seeds_only and len(varying) < len(parts[0]):
+            return "-".join(part for i, part in enumerate(parts[0]) if i not in varying)
     prefix = ""
     for chars in zip(*names, strict=False):
         if len(set(chars)) != 1:
@@ -207,9 +221,7 @@ def _variant(key: str, runs: list[RunRecord]) -> Variant:
     metrics = {m: Stat(tuple(v for p in per_run if (v := p[m]) is not None)) for m in METRICS}
     analysis: dict[str, Stat] = {}
     for akey in ANALYSIS_KEYS:
-        values = tuple(
-            v for r in runs if (v := _number((r.result.get("analysis") or {}).get(akey))) is not None
-        )
+        values = tuple(v for r in runs if (v := _number((r.result.get("analysis") or {}).get(akey))) is not None)
         if values:
             analysis[akey] = Stat(values)
     seconds = tuple(v for r in runs if (v := _number((r.result.get("train") or {}).get("seconds"))) is not None)
@@ -229,6 +241,17 @@ def _variant(key: str, runs: list[RunRecord]) -> Variant:
         flags=flags,
         n_eval=n_eval,
     )
+
+
+def _split(key: str, runs: list[RunRecord]) -> list[tuple[str, list[RunRecord]]]:
+    """Runs of one recipe that repeat a seed are not independent seeds: keep them apart by run name."""
+    seeds = [r.seed for r in runs if r.seed is not None]
+    if len(seeds) == len(set(seeds)):
+        return [(key, runs)]
+    by_name: dict[str, list[RunRecord]] = {}
+    for r in runs:
+        by_name.setdefault(str(r.result["name"]), []).append(r)
+    return [(f"{key}:{name}", group) for name, group in by_name.items()]
 
 
 def _rank(variants: list[Variant], metric: str) -> list[Variant]:
@@ -254,7 +277,7 @@ def build_boards(runs: Iterable[RunRecord], sort: str = "autoattack") -> list[Bo
     for setting in sorted(
         by_setting, key=lambda s: (s.dataset, s.norm, s.eps_value, s.eps, s.teacher or "", s.student)
     ):
-        variants = [_variant(key, group) for key, group in by_setting[setting].items()]
+        variants = [_variant(key, group) for k, runs_ in by_setting[setting].items() for key, group in _split(k, runs_)]
         ranked_by, note = sort, ""
         if sort == "autoattack" and any(v.mean("autoattack") is None for v in variants):
             ranked_by = "pgd20"

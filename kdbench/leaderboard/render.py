@@ -129,8 +129,8 @@ def title(board: Board) -> str:
     return board.setting.label()
 
 
-def subtitle(board: Board) -> str:
-    """Ranked-by line, with the evaluation size and any caveat."""
+def subtitle(board: Board, *, with_note: bool = True) -> str:
+    """Ranked-by line, with the evaluation size and (``with_note``) any caveat."""
     n_eval = sorted({n for v in board.variants for n in v.n_eval})
     size = ""
     if len(n_eval) == 1:
@@ -141,7 +141,7 @@ def subtitle(board: Board) -> str:
         f"ranked by {METRIC_LABELS[board.ranked_by]} accuracy; mean ± std over seeds; "
         f"{len(board.variants)} variants, {board.runs} runs{size}"
     )
-    return text + (f". {board.note}" if board.note else "")
+    return text + (f". {board.note}" if board.note and with_note else "")
 
 
 def _rows(board: Board, columns: Sequence[str]) -> list[list[str]]:
@@ -182,13 +182,20 @@ def _rich_table(boards: Sequence[Board], columns: Sequence[str], terminal: bool)
     width = max(shutil.get_terminal_size((160, 40)).columns, 100)
     console = Console(file=buffer, force_terminal=terminal, width=width, highlight=False)
     for board in boards:
-        table = Table(title=title(board), caption=subtitle(board), box=box.SIMPLE_HEAVY, title_justify="left")
+        table = Table(
+            title=title(board),
+            caption=subtitle(board),
+            box=box.SIMPLE_HEAVY,
+            title_justify="left",
+            caption_justify="left",
+        )
         for i, head in enumerate(_heads(board, columns)):
             style = "bold" if head.endswith(RANK_MARK) else None
             table.add_column(head, justify="right" if i == 0 or i >= 3 else "left", style=style, no_wrap=i >= 3)
         for variant, row in zip(board.variants, _rows(board, columns), strict=True):
             table.add_row(*row, style="yellow" if variant.flags else None)
         console.print(table)
+        console.print()
     return buffer.getvalue()
 
 

@@ -1,0 +1,278 @@
+"""``kdbench analyze RUN [--n N] [--teacher-checkpoint PATH]``: how close the student came to its teacher.
+
+On the first N test images of the run's recipe (after ``data.test_subset``), with x' the PGD-20
+adversarial examples against the student at the run's threat model (`kdbench.analysis.stability`):
+
+* ``cka_clean``, ``cka_adv``: linear CKA between teacher and student penultimate features on x and on
+  x' (`kdbench.analysis.cka`);
+* ``class_corr_distance``: mean |C_T - C_S| of the class-correlation matrices of their logits on x
+  (`kdbench.analysis.correlation`; null when the two have different classes);
+* ``feature_change``: mean ||f_S(x') - f_S(x)|| / ||f_S(x)|| (`kdbench.analysis.stability`).
+
+They are printed and added to the run's result.json under ``"analysis"`` (re-read, key added,
+written atomically; the rest of the file is kept as it was), where `kdbench leaderboard` shows them.
+
+The student is rebuilt from the run's recipe.toml and model.pt. The teacher comes from
+``--teacher-checkpoint`` (a model.pt or run folder), else from recipe.toml: ``teacher.checkpoint``, or
+the finished run of ``teacher.recipe`` (looked up beside the run, ``<runs>/<name>/<hash>``, then in
+the default runs folder). recipe.toml keeps those paths as written in the original recipe, relative
+to *its* folder, so from the run folder they may not resolve; then the command stops with one line
+asking for ``--teacher-checkpoint``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from kdbench import _toml
+from kdbench._errors import RecipeError, UserError
+from kdbench.analysis.cka import linear_cka
+from kdbench.analysis.correlation import class_correlation_distance
+from kdbench.analysis.stability import PGD_STEPS, adversarial_inputs, relative_feature_change
+from kdbench.build import build_network, build_source, load_network_weights, network_spec
+from kdbench.data.cache import load_split_cached
+from kdbench.data.loader import balanced_subset
+from kdbench.engine.checkpoint import load_weights_only
+from kdbench.models.base import Network
+from kdbench.recipe import ResolvedRecipe, load_recipe, resolve
+from kdbench.results import eps_label, read_result, write_json
+
+__all__ = ["DEFAULT_N", "add_parser", "analyze_run", "cmd_analyze"]
+
+#: Test images analysed when --n is not given (fewer when the test set is smaller).
+DEFAULT_N = 1000
+_HINT = "pass --teacher-checkpoint PATH (the teacher's model.pt or run folder)"
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add ``analyze`` to ``subparsers`` (sets ``handler``; see `kdbench.cli.COMMAND_MODULES`)."""
+    p = subparsers.add_parser(
+        "analyze",
+        help="teacher-student CKA, class-correlation distance and feature stability of a run",
+        description="Compare a finished run's student with its teacher (linear CKA on clean and PGD-20 inputs, "
+        "class-correlation distance) and measure its feature stability; store them in result.json.",
+    )
+    p.add_argument("run", type=Path, metavar="RUN", help="a finished run folder (recipe.toml, model.pt, result.json)")
+    p.add_argument("--n", type=int, metavar="N", help=f"analyse the first N test images (default {DEFAULT_N})")
+    p.add_argument(
+        "--teacher-checkpoint",
+        type=Path,
+        metavar="PATH",
+        help="the teacher's weights (model.pt or run folder), when recipe.toml's teacher path does not resolve",
+    )
+    p.add_argument("--batch-size", type=int, default=256, metavar="B", help="batch size (default 256)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda when available")
+    p.add_argument("--seed", type=int, help="seed of the PGD random start (default: the run's)")
+    p.set_defaults(handler=cmd_analyze)
+
+
+# ------------------------------------------------------------------------------------ loading
+
+
+def _resolve(run: Path, teacher_checkpoint: Path | None) -> tuple[ResolvedRecipe, Path]:
+    """The run's resolved recipe and the teacher's weights file (or run folder)."""
+    recipe_file = run / "recipe.toml"
+    raw = _toml.load_file(recipe_file)
+    teacher = raw.get("teacher")
+    if not isinstance(teacher, dict):
+        raise UserError(f"{run} was trained without a teacher: analyze compares a student with its teacher")
+    if teacher_checkpoint is not None:
+        if not teacher_checkpoint.exists():
+            raise UserError(f"--teacher-checkpoint {teacher_checkpoint} not found")
+        # Replace the teacher's source only: model and options stay those of the run.
+        raw["teacher"] = {
+            "model": teacher.get("model"),
+            "checkpoint": str(teacher_checkpoint.resolve()),
+            "options": teacher.get("options", {}),
+        }
+        return resolve(raw, path=recipe_file), teacher_checkpoint
+    try:
+        resolved = load_recipe(recipe_file)
+    except RecipeError as exc:
+        if exc.key == "teacher.recipe":
+            raise UserError(
+                f"{recipe_file}: teacher.recipe {teacher.get('recipe')!r} does not resolve from the run folder "
+                f"(it is relative to the original recipe); {_HINT}"
+            ) from None
+        raise
+    r = resolved.recipe
+    assert r.teacher is not None
+    if resolved.teacher_recipe is None:
+        assert r.teacher.checkpoint is not None
+        weights = resolved.relative(r.teacher.checkpoint)
+        if not weights.exists():
+            raise UserError(
+                f"{recipe_file}: teacher.checkpoint {r.teacher.checkpoint!r} is not at {weights} "
+                f"(it is relative to the original recipe); {_HINT}"
+            )
+        return resolved, weights
+    from kdbench.run import default_out_dir
+
+    sub = resolved.teacher_recipe
+    candidates = [run.parent.parent / sub.recipe.name / sub.short_hash, default_out_dir(sub)]
+    for folder in candidates:
+        if (folder / "model.pt").is_file():
+            return resolved, folder
+    raise UserError(
+        f"no finished run of the teacher recipe {sub.file} (hash {sub.short_hash}) in "
+        f"{' or '.join(str(c) for c in candidates)}; {_HINT}"
+    )
+
+
+def _classes(weights: Path) -> int | None:
+    file = weights / "model.pt" if weights.is_dir() else weights
+    try:
+        payload = load_weights_only(file)
+    except Exception:
+        return None  # load_network_weights reports the problem with context
+    return int(payload["num_classes"]) if isinstance(payload, dict) and "num_classes" in payload else None
+
+
+def _test_images(resolved: ResolvedRecipe, n: int | None) -> tuple[Tensor, Tensor, Any]:
+    """The first n test images (uint8) and labels of the run, after data.test_subset, and the dataset info."""
+    r = resolved.recipe
+    source = build_source(resolved)
+    info = source.info()
+    test = load_split_cached(source, "test")
+    images, labels = test.images, test.labels
+    if r.data.test_subset is not None:
+        if r.data.test_subset > len(labels):
+            raise UserError(f"data.test_subset is {r.data.test_subset} but the test split has {len(labels)} images")
+        idx = balanced_subset(labels, r.data.test_subset)
+        images, labels = images[idx], labels[idx]
+    total = len(labels)
+    if n is None:
+        n = min(DEFAULT_N, total)
+    if n < 2:
+        raise UserError(f"--n must be at least 2 (CKA and correlations need several images), got {n}")
+    if n > total:
+        raise UserError(f"--n is {n} but the run's test set has {total} images; use at most {total}")
+    return images[:n], labels[:n], info
+
+
+def _outputs(net: Network, images: Tensor, batch_size: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Logits and penultimate features on the CPU, float32, for float images in [0, 1]."""
+    logits, feats = [], []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            out = net.forward_all(images[start : start + batch_size].to(device, torch.float32))
+            logits.append(out.logits.float().cpu())
+            feats.append(out.features.float().flatten(1).cpu())
+    return torch.cat(logits), torch.cat(feats)
+
+
+def _finite(value: float) -> float | None:
+    return round(value, 6) if math.isfinite(value) else None
+
+
+# ------------------------------------------------------------------------------------ analysis
+
+
+def analyze_run(
+    run: Path,
+    *,
+    n: int | None = None,
+    teacher_checkpoint: Path | None = None,
+    batch_size: int = 256,
+    device: torch.device | None = None,
+    seed: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Compute the analysis of a finished run, store it in its result.json under "analysis" and return it.
+
+    ``progress`` gets one line once the networks and images are loaded (before the costly attack)."""
+    started = time.perf_counter()
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    result_file = run / "result.json"
+    for needed in ("recipe.toml", "model.pt", "result.json"):
+        if not (run / needed).is_file():
+            raise UserError(f"{run} has no {needed}: give a finished run folder (runs/<name>/<hash>/)")
+    if read_result(result_file) is None:
+        raise UserError(f"{result_file} is unreadable or of another schema version")
+    resolved, teacher_weights = _resolve(run, teacher_checkpoint)
+    r = resolved.recipe
+    assert r.teacher is not None and resolved.teacher_config is not None
+    images_u8, labels, info = _test_images(resolved, n)
+    images = images_u8.float().div_(255)
+
+    student_classes = _classes(run / "model.pt") or info.num_classes
+    student = build_network(r.student.model, resolved.student_config, network_spec(info, student_classes))
+    load_network_weights(student, run / "model.pt", what="student")
+    teacher_model = resolved.to_dict()["teacher"]["model"]
+    teacher_classes = _classes(teacher_weights) or student_classes
+    teacher = build_network(teacher_model, resolved.teacher_config, network_spec(info, teacher_classes))
+    load_network_weights(teacher, teacher_weights, what="teacher")
+    for net in (student, teacher):
+        net.eval().requires_grad_(False).to(device)
+
+    seed = r.seed if seed is None else seed
+    if progress is not None:
+        progress(f"kdbench: analyzing {run}: {len(labels)} test images, PGD-{PGD_STEPS} on {device.type}")
+    x_adv = adversarial_inputs(
+        student, images, labels, eps=r.eval.eps, norm=r.eval.norm, batch_size=batch_size, device=device, seed=seed
+    )
+    z_s, f_s = _outputs(student, images, batch_size, device)
+    z_t, f_t = _outputs(teacher, images, batch_size, device)
+    _, f_s_adv = _outputs(student, x_adv, batch_size, device)
+    _, f_t_adv = _outputs(teacher, x_adv, batch_size, device)
+    corr = class_correlation_distance(z_t, z_s) if z_t.shape == z_s.shape else math.nan
+
+    analysis = {
+        "n": len(labels),
+        "seed": seed,
+        "attack": f"pgd{PGD_STEPS}",
+        "threat_model": {"norm": "Linf" if r.eval.norm == "linf" else "L2", "eps": eps_label(r.eval.eps)},
+        "cka_clean": _finite(linear_cka(f_t, f_s)),
+        "cka_adv": _finite(linear_cka(f_t_adv, f_s_adv)),
+        "class_corr_distance": _finite(corr),
+        "feature_change": _finite(relative_feature_change(f_s, f_s_adv)),
+        "teacher_weights": str(teacher_weights),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    # Re-read right before writing, so keys another process added since the start are kept.
+    data = read_result(result_file)
+    if data is None:
+        raise UserError(f"{result_file} changed during the analysis and is no longer readable")
+    data["analysis"] = analysis
+    write_json(result_file, data)
+    return analysis
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda but no CUDA device is available; use --device auto or cpu")
+    device = torch.device(
+        "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    )
+    a = analyze_run(
+        args.run,
+        n=args.n,
+        teacher_checkpoint=args.teacher_checkpoint,
+        batch_size=args.batch_size,
+        device=device,
+        seed=args.seed,
+        progress=lambda line: print(line, file=sys.stderr),
+    )
+
+    def show(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    tm = a["threat_model"]
+    print(f"{args.run} | n={a['n']} | x' = PGD-20 on the student, {tm['norm']} eps {tm['eps']}")
+    print(f"  CKA(teacher, student) clean         {show(a['cka_clean'])}")
+    print(f"  CKA(teacher, student) adversarial   {show(a['cka_adv'])}")
+    print(f"  class-correlation distance          {show(a['class_corr_distance'])}")
+    print(f"  student feature change under PGD-20 {show(a['feature_change'])}")
+    print(f"analysis: {args.run / 'result.json'}")
+    return 0

@@ -1,0 +1,32 @@
+"""The leaderboard: collect finished runs, group them by setting, average seeds, rank and render.
+
+``kdbench leaderboard runs/`` (`kdbench.leaderboard.command`) ties the pieces together:
+`collect` (find and read result.json files, skipping bad ones), `build_boards` (settings, variants,
+mean ± std over seeds, ranking), the text renderers of `kdbench.leaderboard.render` and the
+self-contained HTML page of `kdbench.leaderboard.html`. ``kdbench robustbench RUN``
+(`kdbench.leaderboard.robustbench`) writes one run as a RobustBench model-info entry.
+"""
+
+from __future__ import annotations
+
+from kdbench.leaderboard.collect import Collection, RunRecord, Skipped, collect
+from kdbench.leaderboard.group import Board, Setting, Stat, Variant, build_boards
+from kdbench.leaderboard.html import render_html
+from kdbench.leaderboard.render import render_csv, render_json, render_markdown, render_table
+
+__all__ = [
+    "Board",
+    "Collection",
+    "RunRecord",
+    "Setting",
+    "Skipped",
+    "Stat",
+    "Variant",
+    "build_boards",
+    "collect",
+    "render_csv",
+    "render_html",
+    "render_json",
+    "render_markdown",
+    "render_table",
+]

@@ -1,0 +1,453 @@
+"""A self-contained HTML leaderboard: one file, no network.
+
+Everything is inline: the CSS, a few lines of JavaScript that sort a table when a header is clicked
+(a click toggles descending / ascending; ``#sort=<table>:<column>:<asc|desc>`` in the URL applies a
+sort on load), and the plots, drawn here as inline SVG (no plotting library, no fonts or scripts
+fetched). Per setting the page shows
+
+* the ranked table (accuracies in percent, mean ± std over seeds), with runs whose evaluation raised
+  sanity flags highlighted and the flag texts one click away, and a link to each seed's recipe.toml
+  (a path relative to the HTML file, so the page works wherever the runs folder and it move together);
+* a scatter of robust accuracy (the metric the board is ranked by) against clean accuracy, with
+  error bars of one std and flagged variants ringed in red;
+* grouped bars of the accuracy under each attack, per variant.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+from collections.abc import Sequence
+from html import escape
+from pathlib import Path
+from urllib.parse import quote
+
+from kdbench.leaderboard.collect import Skipped
+from kdbench.leaderboard.group import ANALYSIS_KEYS, METRIC_LABELS, METRICS, Board, Stat, Variant
+from kdbench.leaderboard.render import cell, header, subtitle, title
+
+__all__ = ["bars_svg", "render_html", "scatter_svg"]
+
+#: Okabe-Ito: distinguishable with the common colour-vision deficiencies.
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
+METRIC_COLORS = {
+    "clean": "#56B4E9",
+    "fgsm": "#E69F00",
+    "pgd20": "#D55E00",
+    "cw": "#CC79A7",
+    "autoattack": "#0072B2",
+    "worst": "#444444",
+}
+FLAG_COLOR = "#C0161B"
+
+_CSS = """
+:root { --fg: #1d2330; --muted: #5b6475; --line: #d9dde5; --flag: #C0161B; --flagbg: #fff6e0; }
+* { box-sizing: border-box; }
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
+       color: var(--fg); margin: 0; background: #f6f7f9; }
+main { max-width: 1240px; margin: 0 auto; padding: 24px 28px 48px; }
+h1 { font-size: 22px; margin: 0 0 4px; }
+h2 { font-size: 17px; margin: 0 0 2px; }
+.meta, .sub { color: var(--muted); margin: 0 0 12px; }
+section.board { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 18px 20px;
+                margin: 18px 0; }
+.scroll { overflow-x: auto; }
+table.lb { border-collapse: collapse; width: 100%; font-size: 13px; font-variant-numeric: tabular-nums; }
+table.lb th, table.lb td { padding: 5px 7px; border-bottom: 1px solid var(--line); white-space: nowrap; }
+table.lb th { text-align: left; background: #eef1f6; cursor: pointer; user-select: none; position: sticky; top: 0; }
+table.lb th.num, table.lb td.num { text-align: right; }
+table.lb th.ranked { color: #0b4f8a; }
+table.lb th[aria-sort="descending"]::after { content: " \\25BE"; }
+table.lb th[aria-sort="ascending"]::after { content: " \\25B4"; }
+table.lb tbody tr:hover { background: #f3f6fb; }
+table.lb tr.flagged { background: var(--flagbg); box-shadow: inset 3px 0 0 var(--flag); }
+table.lb td.label { font-weight: 600; }
+.flag { color: var(--flag); font-weight: 700; }
+td details summary { cursor: pointer; color: var(--flag); font-weight: 600; }
+td details ul { margin: 4px 0 0; padding-left: 18px; white-space: normal; max-width: 420px; color: var(--fg);
+                font-weight: 400; }
+td a { color: #0b63b6; text-decoration: none; margin-right: 6px; }
+td a:hover { text-decoration: underline; }
+.plots { display: flex; flex-wrap: wrap; gap: 18px; margin-top: 16px; }
+figure { margin: 0; background: #fff; border: 1px solid var(--line); border-radius: 6px; padding: 8px; }
+figcaption { color: var(--muted); font-size: 12.5px; padding: 2px 4px 0; }
+svg text { font-family: system-ui, -apple-system, "Segoe UI", Roboto, Arial, sans-serif; }
+.note { color: #8a5a00; }
+details.skipped { margin-top: 18px; color: var(--muted); }
+"""
+
+_JS = """
+(function () {
+  function value(td, numeric) {
+    var v = td.getAttribute('data-v');
+    if (v === null || v === '') return null;
+    return numeric ? parseFloat(v) : v.toLowerCase();
+  }
+  function sortTable(table, col, dir) {
+    var heads = table.tHead.rows[0].cells, th = heads[col];
+    var numeric = th.getAttribute('data-type') === 'num';
+    var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
+    rows.sort(function (a, b) {
+      var x = value(a.cells[col], numeric), y = value(b.cells[col], numeric);
+      if (x === null && y === null) return 0;
+      if (x === null) return 1;
+      if (y === null) return -1;
+      var c = x < y ? -1 : (x > y ? 1 : 0);
+      return dir === 'asc' ? c : -c;
+    });
+    rows.forEach(function (r) { body.appendChild(r); });
+    for (var i = 0; i < heads.length; i++) heads[i].removeAttribute('aria-sort');
+    th.setAttribute('aria-sort', dir === 'asc' ? 'ascending' : 'descending');
+  }
+  var tables = document.querySelectorAll('table.lb');
+  Array.prototype.forEach.call(tables, function (table) {
+    Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, i) {
+      th.addEventListener('click', function () {
+        var now = th.getAttribute('aria-sort');
+        var dir = now === 'descending' ? 'asc' : (now === 'ascending' ? 'desc' : th.getAttribute('data-first'));
+        sortTable(table, i, dir);
+      });
+    });
+  });
+  var m = /sort=(\\d+):([\\w-]+):(asc|desc)/.exec(window.location.hash);
+  if (m && tables[+m[1]]) {
+    var cells = tables[+m[1]].tHead.rows[0].cells;
+    for (var i = 0; i < cells.length; i++) {
+      if (cells[i].getAttribute('data-key') === m[2]) sortTable(tables[+m[1]], i, m[3]);
+    }
+  }
+  document.documentElement.setAttribute('data-ready', '1');
+})();
+"""
+
+
+# ------------------------------------------------------------------------------------ SVG helpers
+
+
+def _f(x: float) -> str:
+    return f"{x:.1f}"
+
+
+def _nice_range(values: Sequence[float], pad: float = 2.0, minimum_span: float = 10.0) -> tuple[float, float]:
+    """A [lo, hi] within [0, 100] covering ``values`` (percent), on multiples of 5."""
+    lo = max(0.0, math.floor((min(values) - pad) / 5) * 5)
+    hi = min(100.0, math.ceil((max(values) + pad) / 5) * 5)
+    while hi - lo < minimum_span:
+        lo, hi = max(0.0, lo - 5), min(100.0, hi + 5)
+        if lo == 0.0 and hi == 100.0:
+            break
+    return lo, hi
+
+
+def _ticks(lo: float, hi: float, most: int = 8) -> list[float]:
+    step = next(s for s in (1, 2, 5, 10, 20, 25, 50) if (hi - lo) / s <= most)
+    first = math.ceil(lo / step) * step
+    return [first + i * step for i in range(int((hi - first) // step) + 1)]
+
+
+def _pct(stat: Stat) -> tuple[float | None, float]:
+    return (None, 0.0) if stat.mean is None else (100 * stat.mean, 100 * (stat.std or 0.0))
+
+
+def _short(text: str, n: int = 22) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _overlaps(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def _place_label(
+    text: str, cx: float, cy: float, right_edge: float, placed: list[tuple[float, float, float, float]]
+) -> tuple[float, float, str]:
+    """Where to write a point's label: beside it, moved up or down (then to the other side) until it
+    overlaps no label or point placed so far (greedy; exact text widths are unknown, ~6.5 px a char)."""
+    width, height = 6.5 * len(text) + 2, 13.0
+    sides = [("end", -12.0), ("start", 12.0)] if cx > right_edge else [("start", 12.0), ("end", -12.0)]
+    for dy in (0, -13, 13, -26, 26, -39, 39):
+        for anchor, dx in sides:
+            x0 = cx + dx if anchor == "start" else cx + dx - width
+            box = (x0, cy + dy - 9, width, height)
+            if not any(_overlaps(box, other) for other in placed):
+                placed.append(box)
+                return cx + dx, cy + dy + 4, anchor
+    anchor, dx = sides[0]
+    return cx + dx, cy + 4, anchor
+
+
+def scatter_svg(board: Board) -> str:
+    """Robust accuracy (the ranked metric) against clean accuracy, one point per variant, as inline SVG."""
+    metric = board.ranked_by
+    points = []
+    for i, v in enumerate(board.variants):
+        (x, sx), (y, sy) = _pct(v.metrics["clean"]), _pct(v.metrics[metric])
+        if x is not None and y is not None:
+            points.append((v, i, x, sx, y, sy))
+    W, H, L, R, T, B = 500, 360, 56, 18, 16, 48
+    pw, ph = W - L - R, H - T - B
+    label_y = f"{METRIC_LABELS[metric]} accuracy (%)"
+    out = [
+        f'<svg class="plot scatter" role="img" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
+        f'aria-label="{escape(label_y)} against clean accuracy">'
+    ]
+    if not points:
+        out.append(f'<text x="{W / 2}" y="{H / 2}" text-anchor="middle" fill="#5b6475">no data</text></svg>')
+        return "".join(out)
+    x0, x1 = _nice_range([p[2] - p[3] for p in points] + [p[2] + p[3] for p in points])
+    y0, y1 = _nice_range([p[4] - p[5] for p in points] + [p[4] + p[5] for p in points])
+
+    def sx_(x: float) -> float:
+        return L + (x - x0) / (x1 - x0) * pw
+
+    def sy_(y: float) -> float:
+        return T + (1 - (y - y0) / (y1 - y0)) * ph
+
+    out.append(f'<rect x="{L}" y="{T}" width="{pw}" height="{ph}" fill="#fbfcfd" stroke="#c9ced8"/>')
+    for t in _ticks(x0, x1):
+        out.append(f'<line x1="{_f(sx_(t))}" y1="{T}" x2="{_f(sx_(t))}" y2="{T + ph}" stroke="#e6e9ef"/>')
+        out.append(
+            f'<text x="{_f(sx_(t))}" y="{T + ph + 16}" text-anchor="middle" font-size="11" fill="#5b6475">{t:g}</text>'
+        )
+    for t in _ticks(y0, y1):
+        out.append(f'<line x1="{L}" y1="{_f(sy_(t))}" x2="{L + pw}" y2="{_f(sy_(t))}" stroke="#e6e9ef"/>')
+        out.append(
+            f'<text x="{L - 6}" y="{_f(sy_(t) + 4)}" text-anchor="end" font-size="11" fill="#5b6475">{t:g}</text>'
+        )
+    out.append(
+        f'<text x="{L + pw / 2}" y="{H - 10}" text-anchor="middle" font-size="12" fill="#1d2330">'
+        "clean accuracy (%)</text>"
+    )
+    out.append(
+        f'<text transform="translate(14 {T + ph / 2}) rotate(-90)" text-anchor="middle" font-size="12" '
+        f'fill="#1d2330">{escape(label_y)}</text>'
+    )
+    placed: list[tuple[float, float, float, float]] = [(sx_(p[2]) - 7, sy_(p[4]) - 7, 14, 14) for p in points]
+    for v, i, x, ex, y, ey in points:
+        color = PALETTE[i % len(PALETTE)]
+        cx, cy = sx_(x), sy_(y)
+        out.append(f'<g class="point{" flagged" if v.flags else ""}" data-variant="{escape(v.label)}">')
+        tip = f"{v.label}: clean {x:.2f}%, {METRIC_LABELS[metric]} {y:.2f}% ({len(v.runs)} seeds)"
+        if v.flags:
+            tip += f"; {len(v.flag_texts)} flag(s): " + "; ".join(v.flag_texts)
+        out.append(f"<title>{escape(tip)}</title>")
+        if ex:
+            out.append(
+                f'<line x1="{_f(sx_(x - ex))}" y1="{_f(cy)}" x2="{_f(sx_(x + ex))}" y2="{_f(cy)}" '
+                f'stroke="{color}" stroke-width="1.5"/>'
+            )
+        if ey:
+            out.append(
+                f'<line x1="{_f(cx)}" y1="{_f(sy_(y - ey))}" x2="{_f(cx)}" y2="{_f(sy_(y + ey))}" '
+                f'stroke="{color}" stroke-width="1.5"/>'
+            )
+        if v.flags:
+            out.append(
+                f'<circle cx="{_f(cx)}" cy="{_f(cy)}" r="10" fill="none" stroke="{FLAG_COLOR}" stroke-width="2"/>'
+            )
+        out.append(f'<circle cx="{_f(cx)}" cy="{_f(cy)}" r="6" fill="{color}" stroke="#fff" stroke-width="1.5"/>')
+        name = ("⚑ " if v.flags else "") + _short(v.label)
+        tx, ty, anchor = _place_label(name, cx, cy, L + pw * 0.7, placed)
+        fill = FLAG_COLOR if v.flags else "#1d2330"
+        out.append(
+            f'<text x="{_f(tx)}" y="{_f(ty)}" text-anchor="{anchor}" font-size="11.5" fill="{fill}">'
+            f"{escape(name)}</text>"
+        )
+        out.append("</g>")
+    out.append("</svg>")
+    return "".join(out)
+
+
+def bars_svg(board: Board) -> str:
+    """Accuracy under each attack evaluated, grouped per variant (rank order), with std whiskers."""
+    metrics = [m for m in METRICS if any(v.metrics[m].mean is not None for v in board.variants)]
+    n = max(len(metrics), 1)
+    bar, gap = 11, 18
+    group = n * bar + gap
+    L, R, T, B = 48, 16, 40, 78
+    W = max(500, L + R + group * len(board.variants))
+    H = 360
+    ph = H - T - B
+    out = [
+        f'<svg class="plot bars" role="img" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
+        'aria-label="accuracy under each attack per variant">'
+    ]
+
+    def sy(pct: float) -> float:
+        return T + (1 - pct / 100) * ph
+
+    for t in range(0, 101, 20):
+        out.append(f'<line x1="{L}" y1="{_f(sy(t))}" x2="{W - R}" y2="{_f(sy(t))}" stroke="#e6e9ef"/>')
+        out.append(f'<text x="{L - 6}" y="{_f(sy(t) + 4)}" text-anchor="end" font-size="11" fill="#5b6475">{t}</text>')
+    out.append(
+        f'<text transform="translate(13 {T + ph / 2}) rotate(-90)" text-anchor="middle" font-size="12" '
+        'fill="#1d2330">accuracy (%)</text>'
+    )
+    lx = float(L)
+    for m in metrics:  # legend
+        out.append(f'<rect x="{_f(lx)}" y="10" width="11" height="11" fill="{METRIC_COLORS[m]}"/>')
+        out.append(f'<text x="{_f(lx + 15)}" y="20" font-size="11.5" fill="#1d2330">{escape(METRIC_LABELS[m])}</text>')
+        lx += 28 + 7.5 * len(METRIC_LABELS[m])
+    for gi, v in enumerate(board.variants):
+        gx = L + gi * group + gap / 2
+        out.append(f'<g class="group{" flagged" if v.flags else ""}" data-variant="{escape(v.label)}">')
+        for bi, m in enumerate(metrics):
+            mean, std = _pct(v.metrics[m])
+            if mean is None:
+                continue
+            x = gx + bi * bar
+            tip = escape(f"{v.label}: {METRIC_LABELS[m]} {mean:.2f}%")
+            out.append(
+                f'<rect class="bar" x="{_f(x)}" y="{_f(sy(mean))}" width="{bar - 2}" height="{_f(sy(0) - sy(mean))}" '
+                f'fill="{METRIC_COLORS[m]}"><title>{tip}</title></rect>'
+            )
+            if std:
+                cx = x + (bar - 2) / 2
+                out.append(
+                    f'<line x1="{_f(cx)}" y1="{_f(sy(min(100, mean + std)))}" x2="{_f(cx)}" '
+                    f'y2="{_f(sy(max(0, mean - std)))}" stroke="#1d2330" stroke-width="1"/>'
+                )
+        name = ("⚑ " if v.flags else "") + _short(v.label, 18)
+        tx, ty = gx + n * bar / 2, sy(0) + 14
+        fill = FLAG_COLOR if v.flags else "#1d2330"
+        out.append(
+            f'<text transform="translate({_f(tx)} {_f(ty)}) rotate(-28)" text-anchor="end" font-size="11" '
+            f'fill="{fill}">{escape(name)}</text>'
+        )
+        out.append("</g>")
+    out.append(f'<line x1="{L}" y1="{_f(sy(0))}" x2="{W - R}" y2="{_f(sy(0))}" stroke="#9aa3b2"/>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+# ------------------------------------------------------------------------------------ the table
+
+
+def _link(path: Path, base: Path) -> str:
+    rel = os.path.relpath(path.resolve(), base.resolve())
+    return quote(Path(rel).as_posix())
+
+
+def _sort_value(v: Variant, column: str) -> str:
+    if column in METRIC_LABELS:
+        mean = v.metrics[column].mean
+    elif column in ANALYSIS_KEYS:
+        stat = v.analysis.get(column)
+        mean = stat.mean if stat is not None else None
+    elif column == "params":
+        return "" if v.params is None else str(v.params)
+    elif column == "time":
+        mean = v.train_seconds.mean
+    elif column == "flags":
+        return str(len(v.flag_texts))
+    elif column == "seeds":
+        return str(len(v.runs))
+    else:
+        return ""
+    return "" if mean is None else repr(mean)
+
+
+def _flags_cell(v: Variant) -> str:
+    if not v.flags:
+        return '<td class="num" data-v="0">0</td>'
+    items = "".join(
+        f"<li>{escape(text)}{'' if seed is None else f' <em>(seed {seed})</em>'}</li>" for seed, text in v.flags
+    )
+    count = len(v.flag_texts)
+    return f'<td class="num" data-v="{count}"><details><summary>⚑ {count}</summary><ul>{items}</ul></details></td>'
+
+
+def _table(board: Board, columns: Sequence[str], base: Path, index: int) -> str:
+    heads = [
+        '<th data-key="rank" data-type="num" data-first="asc" class="num" aria-sort="ascending">#</th>',
+        '<th data-key="variant" data-type="text" data-first="asc">variant</th>',
+        '<th data-key="method" data-type="text" data-first="asc">method</th>',
+    ]
+    for c in columns:
+        first = "asc" if c in ("params", "time", "flags", "class_corr_distance", "feature_change") else "desc"
+        cls = "num ranked" if c == board.ranked_by else "num"
+        heads.append(
+            f'<th data-key="{c}" data-type="num" data-first="{first}" class="{cls}">{escape(header(board, c))}</th>'
+        )
+    heads.append('<th data-key="recipe" data-type="text" data-first="asc">recipe</th>')
+    rows = []
+    for v in board.variants:
+        runs = "\n".join(str(r.run_dir) for r in v.runs)
+        cells = [
+            f'<td class="num" data-v="{v.rank}">{v.rank}</td>',
+            f'<td class="label" data-v="{escape(v.label)}" title="{escape(runs)}">'
+            f"{'<span class=flag>⚑</span> ' if v.flags else ''}{escape(v.label)}</td>",
+            f'<td data-v="{escape(v.method)}">{escape(v.method)}</td>',
+        ]
+        for c in columns:
+            if c == "flags":
+                cells.append(_flags_cell(v))
+            else:
+                cells.append(f'<td class="num" data-v="{_sort_value(v, c)}">{escape(cell(v, c))}</td>')
+        links = []
+        for r in v.runs:
+            if r.recipe_file is None:
+                continue
+            text = "recipe" if len(v.runs) == 1 else f"s{'?' if r.seed is None else r.seed}"
+            links.append(f'<a href="{_link(r.recipe_file, base)}">{escape(text)}</a>')
+        cells.append(f'<td data-v="">{"".join(links) or "-"}</td>')
+        cls = ' class="flagged"' if v.flags else ""
+        rows.append(f'<tr{cls} data-variant="{escape(v.label)}">' + "".join(cells) + "</tr>")
+    return (
+        f'<div class="scroll"><table class="lb" id="table-{index}"><thead><tr>{"".join(heads)}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
+
+
+def render_html(
+    boards: Sequence[Board],
+    columns: Sequence[str],
+    *,
+    out_file: Path | None = None,
+    skipped: Sequence[Skipped] = (),
+    sources: Sequence[Path] = (),
+    generated: str | None = None,
+    page_title: str = "kdbench leaderboard",
+) -> str:
+    """The whole page. Recipe links are relative to ``out_file``'s folder (the working directory if None)."""
+    from kdbench import __version__
+
+    base = out_file.parent if out_file is not None else Path.cwd()
+    when = generated if generated is not None else _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    n_runs = sum(b.runs for b in boards)
+    where = ", ".join(str(s) for s in sources)
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{escape(page_title)}</title>",
+        f"<style>{_CSS}</style></head><body><main>",
+        f"<h1>{escape(page_title)}</h1>",
+        f'<p class="meta">{n_runs} runs in {len(boards)} setting{"s" if len(boards) != 1 else ""}'
+        f"{f' from {escape(where)}' if where else ''} · kdbench {escape(__version__)} · {escape(when)}. "
+        "Accuracies in percent, mean ± std over seeds; click a column header to sort; "
+        '<span class="flag">⚑</span> marks runs whose evaluation raised sanity flags.</p>',
+    ]
+    if not boards:
+        parts.append("<p>No results found.</p>")
+    for i, board in enumerate(boards):
+        note = f' <span class="note">{escape(board.note)}.</span>' if board.note else ""
+        sub = escape(subtitle(board, with_note=False))
+        parts += [
+            f'<section class="board" id="board-{i}">',
+            f"<h2>{escape(title(board))}</h2>",
+            f'<p class="sub">{sub}.{note}</p>',
+            _table(board, columns, base, i),
+            '<div class="plots">',
+            f"<figure>{scatter_svg(board)}<figcaption>{escape(METRIC_LABELS[board.ranked_by])} against clean "
+            "accuracy (bars: ±1 std over seeds; red ring: evaluation flags).</figcaption></figure>",
+            f"<figure>{bars_svg(board)}<figcaption>Accuracy under each attack, variants in rank order."
+            "</figcaption></figure>",
+            "</div></section>",
+        ]
+    if skipped:
+        items = "".join(f"<li><code>{escape(str(s.path))}</code>: {escape(s.reason)}</li>" for s in skipped)
+        parts.append(f'<details class="skipped"><summary>{len(skipped)} result files skipped</summary><ul>{items}</ul>')
+        parts.append("</details>")
+    parts += [f"<script>{_JS}</script>", "</main></body></html>"]
+    return "\n".join(parts) + "\n"
