@@ -23,15 +23,18 @@ from kdbench._registry import Registry, registries
 
 __all__ = ["COMMAND_MODULES", "main"]
 
-#: Sub-commands in modules of their own. Each module has ``add_parser(subparsers)``, which adds its
-#: sub-command and sets ``handler`` (``args -> exit code``) with ``set_defaults``.
-COMMAND_MODULES = [
-    "kdbench.evaluation.command",
-    "kdbench.bench.command",
-    "kdbench.leaderboard.command",
-    "kdbench.leaderboard.robustbench",
-    "kdbench.analysis.command",
-]
+#: Sub-commands in modules of their own, by name. Each module has ``add_parser(subparsers)``, which
+#: adds its sub-command and sets ``handler`` (``args -> exit code``) with ``set_defaults``. A module
+#: that fails to import breaks only its own sub-command.
+COMMAND_MODULES = {
+    "eval": "kdbench.evaluation.command",
+    "bench": "kdbench.bench.command",
+    "leaderboard": "kdbench.leaderboard.command",
+    "robustbench": "kdbench.leaderboard.robustbench",
+    "analyze": "kdbench.analysis.command",
+    "export": "kdbench.export",
+    "plugins": "kdbench.plugins_cmd",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,9 +73,21 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("name", help="component name, or KIND/NAME when several kinds share it")
     show.set_defaults(handler=_cmd_show)
 
-    for module in COMMAND_MODULES:
-        importlib.import_module(module).add_parser(sub)
+    for name, module in COMMAND_MODULES.items():
+        try:
+            importlib.import_module(module).add_parser(sub)
+        except Exception as exc:  # a bug in one command must not take the others down
+            broken = sub.add_parser(name, help=f"(unavailable: {type(exc).__name__})", add_help=False)
+            broken.add_argument("rest", nargs=argparse.REMAINDER)
+            broken.set_defaults(handler=_unavailable(module, exc))
     return parser
+
+
+def _unavailable(module: str, exc: Exception) -> Any:
+    def handler(args: argparse.Namespace) -> int:
+        raise RuntimeError(f"the {args.command!r} command failed to import from {module}") from exc
+
+    return handler
 
 
 def main(argv: Sequence[str] | None = None) -> int:
