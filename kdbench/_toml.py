@@ -24,7 +24,9 @@ def load_file(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise RecipeError("file not found", file=str(path), hint="check the path") from None
     except OSError as exc:
-        raise RecipeError(f"cannot read file ({exc.strerror})", file=str(path)) from None
+        raise RecipeError(
+            f"cannot read file ({exc.strerror})", file=str(path), hint="give the path of a readable .toml recipe file"
+        ) from None
     try:
         return tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError:

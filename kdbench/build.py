@@ -193,11 +193,13 @@ def build_attack(resolved: ResolvedRecipe) -> Attack:
 def check_label_spaces(resolved: ResolvedRecipe, teacher_classes: int, student_classes: int) -> None:
     """Logit-based methods need the teacher and the student to share their classes."""
     cls = METHODS.get(resolved.recipe.method.name)
-    if cls.uses_teacher_logits and teacher_classes != student_classes:
+    readers = cls.teacher_logit_readers(resolved.method_config)
+    if readers and teacher_classes != student_classes:
         raise RecipeError(
-            f"method {resolved.recipe.method.name!r} compares teacher and student logits, but the teacher has "
-            f"{teacher_classes} classes and the student {student_classes}",
+            f"method {resolved.recipe.method.name!r} compares teacher and student logits ({', '.join(readers)}), "
+            f"but the teacher has {teacher_classes} classes and the student {student_classes}",
             file=resolved.file,
-            key="method.name",
-            hint="use a feature-based method (crd, gacd) across label spaces, or a teacher of the same dataset",
+            key="method",
+            hint="use a feature-based method (crd, gacd) with options that read no teacher logits, "
+            "or a teacher of the same dataset",
         )

@@ -30,7 +30,7 @@ def parse_number(value: Any) -> Any:
         text = value.strip()
         try:
             return float(Fraction(text))
-        except (ValueError, ZeroDivisionError):
+        except (ValueError, ZeroDivisionError, OverflowError):  # OverflowError: "1e400"
             return value  # pydantic reports the type error with the key path
     return value
 

@@ -58,6 +58,16 @@ class Method(nn.Module):
         self.config = config
         self.setup = setup
 
+    @classmethod
+    def teacher_logit_readers(cls, config: StrictModel) -> list[str]:
+        """The parts of this configuration that read the teacher's logits in the student's label space.
+
+        Non-empty means teacher and student must share their classes; the engine checks it before any
+        training. Default: the whole loss when `uses_teacher_logits` is set. Methods whose options decide
+        it (a KD term, confidence weights) override this.
+        """
+        return ["its loss"] if cls.uses_teacher_logits else []
+
     def attack_objective(self, ctx: StepContext) -> Objective | None:
         """The per-sample objective the training attack maximises, or None when training is clean."""
         return None

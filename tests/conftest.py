@@ -33,13 +33,6 @@ def cifar_root(monkeypatch: pytest.MonkeyPatch) -> Path:
     return root
 
 
-@pytest.fixture(autouse=True)
-def _isolated_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Runs and decode caches of a test never land in the checkout or the user's home."""
-    monkeypatch.setenv("KDBENCH_RUNS_DIR", str(tmp_path_factory.mktemp("runs")))
-    monkeypatch.setenv("KDBENCH_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "decode-cache"))
-
-
 @pytest.fixture
 def fake_distribution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Path]]:
     """Install a throw-away distribution (a .dist-info with entry points plus its modules) on sys.path.

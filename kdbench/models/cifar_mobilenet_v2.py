@@ -98,4 +98,4 @@ class MobileNetV2(Network):
         out = F.relu(self.bn1(self.conv1(self.normalize(x))), inplace=True)
         out = self.layers(out)
         out = F.relu(self.bn2(self.conv2(out)), inplace=True)
-        return F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return out.mean(dim=(2, 3))  # global average pool; deterministic backward on CUDA

@@ -1,0 +1,245 @@
+"""Shared building blocks of the contrastive distillation methods ``crd`` and ``gacd``.
+
+Contrastive Representation Distillation (Tian, Krishnan & Isola, "Contrastive Representation
+Distillation", ICLR 2020, arXiv:1910.10699; code github.com/HobbitLong/RepDistiller, ``crd/``) and
+GACD (Bai et al., arXiv:2009.09922) share the same machinery, implemented here once:
+
+- **Embedding heads** ``g(f) = W f + b`` followed by L2 normalisation, ``(B, D_f) -> (B, d)``, d = 128
+  (RepDistiller's ``Embed``). Trainable: they are submodules of the method.
+- **Memory banks**: one ``(n_data, d)`` matrix per side (student, teacher), rows keyed by the dataset
+  index of a sample, initialised ``U(-s, s)`` with ``s = 1 / sqrt(d / 3)`` so that a row has unit
+  expected squared norm (RepDistiller's ``ContrastMemory``). After the loss of a batch is computed,
+  the rows of its samples are updated ``m <- normalise(0.5 m + 0.5 v)`` with the new embeddings ``v``
+  (RepDistiller updates in place; here the bank is replaced by an updated copy, see `ContrastMemory.update`).
+- **The critic** of noise-contrastive estimation with ``N`` negatives drawn uniformly from ``M``
+  memory rows (noise probability ``1/M``)::
+
+      P(v | a) = exp(a.v / tau) / Z,            tau = 0.07
+      h(a, v)  = P(1 | a, v) = P / (P + N / M)
+      loss_b   = -( w_b log h(a_b, v_b+) + sum_{k=1..N} log(1 - h(a_b, v_bk-)) )
+
+  (RepDistiller's ``ContrastLoss``, eq. 18 of the paper; ``w_b = 1`` in CRD). ``Z`` is fixed from the
+  first batch as ``Z = M * mean(exp(a.v / tau))`` over that batch's positive and negative scores, as
+  RepDistiller does, and then never changes. The logarithms are computed as
+  ``log h = logsigmoid(a.v/tau - log Z - log(N/M))``, the same quantity as RepDistiller's
+  ``log(P / (P + N/M + 1e-7))`` without the 1e-7 (negligible next to ``N/M >= 1/M``).
+- **Negatives, mode "exact"**: the positive of a sample is the sample itself; its ``N`` negatives are
+  memory rows of *other classes*, drawn with replacement (RepDistiller's ``random.choice(...,
+  replace=True)`` over ``cls_negative``).
+
+Choices of kdbench (not in RepDistiller), all made to keep a step free of host synchronisation:
+
+- *Row labels.* RepDistiller knows every row's class from the dataset up front. A method here sees
+  only batches, so a ``labels`` buffer ``(n_data,)`` is filled from ``ctx.y`` at ``ctx.index`` as
+  batches arrive (before negatives are drawn, so the batch's own rows are already labelled). Rows
+  not seen yet (label -1) are *allowed* as negatives: they still hold their random initial vectors,
+  which belong to no class, so they are valid noise samples. After the first epoch every row that
+  training visits is labelled.
+- *Vectorised rejection sampling on the device.* Per anchor ``N + ceil(2N / (C - 1)) + 64``
+  candidate rows are drawn uniformly, candidates of the anchor's class are masked, and a stable sort
+  of the mask moves the valid ones (in their random draw order) to the front; the first ``N`` are
+  taken. With balanced classes a candidate is rejected with probability about 1/C, so for C = 10 and
+  N = 16384 about 18,000 valid candidates are expected and a row runs short with negligible
+  probability (more than 40 standard deviations away). If a row does run short (very unbalanced
+  data), the remaining slots are filled with same-class rows instead of stalling: the fall-back is
+  "any row".
+- *N is clamped* to ``M - 1`` (the rows other than the sample itself): asking for more negatives than
+  the dataset has rows only happens on tiny datasets (tests, ``data.train_subset``) and would make
+  the noise ratio ``N / M`` exceed 1.
+- *Scores against a whole bank.* Scores are computed as ``(a @ memory.T)`` gathered at the sampled
+  rows instead of gathering ``(B, N + 1, d)`` rows first: the same numbers, ``B x M`` floats (25 MiB
+  for CIFAR) instead of ``B x (N + 1) x d`` (1 GiB for N = 16384). This is cheaper whenever
+  ``M < (N + 1) d``, i.e. for every dataset up to 2 million images.
+- *Z without a host read.* ``Z`` is a buffer holding -1 until set; each step computes
+  ``where(Z > 0, Z, estimate)`` on the device and writes it back, so the first batch fixes it and no
+  ``if`` on a tensor value is needed.
+
+The banks, the labels and ``Z`` are buffers: they are saved in every checkpoint through
+``state_dict()`` and restored on resume.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from kdbench import StrictModel, UserError
+
+__all__ = [
+    "UNKNOWN_LABEL",
+    "ContrastMemory",
+    "ContrastiveConfig",
+    "Embed",
+    "candidate_count",
+    "effective_negatives",
+    "estimate_z",
+    "memory_init_bound",
+    "nce_loss",
+    "nce_loss_from_logits",
+]
+
+#: Marks a memory row whose class is not known yet (allowed as a negative).
+UNKNOWN_LABEL = -1
+
+
+class ContrastiveConfig(StrictModel):
+    """Options shared by ``crd`` and ``gacd`` (RepDistiller's ``feat_dim``, ``nce_k``, ``nce_t``, ``nce_m``)."""
+
+    embed_dim: int = Field(128, gt=0, description="dimension d of the embedding heads and memory banks")
+    negatives: int = Field(
+        16384, gt=0, description="negatives N per anchor (nce_k); clamped to dataset size - 1 on small datasets"
+    )
+    tau: float = Field(0.07, gt=0, description="critic temperature (nce_t)")
+    momentum: float = Field(0.5, ge=0, lt=1, description="memory update m <- normalise(momentum m + (1 - momentum) v)")
+
+
+def memory_init_bound(dim: int) -> float:
+    """``s = 1 / sqrt(d / 3)``: rows ``U(-s, s)^d`` have expected squared norm ``d s^2 / 3 = 1``."""
+    return 1.0 / math.sqrt(dim / 3)
+
+
+def effective_negatives(requested: int, dataset_size: int) -> int:
+    """``min(N, M - 1)``: never more negatives than rows other than the sample itself."""
+    if dataset_size < 2:
+        raise UserError(f"contrastive distillation needs at least 2 training samples, got {dataset_size}")
+    return max(1, min(requested, dataset_size - 1))
+
+
+def candidate_count(negatives: int, num_classes: int) -> int:
+    """Candidates drawn per anchor so that ``negatives`` of another class remain (see the module docstring)."""
+    return negatives + math.ceil(2 * negatives / max(num_classes - 1, 1)) + 64
+
+
+def estimate_z(logits: Tensor, n_data: int) -> Tensor:
+    """RepDistiller's normaliser ``Z = M * mean(exp(logits))`` over a batch's scores; 0-d, no autograd."""
+    return logits.detach().float().exp().mean() * n_data
+
+
+def nce_loss_from_logits(logits: Tensor, z: Tensor, n_data: int, weights: Tensor | None = None) -> Tensor:
+    """Per-sample NCE loss from critic logits; ``logits: (B, 1 + N)`` with the positive in column 0.
+
+    ``logits = a.v / tau``; ``P = exp(logits) / z``; ``h = P / (P + N / M)`` with ``M = n_data``::
+
+        loss_b = -( w_b log h_b0 + sum_{k >= 1} log(1 - h_bk) )      -> (B,)
+
+    ``weights: (B,)`` multiplies the positive term (None: 1). Both logs are logsigmoids of
+    ``log(P / (N/M))``, which is exact and stable in float32.
+    """
+    n = logits.shape[1] - 1
+    log_odds = logits.float() - (z.float().log() + math.log(n / n_data))
+    positive = F.logsigmoid(log_odds[:, 0])
+    negative = F.logsigmoid(-log_odds[:, 1:]).sum(dim=1)
+    if weights is not None:
+        positive = weights.float() * positive
+    return -(positive + negative)
+
+
+def nce_loss(
+    anchor: Tensor,
+    positive: Tensor,
+    negatives: Tensor,
+    z: Tensor,
+    n_data: int,
+    tau: float,
+    weights: Tensor | None = None,
+) -> Tensor:
+    """`nce_loss_from_logits` on explicit embeddings: ``anchor, positive: (B, d)``, ``negatives: (B, N, d)``."""
+    pos = (anchor * positive).sum(dim=1, keepdim=True)
+    neg = torch.einsum("bd,bnd->bn", anchor, negatives)
+    return nce_loss_from_logits(torch.cat([pos, neg], dim=1) / tau, z, n_data, weights)
+
+
+class Embed(nn.Module):
+    """``f: (B, D_f) -> normalise(W f + b): (B, d)``, RepDistiller's ``Embed`` (linear + L2 norm)."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.linear = nn.Linear(in_dim, out_dim)
+
+    def forward(self, features: Tensor) -> Tensor:
+        # float32 whatever the network's autocast dtype: the critic divides by tau = 0.07 and exponentiates.
+        return F.normalize(self.linear(features.flatten(1).float()), dim=1)
+
+
+class ContrastMemory(nn.Module):
+    """Memory banks ``memory_<bank>: (n_data, dim)``, normalisers ``z_<bank>`` and row ``labels: (n_data,)``.
+
+    ``z_<bank>`` is the normaliser of scores *against* that bank (anchors from the other side), -1
+    until the first batch fixes it. All buffers: saved and restored through ``state_dict()``.
+    """
+
+    labels: Tensor
+
+    def __init__(self, n_data: int, dim: int, banks: Sequence[str], momentum: float):
+        super().__init__()
+        self.n_data, self.dim, self.momentum = n_data, dim, momentum
+        self.banks = tuple(banks)
+        bound = memory_init_bound(dim)
+        for name in self.banks:
+            # Global RNG on the CPU (seeded by the run), then moved: the same init on every device.
+            self.register_buffer(f"memory_{name}", torch.rand(n_data, dim).mul_(2 * bound).add_(-bound))
+            self.register_buffer(f"z_{name}", torch.tensor(-1.0))
+        self.register_buffer("labels", torch.full((n_data,), UNKNOWN_LABEL, dtype=torch.int64))
+
+    def bank(self, name: str) -> Tensor:
+        """The ``(n_data, dim)`` memory of one side."""
+        bank: Tensor = getattr(self, f"memory_{name}")
+        return bank
+
+    def z(self, name: str) -> Tensor:
+        """The 0-d normaliser of scores against ``name`` (-1 while unset)."""
+        z: Tensor = getattr(self, f"z_{name}")
+        return z
+
+    @torch.no_grad()
+    def observe_labels(self, index: Tensor, y: Tensor) -> None:
+        """Record the classes of a batch's rows: ``index, y: (B,)``."""
+        self.labels.index_copy_(0, index, y.to(self.labels.dtype))
+
+    @torch.no_grad()
+    def sample_negatives(self, y: Tensor, n: int, num_classes: int) -> Tensor:
+        """``(B, n)`` row indices drawn uniformly with replacement among rows whose label is not ``y_b``.
+
+        Vectorised rejection: draw `candidate_count` candidates per anchor on the device, and move the
+        valid ones to the front with a stable sort of the rejection mask (ties keep the random draw
+        order). Unknown rows (never observed) count as valid; a row short of valid candidates is
+        padded with rejected ones (see the module docstring).
+        """
+        candidates = torch.randint(0, self.n_data, (y.shape[0], candidate_count(n, num_classes)), device=y.device)
+        same_class = self.labels[candidates] == y[:, None]
+        order = torch.sort(same_class.to(torch.uint8), dim=1, stable=True).indices[:, :n]
+        return candidates.gather(1, order)
+
+    def logits(self, name: str, anchor: Tensor, rows: Tensor, tau: float) -> Tensor:
+        """``anchor_b . memory[rows_bk] / tau``: ``anchor: (B, dim)``, ``rows: (B, K)`` -> ``(B, K)``.
+
+        Scored against the whole bank and gathered, cheaper than gathering ``(B, K, dim)`` rows for
+        ``M < K * dim``; autograd reaches ``anchor`` only (the bank is a buffer).
+        """
+        return (anchor.float() @ self.bank(name).t()).gather(1, rows) / tau
+
+    @torch.no_grad()
+    def normaliser(self, name: str, logits: Tensor, *, fix: bool = True) -> Tensor:
+        """``Z``: the stored value once set, else `estimate_z` of ``logits``; ``fix`` stores it (first batch)."""
+        stored = self.z(name)
+        z = torch.where(stored > 0, stored, estimate_z(logits, self.n_data))
+        if fix:
+            stored.copy_(z)
+        return z
+
+    @torch.no_grad()
+    def update(self, name: str, index: Tensor, values: Tensor) -> None:
+        """``memory[index] <- normalise(m * memory[index] + (1 - m) * values)``; ``values: (B, dim)``.
+
+        Out of place: the buffer is replaced by an updated copy, because this step's scores saved the
+        old bank for their backward pass (an in-place write would invalidate it). The copy costs one
+        pass over the bank (25 MiB for CIFAR), far less than the step.
+        """
+        bank = self.bank(name)
+        rows = bank.index_select(0, index).mul_(self.momentum).add_(values.detach().float(), alpha=1 - self.momentum)
+        setattr(self, f"memory_{name}", bank.index_copy(0, index, F.normalize(rows, dim=1)))
