@@ -68,7 +68,7 @@ def dataset_root(resolved: ResolvedRecipe) -> Path | None:
 def build_source(resolved: ResolvedRecipe) -> DatasetSource:
     data = resolved.recipe.data
     cls = DATASETS.get(data.dataset)
-    return cls(resolved.data_config, dataset_root(resolved), data.download)  # type: ignore[no-any-return]
+    return cls(resolved.data_config, dataset_root(resolved), data.download)
 
 
 def build_data(resolved: ResolvedRecipe, hardware: Hardware, rank: int = 0, world_size: int = 1) -> DataBundle:
@@ -137,7 +137,7 @@ def build_network(name: str, config: StrictModel, spec: NetworkSpec) -> Network:
     """Instantiate a registered model (``name`` may carry a ``:variant``)."""
     cls = MODELS.get(name)
     net = cls(spec, config, split_variant(name)[1])
-    return net  # type: ignore[no-any-return]
+    return net
 
 
 def load_network_weights(net: Network, path: Path, *, what: str = "teacher") -> dict[str, Any]:
@@ -182,12 +182,12 @@ def load_network_weights(net: Network, path: Path, *, what: str = "teacher") -> 
 
 def build_method(resolved: ResolvedRecipe, setup: MethodSetup) -> Method:
     cls = METHODS.get(resolved.recipe.method.name)
-    return cls(resolved.method_config, setup).to(setup.device)  # type: ignore[no-any-return]
+    return cls(resolved.method_config, setup).to(setup.device)
 
 
 def build_attack(resolved: ResolvedRecipe) -> Attack:
     cls = ATTACKS.get(resolved.recipe.attack.name)
-    return cls(resolved.attack_config)  # type: ignore[no-any-return]
+    return cls(resolved.attack_config)
 
 
 def check_label_spaces(resolved: ResolvedRecipe, teacher_classes: int, student_classes: int) -> None:

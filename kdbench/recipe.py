@@ -163,9 +163,9 @@ class Recipe(StrictModel):
     teacher: TeacherSection | None = None
     student: StudentSection
     method: MethodSection
-    attack: AttackSection = Field(default_factory=AttackSection)
-    train: TrainSection = Field(default_factory=TrainSection)
-    eval: EvalSection = Field(default_factory=EvalSection)
+    attack: AttackSection = Field(default_factory=lambda: AttackSection.model_validate({}))
+    train: TrainSection = Field(default_factory=lambda: TrainSection.model_validate({}))
+    eval: EvalSection = Field(default_factory=lambda: EvalSection.model_validate({}))
 
 
 # ------------------------------------------------------------------------------------- resolution
@@ -201,7 +201,7 @@ class ResolvedRecipe:
                 data["teacher"]["model"] = self.teacher_recipe.recipe.student.model
         data["method"] = {"name": r.method.name, **self.method_config.model_dump(mode="json")}
         data["attack"] = {"name": r.attack.name, **self.attack_config.model_dump(mode="json")}
-        ordered = {k: data[k] for k in ("name", "description", "seed") if k in data}
+        ordered: dict[str, Any] = {k: data[k] for k in ("name", "description", "seed") if k in data}
         ordered.update({k: v for k, v in data.items() if k not in ordered})
         return ordered
 

@@ -156,7 +156,8 @@ def _teacher(resolved: ResolvedRecipe, runs_dir: Path | None, progress: Progress
     check_label_spaces(resolved, classes, student_classes)
     teacher = build_network(model_name, resolved.teacher_config, network_spec(info, classes))
     load_network_weights(teacher, weights)
-    return freeze(teacher)
+    freeze(teacher)
+    return teacher
 
 
 def _checkpoint_classes(path: Path) -> int | None:
@@ -198,9 +199,9 @@ def _execute(
     )
     method = build_method(resolved, setup)
     memory = torch.channels_last if hw.channels_last else torch.contiguous_format
-    student = student.to(hw.device, memory_format=memory)
+    student = student.to(hw.device).to(memory_format=memory)
     if teacher is not None:
-        teacher = teacher.to(hw.device, memory_format=memory)
+        teacher = teacher.to(hw.device).to(memory_format=memory)
     ddp.broadcast_module(student)
     ddp.broadcast_module(method)
     if r.train.compile:

@@ -108,7 +108,7 @@ class MethodConformance:
             device=torch.device("cpu"),
         )
         torch.manual_seed(seed)
-        return cls(config, setup)  # type: ignore[no-any-return]
+        return cls(config, setup)
 
     def context(self, method: Method, seed: int = 0) -> StepContext:
         return make_context(method, seed=seed, num_classes=self.num_classes, dataset_size=self.dataset_size)

@@ -16,3 +16,9 @@ def test_ruff_check_and_format():
     assert check.returncode == 0, check.stdout + check.stderr
     fmt = subprocess.run(["ruff", "format", "--check", "--quiet", "."], cwd=REPO, capture_output=True, text=True)
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+@pytest.mark.skipif(shutil.which("mypy") is None, reason="mypy is not installed (pip install -e '.[dev]')")
+def test_mypy_on_the_core():
+    proc = subprocess.run(["mypy"], cwd=REPO, capture_output=True, text=True)  # [tool.mypy] packages = kdbench
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]

@@ -124,14 +124,14 @@ def device_peak(device: torch.device, precision: str, *, measure: bool = True) -
     """
     device = torch.device(device)
     kind = _dtype_name(device, precision)
-    measured = None
-    if measure:
-        measured = measured_matmul_tflops(device, torch.bfloat16 if precision == "bf16" else torch.float32)
-    measured_label = f"{'bf16' if precision == 'bf16' else 'fp32'} matmul"
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    size = 8192 if device.type == "cuda" else 1024
+    measured = measured_matmul_tflops(device, dtype, size=size) if measure else None
+    measured_label = f"{'bf16' if precision == 'bf16' else 'fp32'} matmul {size}^3"
     if device.type == "cuda":
         entry = lookup_gpu_peak(torch.cuda.get_device_name(device))
         if entry is not None:
             return Peak(getattr(entry, kind), f"table: {entry.label} {kind} dense", kind, measured)
     if measured is None:
-        measured = measured_matmul_tflops(device, torch.bfloat16 if precision == "bf16" else torch.float32)
+        measured = measured_matmul_tflops(device, dtype, size=size)
     return Peak(measured, f"measured: {measured_label}", kind, measured)

@@ -7,7 +7,7 @@ steps), so progress reporting never adds a host synchronisation to the step.
 from __future__ import annotations
 
 import sys
-from typing import Protocol, TextIO
+from typing import Any, Protocol, TextIO
 
 __all__ = ["PlainProgress", "Progress", "RichProgress", "make_progress"]
 
@@ -70,7 +70,7 @@ class RichProgress:
             transient=False,
         )
         self.bar.start()
-        self.task: int | None = None
+        self.task: Any = None  # rich TaskID
 
     def start_epoch(self, epoch: int, epochs: int, steps: int, done: int = 0) -> None:
         self.task = self.bar.add_task("", total=steps, completed=done, epoch=f"{epoch + 1}/{epochs}", values="")

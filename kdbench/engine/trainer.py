@@ -196,12 +196,15 @@ class Trainer:
         steps_since_sync = 0
         for x, y, index in self.loader.epoch(epoch, start_batch=start_batch):
             terms, logits = self._step(x, y, index, epoch, batch)
+            # Only the terms of the first bad step are reported: once the weights are NaN every term is.
+            fresh = first_bad < 0
             for name, value in terms.items():
                 v = value.detach().float()
                 sums[name] = sums.get(name, zero) + v
                 finite = torch.isfinite(v)
-                bad_terms[name] = bad_terms.get(name, torch.zeros((), dtype=torch.bool, device=self.device)) | ~finite
-                first_bad = torch.where((first_bad < 0) & ~finite, torch.full_like(first_bad, batch), first_bad)
+                no_flag = torch.zeros((), dtype=torch.bool, device=self.device)
+                bad_terms[name] = bad_terms.get(name, no_flag) | (fresh & ~finite)
+                first_bad = torch.where(fresh & ~finite, torch.full_like(first_bad, batch), first_bad)
             if logits is not None:
                 correct += (logits.argmax(1) == y).sum()
                 seen += y.numel()
@@ -305,7 +308,7 @@ class Trainer:
             self._stop_signal = signum
             self.progress.message("stopping after this step (signal again to abort without a checkpoint)")
 
-        previous: dict[int, Any] = {}
+        previous: dict[signal.Signals, Any] = {}
         try:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, handler)

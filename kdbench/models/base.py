@@ -36,6 +36,9 @@ class NetworkSpec(NamedTuple):
 class Normalize(nn.Module):
     """``(x - mean) / std`` per channel, with the statistics as buffers so they follow ``.to()``."""
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
