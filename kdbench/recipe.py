@@ -125,6 +125,9 @@ class TrainSection(StrictModel):
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
     channels_last: bool | None = Field(None, description="None: on for CUDA, off for CPU")
     compile: bool = Field(False, description="torch.compile the student and teacher")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = Field(
+        "default", description="torch.compile mode; reduce-overhead captures CUDA graphs of the fixed-shape passes"
+    )
     deterministic: bool = Field(False, description="deterministic algorithms (bitwise-reproducible on CPU)")
     log_every: int = Field(50, gt=0, description="steps between progress updates that read values from the device")
 
