@@ -34,7 +34,8 @@ class RecipeError(UserError):
     def _render(self) -> str:
         where = ": ".join(part for part in (self.file, self.key) if part)
         text = f"{where}: {self.problem}" if where else self.problem
-        return f"{text}; {self.hint}" if self.hint else text
+        text = f"{text}; {self.hint}" if self.hint else text
+        return text.replace("\r", "\\r").replace("\n", "\\n")  # always one line, whatever the input held
 
     def located(self, *, file: str | None = None, key_prefix: str | None = None) -> RecipeError:
         """The same error with a file and/or a key prefix filled in."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from kdbench import _toml
 from kdbench._errors import RecipeError, UserError, did_you_mean
@@ -141,19 +141,24 @@ class TrainSection(StrictModel):
 class EvalSection(StrictModel):
     """The evaluation after training."""
 
-    @model_validator(mode="after")
-    def _check_threat_model(self) -> EvalSection:
-        if self.norm == "linf" and self.eps > 1:
-            raise ValueError(f"an L-inf eps above 1 is meaningless for images in [0, 1] (got {self.eps})")
-        if self.norm == "l2" and "fgsm" in self.attacks:
-            raise ValueError("fgsm is an L-inf attack; with norm 'l2' evaluate pgd<k> instead")
-        return self
-
     attacks: list[str] = Field(default_factory=lambda: ["clean", "fgsm", "pgd20", "cw", "autoattack"])
     n_examples: int | None = Field(None, gt=0, description="evaluate on the first N test images (None: all)")
     batch_size: int = Field(256, gt=0)
-    eps: Number = Field(8 / 255, ge=0, description='evaluation budget, e.g. "8/255"')
     norm: Literal["linf", "l2"] = "linf"
+    eps: Number = Field(8 / 255, ge=0, description='evaluation budget, e.g. "8/255"')
+
+    @field_validator("eps")
+    @classmethod
+    def _eps_fits_the_norm(cls, eps: float, info: ValidationInfo) -> float:
+        if info.data.get("norm", "linf") == "linf" and eps > 1:
+            raise ValueError(f"an L-inf eps above 1 is meaningless for images in [0, 1] (got {eps}); write e.g. 8/255")
+        return eps
+
+    @model_validator(mode="after")
+    def _check_attacks_fit_the_norm(self) -> EvalSection:
+        if self.norm == "l2" and "fgsm" in self.attacks:
+            raise ValueError("fgsm is an L-inf attack; with norm 'l2' evaluate pgd<k> instead")
+        return self
 
 
 class Recipe(StrictModel):
@@ -249,6 +254,15 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any, file: str, origin: st
     node[parts[-1]] = value
 
 
+def _valid_path(path: Path, file: str, key: str) -> Path:
+    """``path`` if the operating system can represent it (no NUL bytes), else a `RecipeError`."""
+    try:
+        path.resolve()
+    except (ValueError, OSError) as exc:
+        raise RecipeError(f"not a usable path ({exc})", file=file, key=key, hint="give a plain file path") from None
+    return path
+
+
 def _file_digest(path: Path) -> str:
     """sha256 of a weights file (of model.pt for a run folder), or the path when it does not exist yet."""
     file = path / "model.pt" if path.is_dir() else path
@@ -308,11 +322,11 @@ def read_raw(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     file = str(path)
     if not isinstance(parent, str):
         raise RecipeError("must be a path string", file=file, key="extends", hint='write extends = "base.toml"')
-    base_path = (path.parent / parent) if not Path(parent).is_absolute() else Path(parent)
+    base_path = _valid_path((path.parent / parent) if not Path(parent).is_absolute() else Path(parent), file, "extends")
     here = path.resolve()
     if base_path.resolve() in (*_chain, here):
         chain = " -> ".join(str(p) for p in (*_chain, here, base_path.resolve()))
-        raise RecipeError(f"extends forms a cycle: {chain}", file=file, key="extends")
+        raise RecipeError(f"extends forms a cycle: {chain}", file=file, key="extends", hint="remove one of the extends")
     if not base_path.is_file():
         raise RecipeError(f"base recipe {str(base_path)!r} not found", file=file, key="extends")
     base = read_raw(base_path, (*_chain, here))
@@ -449,7 +463,7 @@ def resolve(
     if teacher is not None:
         teacher_model = teacher.model
         if teacher.recipe is not None:
-            teacher_path = resolved.relative(teacher.recipe)
+            teacher_path = _valid_path(resolved.relative(teacher.recipe), file, "teacher.recipe")
             try:
                 sub = _load(teacher_path, [], _stack)
             except RecipeError as exc:

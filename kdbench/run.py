@@ -221,6 +221,7 @@ def _execute(
         metrics_path=out / "metrics.jsonl",
         progress=progress,
         distributed=ddp,
+        method_name=r.method.name,
     )
     summary = trainer.fit()
     if not ddp.is_main:

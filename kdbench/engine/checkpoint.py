@@ -124,7 +124,15 @@ class CheckpointStore:
         return sorted(found, reverse=True)
 
     def load_latest(self, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]] | None:
-        """The newest checkpoint that passes its checksum and loads; warns about each one skipped."""
+        """The newest checkpoint that passes its checksum and loads; warns about each one skipped.
+
+        Temporary files of writes that a crash interrupted are removed first (the run folder is locked,
+        so no other process is writing them).
+        """
+        if self.folder.is_dir():
+            for stale in self.folder.glob(".*.tmp-*"):
+                with contextlib.suppress(OSError):
+                    stale.unlink()
         for position in self.positions():
             path = self.path(position)
             problem = self._verify(path)

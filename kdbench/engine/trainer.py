@@ -83,12 +83,14 @@ class Trainer:
         teacher: Network | None = None,
         attack: Attack | None = None,
         distributed: Distributed | None = None,
+        method_name: str | None = None,
     ):
         self.student, self.method, self.teacher, self.attack = student, method, teacher, attack
         self.loader, self.cfg, self.hw, self.seed = loader, train, hardware, seed
         self.store, self.metrics_path, self.progress = store, metrics_path, progress
         self.device = hardware.device
         self.dist = distributed or Distributed()
+        self.method_name = method_name or type(method).__name__
         params = [p for p in [*student.parameters(), *method.parameters()] if p.requires_grad]
         self.params = params
         self.optimizer = torch.optim.SGD(
@@ -294,7 +296,7 @@ class Trainer:
         last = self.store.positions()
         good = f"last good checkpoint: {self.store.path(last[0])}" if last else "no checkpoint was written yet"
         raise NonFiniteLossError(
-            f"non-finite loss term {', '.join(names)!s} of method {type(self.method).__name__} "
+            f"non-finite loss term {', '.join(names)!s} of method {self.method_name} "
             f"at epoch {epoch + 1}, step {step}; stopped without saving; {good}"
         )
 

@@ -66,6 +66,8 @@ LINF_STEP = 2 / 255
 #: Steps of CW-inf (as in the RSLAD / ARD evaluation code).
 CW_STEPS = 30
 _PGD_NAME = re.compile(r"pgd(\d+)")
+#: Beyond this an evaluation "attack" is a typo or a run that never ends (AutoAttack's APGD uses 100).
+MAX_PGD_STEPS = 10_000
 
 
 @dataclass
@@ -101,8 +103,8 @@ def parse_attacks(names: Sequence[str]) -> list[str]:
         match = _PGD_NAME.fullmatch(name)
         if match:
             steps = int(match.group(1))
-            if steps < 1:
-                raise UserError(f"evaluation attack {raw!r}: PGD needs at least 1 step (e.g. pgd20)")
+            if steps < 1 or steps > MAX_PGD_STEPS:
+                raise UserError(f"evaluation attack {raw!r}: PGD takes 1 to {MAX_PGD_STEPS} steps (e.g. pgd20)")
             name = f"pgd{steps}"
         elif name not in ATTACK_NAMES:
             raise UserError(
