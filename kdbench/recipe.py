@@ -330,6 +330,8 @@ def read_raw(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not base_path.is_file():
         raise RecipeError(f"base recipe {str(base_path)!r} not found", file=file, key="extends")
     base = read_raw(base_path, (*_chain, here))
+    if "sweep" in raw:  # a sweep is one product: the child's replaces the base's (an empty table removes it)
+        base.pop("sweep", None)
     for section, key in _PATH_KEYS:
         value = base.get(section, {}).get(key) if isinstance(base.get(section), dict) else None
         if isinstance(value, str) and not Path(value).expanduser().is_absolute():
@@ -353,7 +355,7 @@ def load_recipes(path: str | Path, overrides: list[str] | None = None) -> list[R
     overrides = list(overrides or [])
     raw = apply_overrides(read_raw(path), overrides, file)
     sweep = raw.pop("sweep", None)
-    if sweep is None:
+    if sweep is None or sweep == {}:  # an empty [sweep] cancels an extended recipe's sweep
         return [resolve(raw, path=path, overrides=overrides, _stack=(path.resolve(),))]
     axes = _sweep_axes(sweep, file)
     variants = []
@@ -400,13 +402,14 @@ def _load(path: Path, overrides: list[str], stack: tuple[Path, ...]) -> Resolved
         raise RecipeError(f"teacher.recipe forms a cycle: {chain}", file=file, key="teacher.recipe")
     raw = read_raw(path)
     raw = apply_overrides(raw, overrides, file)
-    if "sweep" in raw:
+    if raw.get("sweep"):
         raise RecipeError(
             "a recipe with a [sweep] table names several runs",
             file=file,
             key="sweep",
             hint="run it with `kdbench run`, or point teacher.recipe at a recipe without a sweep",
         )
+    raw.pop("sweep", None)  # an empty [sweep]: no sweep
     return resolve(raw, path=path, overrides=overrides, _stack=(*stack, key))
 
 

@@ -114,3 +114,12 @@ def test_run_sweep_runs_each_variant_once(tmp_path, capsys):
     assert capsys.readouterr().out.count(" done ") == 2
     assert main(["validate", str(path)]) == 0
     assert "ok (2 runs: base-0, base-1)" in capsys.readouterr().out
+
+
+def test_a_childs_sweep_replaces_the_base_sweep(tmp_path):
+    write(tmp_path / "base.toml", BASE + '\n[sweep]\n"train.lr" = [0.1, 0.05]\n')
+    child = write(tmp_path / "child.toml", 'extends = "base.toml"\n[sweep]\nseed = [0, 1, 2]\n')
+    assert [(v.recipe.seed, v.recipe.train.lr) for v in load_recipes(child)] == [(0, 0.1), (1, 0.1), (2, 0.1)]
+    single = write(tmp_path / "single.toml", 'extends = "base.toml"\n[sweep]\n')
+    assert len(load_recipes(single)) == 1
+    assert load_recipe(single).recipe.name == "base"
