@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from kdbench._errors import RecipeError, UserError
@@ -30,10 +31,12 @@ __all__ = [
     "build_method",
     "build_network",
     "build_source",
+    "build_student_and_method",
     "check_label_spaces",
     "dataset_root",
     "load_network_weights",
     "network_spec",
+    "place",
 ]
 
 #: Folder with one sub-folder per dataset (cifar10/, cifar100/, stl10/), used when data.root is unset.
@@ -203,3 +206,27 @@ def check_label_spaces(resolved: ResolvedRecipe, teacher_classes: int, student_c
             hint="use a feature-based method (crd, gacd) with options that read no teacher logits, "
             "or a teacher of the same dataset",
         )
+
+
+def build_student_and_method(
+    resolved: ResolvedRecipe, spec: NetworkSpec, teacher: Network | None, dataset_size: int, device: torch.device
+) -> tuple[Network, Method]:
+    """The student, initialised from the recipe's seed (whether or not a teacher was built before it),
+    and the method sized for it, the teacher and the training set."""
+    torch.manual_seed(resolved.recipe.seed)
+    student = build_network(resolved.recipe.student.model, resolved.student_config, spec)
+    setup = MethodSetup(
+        num_classes=spec.num_classes,
+        student_feature_dim=student.feature_dim,
+        teacher_feature_dim=teacher.feature_dim if teacher is not None else None,
+        teacher_num_classes=teacher.num_classes if teacher is not None else None,
+        dataset_size=dataset_size,
+        device=device,
+    )
+    return student, build_method(resolved, setup)
+
+
+def place(net: Network, hardware: Hardware) -> Network:
+    """Move a network to the run's device, channels_last when the hardware choice says so."""
+    memory = torch.channels_last if hardware.channels_last else torch.contiguous_format
+    return net.to(hardware.device).to(memory_format=memory)

@@ -133,6 +133,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 rows.append((resolved.recipe.name, None, f"failed: {exc}"))
                 continue
             rows.append((resolved.recipe.name, outcome.result, str(outcome.out_dir / "result.json")))
+        teardown_distributed(wait=True)
     except Interrupted as exc:
         print(f"kdbench: {exc}; run the same command to resume", file=sys.stderr)
         return Interrupted.exit_code

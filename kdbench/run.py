@@ -30,19 +30,19 @@ from kdbench._errors import UserError
 from kdbench.build import (
     build_attack,
     build_data,
-    build_method,
     build_network,
     build_source,
+    build_student_and_method,
     check_label_spaces,
     load_network_weights,
     network_spec,
+    place,
 )
 from kdbench.engine.checkpoint import CheckpointStore, atomic_write_bytes
 from kdbench.engine.distributed import Distributed, setup_distributed
 from kdbench.engine.hardware import resolve_hardware
 from kdbench.engine.progress import Progress, make_progress
 from kdbench.engine.trainer import Trainer, freeze
-from kdbench.method import MethodSetup
 from kdbench.models.base import Network
 from kdbench.recipe import ResolvedRecipe
 from kdbench.results import SCHEMA_VERSION, environment, eps_label, read_result, write_json
@@ -187,21 +187,10 @@ def _execute(
         f"{r.name}: {r.method.name} | student {r.student.model} | {r.data.dataset} "
         f"({data.train_size} train images) | {hw.describe()}, {hw.precision} -> {out}"
     )
-    torch.manual_seed(r.seed)  # the student's init does not depend on whether a teacher was built
-    student = build_network(r.student.model, resolved.student_config, spec)
-    setup = MethodSetup(
-        num_classes=spec.num_classes,
-        student_feature_dim=student.feature_dim,
-        teacher_feature_dim=teacher.feature_dim if teacher is not None else None,
-        teacher_num_classes=teacher.num_classes if teacher is not None else None,
-        dataset_size=data.train_size,
-        device=hw.device,
-    )
-    method = build_method(resolved, setup)
-    memory = torch.channels_last if hw.channels_last else torch.contiguous_format
-    student = student.to(hw.device).to(memory_format=memory)
+    student, method = build_student_and_method(resolved, spec, teacher, data.train_size, hw.device)
+    student = place(student, hw)
     if teacher is not None:
-        teacher = teacher.to(hw.device).to(memory_format=memory)
+        teacher = place(teacher, hw)
     ddp.broadcast_module(student)
     ddp.broadcast_module(method)
     if r.train.compile:

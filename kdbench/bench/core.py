@@ -47,19 +47,20 @@ from kdbench._errors import UserError
 from kdbench.build import (
     build_attack,
     build_data,
-    build_method,
     build_network,
     build_source,
+    build_student_and_method,
     check_label_spaces,
     load_network_weights,
     network_spec,
+    place,
 )
 from kdbench.data.cache import load_split_cached
 from kdbench.engine.checkpoint import CheckpointStore, load_weights_only
 from kdbench.engine.hardware import Hardware, resolve_hardware
 from kdbench.engine.progress import make_progress
 from kdbench.engine.trainer import Trainer, freeze
-from kdbench.method import Method, MethodSetup
+from kdbench.method import Method
 from kdbench.models.base import Network
 from kdbench.recipe import ResolvedRecipe
 from kdbench.results import git_commit
@@ -348,23 +349,12 @@ def benchmark(
     data = build_data(resolved, hw)
     spec = network_spec(data.info)
     teacher, teacher_weights = _teacher(resolved, opts.runs_dir, spec.num_classes)
-    torch.manual_seed(r.seed)
-    student = build_network(r.student.model, resolved.student_config, spec)
-    setup = MethodSetup(
-        num_classes=spec.num_classes,
-        student_feature_dim=student.feature_dim,
-        teacher_feature_dim=teacher.feature_dim if teacher is not None else None,
-        teacher_num_classes=teacher.num_classes if teacher is not None else None,
-        dataset_size=data.train_size,
-        device=hw.device,
-    )
-    method = build_method(resolved, setup)
+    student, method = build_student_and_method(resolved, spec, teacher, data.train_size, hw.device)
     # The conventional loop starts from the same weights: copies taken before anything trains.
     originals = (copy.deepcopy(student), copy.deepcopy(teacher), copy.deepcopy(method)) if opts.baseline else None
-    memory = torch.channels_last if hw.channels_last else torch.contiguous_format
-    student = student.to(hw.device).to(memory_format=memory)
+    student = place(student, hw)
     if teacher is not None:
-        teacher = teacher.to(hw.device).to(memory_format=memory)
+        teacher = place(teacher, hw)
     say(
         f"bench {r.name}: {r.method.name} | student {r.student.model} | teacher "
         f"{resolved.to_dict()['teacher']['model'] + ' (' + teacher_weights + ')' if teacher is not None else '-'} | "

@@ -99,7 +99,10 @@ def setup_distributed(device: str) -> Distributed:
     return Distributed(rank=rank, world_size=world, local_rank=local)
 
 
-def teardown_distributed() -> None:
-    """Leave the process group so that a rank can exit while rank 0 is still evaluating."""
+def teardown_distributed(wait: bool = False) -> None:
+    """Leave the process group. ``wait``: first meet every process at a barrier (the success path:
+    other ranks wait there while rank 0 evaluates, so none tears the group down under another)."""
     if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
