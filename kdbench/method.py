@@ -52,6 +52,9 @@ class Method(nn.Module):
     attack_bn_mode: ClassVar[Literal["train", "eval"]] = "eval"
     #: Defaults for the recipe's [attack] table that this method's official code uses (e.g. the start).
     attack_defaults: ClassVar[Mapping[str, Any]] = {}
+    #: False when the method keeps per-sample state (memory banks) that is not synchronised across
+    #: torchrun processes; the engine then refuses data-parallel runs instead of training on stale rows.
+    supports_data_parallel: ClassVar[bool] = True
 
     def __init__(self, config: StrictModel, setup: MethodSetup):
         super().__init__()

@@ -27,6 +27,7 @@ import torch
 
 from kdbench import _toml
 from kdbench._errors import UserError
+from kdbench._registry import METHODS
 from kdbench.build import (
     build_attack,
     build_data,
@@ -180,6 +181,11 @@ def _execute(
         r.train.device, r.train.precision, r.train.channels_last, r.train.deterministic, ddp.local_rank
     )
     torch.manual_seed(r.seed)  # model initialisation
+    if ddp.enabled and not METHODS.get(r.method.name).supports_data_parallel:
+        raise UserError(
+            f"method {r.method.name!r} keeps per-sample memory that is not synchronised across processes; "
+            "run it in one process (without torchrun)"
+        )
     data = build_data(resolved, hw, ddp.rank, ddp.world_size)
     spec = network_spec(data.info)
     teacher = _teacher(resolved, runs_dir, progress, spec.num_classes) if r.teacher is not None else None

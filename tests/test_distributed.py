@@ -60,3 +60,17 @@ def test_torchrun_two_processes_train_one_result(tmp_path):
     again = _torchrun("run", str(recipe), "--out", str(out), "--quiet", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-4000:]
     assert again.stdout.count("result: ") == 1
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_methods_with_unsynchronised_memory_refuse_data_parallel(tmp_path):
+    write(tmp_path / "teacher.toml", RECIPE.replace('name = "ddp"', 'name = "t"').replace("pgd_at", "natural"))
+    recipe = write(
+        tmp_path / "crd.toml",
+        RECIPE.replace('name = "pgd_at"', 'name = "crd"').replace(
+            "[student]", '[teacher]\ncheckpoint = "x.pt"\nmodel = "resnet8"\n[student]'
+        ),
+    )
+    proc = _torchrun("run", str(recipe), "--out", str(tmp_path / "out"), "--quiet", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "keeps per-sample memory that is not synchronised across processes" in proc.stderr

@@ -59,6 +59,8 @@ class CRD(Method):
     needs_teacher: ClassVar[bool] = True
     # Only the optional KD term reads teacher logits: see teacher_logit_readers.
     uses_teacher_logits: ClassVar[bool] = False
+    # The memory bank would need an all-gather of every process's rows: not implemented yet.
+    supports_data_parallel: ClassVar[bool] = False
 
     @classmethod
     def teacher_logit_readers(cls, config: CRDConfig) -> list[str]:  # type: ignore[override]

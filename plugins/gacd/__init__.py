@@ -109,6 +109,8 @@ class GACD(Method):
     needs_teacher: ClassVar[bool] = True
     # Teacher logits are read only by some options: see teacher_logit_readers.
     uses_teacher_logits: ClassVar[bool] = False
+    # The memory bank would need an all-gather of every process's rows: not implemented yet.
+    supports_data_parallel: ClassVar[bool] = False
     attack_bn_mode: ClassVar[Literal["train", "eval"]] = "eval"
     attack_defaults: ClassVar[Mapping[str, Any]] = {}  # PGD-10, eps 8/255, step 2/255, uniform start
 
