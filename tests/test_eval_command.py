@@ -184,11 +184,10 @@ def test_check_steps_flag_free_on_tiny_model(run_dir, tmp_path):
     assert data["flags"] == []
 
 
-def test_cli_wiring_if_present(run_dir, capsys):
+def test_cli_wiring(run_dir, capsys):
     from kdbench import cli
 
-    if "kdbench.evaluation.command" not in getattr(cli, "COMMAND_MODULES", []):
-        pytest.skip("kdbench eval is not wired into kdbench.cli yet")
+    assert cli.COMMAND_MODULES["eval"] == "kdbench.evaluation.command"
     assert cli.main(["eval", str(run_dir), "--attacks", "clean"]) == 0
     assert (run_dir / "eval.json").is_file()
     assert cli.main(["eval", str(run_dir / "nope")]) == 2
