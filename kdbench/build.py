@@ -33,6 +33,7 @@ __all__ = [
     "build_source",
     "build_student_and_method",
     "check_label_spaces",
+    "checkpoint_num_classes",
     "dataset_root",
     "load_network_weights",
     "network_spec",
@@ -230,3 +231,16 @@ def place(net: Network, hardware: Hardware) -> Network:
     """Move a network to the run's device, channels_last when the hardware choice says so."""
     memory = torch.channels_last if hardware.channels_last else torch.contiguous_format
     return net.to(hardware.device).to(memory_format=memory)
+
+
+def checkpoint_num_classes(path: Path) -> int | None:
+    """The class count a kdbench weights file (or a run folder's model.pt) records, if it records one.
+
+    Unreadable files give None here; `load_network_weights` reports them with context.
+    """
+    file = path / "model.pt" if path.is_dir() else path
+    try:
+        payload = load_weights_only(file)
+    except Exception:
+        return None
+    return int(payload["num_classes"]) if isinstance(payload, dict) and "num_classes" in payload else None

@@ -35,6 +35,7 @@ from kdbench.build import (
     build_source,
     build_student_and_method,
     check_label_spaces,
+    checkpoint_num_classes,
     load_network_weights,
     network_spec,
     place,
@@ -153,23 +154,12 @@ def _teacher(resolved: ResolvedRecipe, runs_dir: Path | None, progress: Progress
         weights = resolved.relative(r.teacher.checkpoint)
         info = build_source(resolved).info()
         model_name = r.teacher.model
-    classes = _checkpoint_classes(weights) or (info.num_classes if resolved.teacher_recipe else student_classes)
+    classes = checkpoint_num_classes(weights) or (info.num_classes if resolved.teacher_recipe else student_classes)
     check_label_spaces(resolved, classes, student_classes)
     teacher = build_network(model_name, resolved.teacher_config, network_spec(info, classes))
     load_network_weights(teacher, weights)
     freeze(teacher)
     return teacher
-
-
-def _checkpoint_classes(path: Path) -> int | None:
-    file = path / "model.pt" if path.is_dir() else path
-    try:
-        from kdbench.engine.checkpoint import load_weights_only
-
-        payload = load_weights_only(file)
-    except Exception:
-        return None  # load_network_weights reports the problem with context
-    return int(payload["num_classes"]) if isinstance(payload, dict) and "num_classes" in payload else None
 
 
 def _execute(

@@ -38,10 +38,9 @@ from kdbench._errors import RecipeError, UserError
 from kdbench.analysis.cka import linear_cka
 from kdbench.analysis.correlation import class_correlation_distance
 from kdbench.analysis.stability import PGD_STEPS, adversarial_inputs, relative_feature_change
-from kdbench.build import build_network, build_source, load_network_weights, network_spec
+from kdbench.build import build_network, build_source, checkpoint_num_classes, load_network_weights, network_spec
 from kdbench.data.cache import load_split_cached
 from kdbench.data.loader import balanced_subset
-from kdbench.engine.checkpoint import load_weights_only
 from kdbench.models.base import Network
 from kdbench.recipe import ResolvedRecipe, load_recipe, resolve
 from kdbench.results import eps_label, read_result, write_json
@@ -128,15 +127,6 @@ def _resolve(run: Path, teacher_checkpoint: Path | None) -> tuple[ResolvedRecipe
     )
 
 
-def _classes(weights: Path) -> int | None:
-    file = weights / "model.pt" if weights.is_dir() else weights
-    try:
-        payload = load_weights_only(file)
-    except Exception:
-        return None  # load_network_weights reports the problem with context
-    return int(payload["num_classes"]) if isinstance(payload, dict) and "num_classes" in payload else None
-
-
 def _test_images(resolved: ResolvedRecipe, n: int | None) -> tuple[Tensor, Tensor, Any]:
     """The first n test images (uint8) and labels of the run, after data.test_subset, and the dataset info."""
     r = resolved.recipe
@@ -206,11 +196,11 @@ def analyze_run(
     images_u8, labels, info = _test_images(resolved, n)
     images = images_u8.float().div_(255)
 
-    student_classes = _classes(run / "model.pt") or info.num_classes
+    student_classes = checkpoint_num_classes(run / "model.pt") or info.num_classes
     student = build_network(r.student.model, resolved.student_config, network_spec(info, student_classes))
     load_network_weights(student, run / "model.pt", what="student")
     teacher_model = resolved.to_dict()["teacher"]["model"]
-    teacher_classes = _classes(teacher_weights) or student_classes
+    teacher_classes = checkpoint_num_classes(teacher_weights) or student_classes
     teacher = build_network(teacher_model, resolved.teacher_config, network_spec(info, teacher_classes))
     load_network_weights(teacher, teacher_weights, what="teacher")
     for net in (student, teacher):

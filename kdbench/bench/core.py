@@ -51,12 +51,13 @@ from kdbench.build import (
     build_source,
     build_student_and_method,
     check_label_spaces,
+    checkpoint_num_classes,
     load_network_weights,
     network_spec,
     place,
 )
 from kdbench.data.cache import load_split_cached
-from kdbench.engine.checkpoint import CheckpointStore, load_weights_only
+from kdbench.engine.checkpoint import CheckpointStore
 from kdbench.engine.hardware import Hardware, resolve_hardware
 from kdbench.engine.progress import make_progress
 from kdbench.engine.trainer import Trainer, freeze
@@ -251,15 +252,6 @@ def _step_block(timing: Timing, *, flops: int, model_flops: int, peak: Peak, war
 # ------------------------------------------------------------------------------------ building
 
 
-def _weights_classes(path: Path) -> int | None:
-    file = path / "model.pt" if path.is_dir() else path
-    try:
-        payload = load_weights_only(file)
-    except Exception:
-        return None  # load_network_weights reports the problem with context
-    return int(payload["num_classes"]) if isinstance(payload, dict) and "num_classes" in payload else None
-
-
 def _teacher(resolved: ResolvedRecipe, runs_dir: Path | None, student_classes: int) -> tuple[Network | None, str]:
     """The frozen teacher and where its weights came from ("random init" when no trained weights exist).
 
@@ -284,7 +276,7 @@ def _teacher(resolved: ResolvedRecipe, runs_dir: Path | None, student_classes: i
         weights = path if path.exists() else None
         info = build_source(resolved).info()
         model_name = r.teacher.model
-    classes = (_weights_classes(weights) if weights is not None else None) or (
+    classes = (checkpoint_num_classes(weights) if weights is not None else None) or (
         info.num_classes if resolved.teacher_recipe is not None else student_classes
     )
     check_label_spaces(resolved, classes, student_classes)
