@@ -202,11 +202,10 @@ class Trainer:
             fresh = first_bad < 0
             for name, value in terms.items():
                 v = value.detach().float()
-                sums[name] = sums.get(name, zero) + v
-                finite = torch.isfinite(v)
-                no_flag = torch.zeros((), dtype=torch.bool, device=self.device)
-                bad_terms[name] = bad_terms.get(name, no_flag) | (fresh & ~finite)
-                first_bad = torch.where(fresh & ~finite, torch.full_like(first_bad, batch), first_bad)
+                sums[name] = sums[name] + v if name in sums else v
+                bad = fresh & ~torch.isfinite(v)
+                bad_terms[name] = bad_terms[name] | bad if name in bad_terms else bad
+                first_bad = torch.where(bad, batch, first_bad)
             if logits is not None:
                 correct += (logits.argmax(1) == y).sum()
                 seen += y.numel()
