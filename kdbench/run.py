@@ -143,7 +143,7 @@ def _teacher(resolved: ResolvedRecipe, runs_dir: Path | None, progress: Progress
         sub = resolved.teacher_recipe
         info = build_source(sub).info()
         check_label_spaces(resolved, info.num_classes, student_classes)  # before spending time on the teacher
-        progress.message(f"teacher: recipe {sub.file} (hash {sub.short_hash})")
+        progress.message(f"teacher: recipe {os.path.normpath(sub.file)} (hash {sub.short_hash})")
         outcome = run_recipe(sub, runs_dir=runs_dir, progress=progress)
         setup_distributed(sub.recipe.train.device).barrier()  # rank 0 has written model.pt
         weights = outcome.out_dir / "model.pt"

@@ -1,47 +1,62 @@
 """``gacd``: Guided Adversarial Contrastive Distillation (Bai, Chen, Zhao, Wen, Jiang & Kot, "Feature
 Distillation With Guided Adversarial Contrastive Learning", arXiv:2009.09922, 2020).
 
-The teacher's clean embedding is the anchor; the student's embedding of the adversarial input is
-its positive, and student embeddings of other classes (a memory bank) are its negatives::
+The teacher's clean embedding is the anchor of the student's embedding of the adversarial input
+(the positive pair); embeddings of samples of other classes, kept in memory banks, are the negatives::
 
     t  = g_T(f_T(x))               teacher on the clean input, trainable head g_T
-    s+ = g_S(f_S(x'))              student on x' = PGD-10 against the student (the "hard example")
-    s- = m_S[j_k], k = 1..N        memory rows of the student's past embeddings, other classes
-    J  = E[w log h(t, s+)] + N E[log(1 - h(t, s-))]        (a lower bound on I(t; s))
-    h(t, s) = P / (P + N / M),  P = exp(t.s / tau) / Z      (CRD's critic, M = dataset size)
+    s  = g_S(f_S(x'))              student on x' = PGD-10 against the student (the "hard example")
+    h(a, v) = P / (P + N / M),  P = exp(a.v / tau) / Z      (CRD's critic, M = dataset size)
     w  = p_T(y | x)                (sample reweighting: the teacher's probability of the true class)
-    loss = CE(S(x'), y) + beta * L_GACD,   L_GACD = -J (mean over the batch),   beta = 0.8
+    L_T = -( w log h(t, s) + sum_k log(1 - h(t, m_S[j_k])) )     teacher-anchored (the paper's pairs)
+    L_S = -( w log h(s, t) + sum_k log(1 - h(s, m_T[j_k])) )     student-anchored (CRD's mirror half)
+    loss = CE(S(x'), y) + beta * mean_b (L_T + L_S),   beta = 0.8
+
+``m_S``, ``m_T``: memory banks of past student (adversarial) and teacher embeddings; ``j_k``: N rows
+of other classes. ``-L_T`` is the paper's J = E[log P(1|t,s)] + N E[log P(0|t,s)], a lower bound on
+I(t; s).
 
 No official code or hyper-parameters are public. From the paper: the teacher-anchored pairs
 ``(t+, s+), (t+, s1-), ..., (t+, sk-)``, the objective J and its MI bound, CRD's critic with M in the
 normaliser, negatives from other classes, the weight ``w = p_T(y | x)`` on the positive term, and
 adversarial examples as the student's hard examples with the teacher on clean inputs. kdbench's
-choices, each a recipe option (docs/methods/gacd.md has the table):
+choices, each a recipe option (docs/methods/gacd.md has the table and the measurements behind them):
 
+- ``anchors = "both"``: the teacher-anchored half ``L_T`` plus its student-anchored mirror ``L_S``,
+  the symmetric estimator CRD's code uses. With memory banks the negatives ``m_S[j]`` carry no
+  gradient, so in ``L_T`` alone nothing pushes the student's embeddings of different classes apart:
+  only the positive pulls ``s`` towards ``t``. Measured on CIFAR-10 (docs/methods/gacd.md), the
+  embeddings then collapse (memory rows of different classes at cosine 0.99, ``L_T`` growing from 0.4
+  to 25) and the student gains no robustness. ``L_S`` is where the student meets its negatives: the
+  teacher's embeddings of other classes. ``"teacher"`` keeps ``L_T`` only (the literal reading; an
+  ablation).
 - ``attack_objective = "gacd"`` (the "guided" attack): PGD-10 (eps 8/255, step 2/255, uniform start)
-  maximising the per-sample contrastive loss of the positive pair, ``-log h(t_b, s(x'_b))``. The
-  weight and ``Z`` scale each sample's gradient by a positive factor, which neither the L-inf sign nor
-  the L2 normalisation sees, so the attack leaves them out. ``"ce"``: CE(S(x'), y) as in ARD;
-  ``"kl"``: KL(p_T(x) || p_S(x')) as in RSLAD.
+  maximising the contrastive loss of the positive pair as a function of x', per sample:
+  ``-log h(t, s(x')) - log h(s(x'), t) - sum_k log(1 - h(s(x'), m_T[j_k]))`` with ``anchors = "both"``
+  (x' pulls the student's embedding away from the teacher's and towards the teacher's embeddings of
+  other classes: the teacher guides the attack); ``-log h(t, s(x'))`` with ``anchors = "teacher"``.
+  Unweighted: the weight says how much a sample's positive should pull in training, not which
+  perturbation is hardest. ``"gacd_ce"``: ``CE(S(x'), y) + beta *`` that, the per-sample training
+  loss as a function of x' up to the weight (Madry-style: the attack maximises what the student
+  minimises). ``"ce"``: CE(S(x'), y) as in ARD; ``"kl"``: KL(p_T(x) || p_S(x')) as in RSLAD.
 - ``attack_bn_mode = "eval"``: the student's BatchNorm uses its running statistics during the attack,
   as in RSLAD (which also attacks a distillation objective) and TRADES. Then each sample's objective
-  depends on that sample only (train-mode BN couples a batch, so the per-sample guided objective would
-  not be per sample), and the ten attack passes do not move the running statistics with adversarial
-  batches the optimiser never trains on. ARD's "train" mode is the alternative; it is not an option.
+  depends on that sample only (train-mode BN couples a batch), and the ten attack passes do not move
+  the running statistics with adversarial batches the optimiser never trains on.
 - heads (linear to 128, L2 norm), tau = 0.07, N = 16384 (clamped to M - 1), memory momentum 0.5 and
-  Z fixed on the first batch: as in CRD (`kdbench_plugins._contrastive`). The student bank stores s+
-  (the embedding of x', the input the student trains on), so negatives are adversarial embeddings of
-  other samples; storing clean embeddings would cost an extra student pass per step. Only the
-  positive is the current embedding (it carries the gradient to the student); negatives are memory
-  rows, as in CRD. No teacher bank: the loss is teacher-anchored only.
+  one Z per bank fixed on the first batch: as in CRD (`kdbench_plugins._contrastive`). The student
+  bank stores ``s`` (the embedding of x', the input the student trains on). Unlike CRD, whose
+  positives are memory rows, the positive of each half is the other side's *current* embedding: the
+  paper's pair is (t+, s+) with s+ the student's feature of the hard example of this step.
 - ``weight_source = "clean"``: ``w = p_T(y | x)``; ``"adversarial"``: ``p_T(y | x')`` (one more
   teacher pass); ``"off"``: ``w = 1`` (the ablation); ``"teacher_max"``: ``max_c p_T(c | x)``, the
-  teacher's confidence in its own prediction, which needs no shared label space.
+  teacher's confidence in its own prediction, which needs no shared label space. The weight applies
+  to the positive term of both halves.
 - ``beta = 0.8`` (CRD's weight), ``kd_weight = 0`` (optional ``T^2 KL(p_T(x)/T || p_S(x')/T)``, T = 4).
 
 Across label spaces (teacher and student with different classes) only the parts that read no
 teacher logit in the student's classes work: ``weight_source`` "off" or "teacher_max", attack
-"gacd" or "ce", ``kd_weight = 0``; anything else is refused at construction.
+"gacd", "gacd_ce" or "ce", ``kd_weight = 0``; anything else is refused at construction.
 """
 
 from __future__ import annotations
@@ -79,10 +94,15 @@ class GACDConfig(ContrastiveConfig):
         description="positive-term weight w: p_T(y|x) 'clean', p_T(y|x') 'adversarial', 1 'off', "
         "max_c p_T(c|x) 'teacher_max' (works across label spaces)",
     )
-    attack_objective: Literal["gacd", "ce", "kl"] = Field(
+    anchors: Literal["both", "teacher"] = Field(
+        "both",
+        description="'both': teacher-anchored pairs plus the student-anchored mirror half (CRD's symmetric "
+        "estimator); 'teacher': teacher-anchored only (the literal reading; collapses, an ablation)",
+    )
+    attack_objective: Literal["gacd", "gacd_ce", "ce", "kl"] = Field(
         "gacd",
-        description="what PGD maximises: 'gacd' the positive pair's contrastive loss (guided), "
-        "'ce' CE(S(x'), y) (ARD), 'kl' KL(p_T(x) || p_S(x')) (RSLAD)",
+        description="what PGD maximises: 'gacd' the positive pair's contrastive loss as a function of x' "
+        "(guided), 'gacd_ce' CE(S(x'), y) + beta * that, 'ce' CE(S(x'), y) (ARD), 'kl' KL(p_T(x) || p_S(x')) (RSLAD)",
     )
     kd_weight: float = Field(0.0, ge=0, description="weight of an extra KD term T^2 KL(p_T(x)/T || p_S(x')/T); 0 = off")
     kd_temperature: float = Field(4.0, gt=0, description="temperature T of the optional KD term")
@@ -132,12 +152,13 @@ class GACD(Method):
             raise UserError(
                 f"gacd: {', '.join(readers)} reads teacher probabilities of the student's classes, but the teacher "
                 f"has {setup.teacher_num_classes} classes and the student {setup.num_classes}; across label spaces "
-                "use weight_source = 'off' or 'teacher_max', attack_objective = 'gacd' or 'ce', kd_weight = 0"
+                "use weight_source = 'off' or 'teacher_max', attack_objective other than 'kl', kd_weight = 0"
             )
         assert setup.teacher_feature_dim is not None  # needs_teacher: the engine builds a teacher
         self.embed_s = Embed(setup.student_feature_dim, config.embed_dim)
         self.embed_t = Embed(setup.teacher_feature_dim, config.embed_dim)
-        self.memory = ContrastMemory(setup.dataset_size, config.embed_dim, ("student",), config.momentum)
+        banks = ("student", "teacher") if config.anchors == "both" else ("student",)
+        self.memory = ContrastMemory(setup.dataset_size, config.embed_dim, banks, config.momentum)
         self.num_negatives = effective_negatives(config.negatives, setup.dataset_size)
 
     def attack_objective(self, ctx: StepContext) -> Objective:
@@ -146,19 +167,51 @@ class GACD(Method):
             return cross_entropy(ctx.y)
         if mode == "kl":
             return kl_to(F.softmax(ctx.teacher_clean.logits.float(), dim=1))
+        guided = self._guided_objective(ctx)
+        if mode == "gacd":
+            return guided
+        ce, beta = cross_entropy(ctx.y), self.config.beta
+
+        def guided_and_ce(out: ModelOutput) -> Tensor:
+            return ce(out) + beta * guided(out)
+
+        return guided_and_ce
+
+    def _guided_objective(self, ctx: StepContext) -> Objective:
+        """Per-sample contrastive loss of the positive pair as a function of x' (module docstring).
+
+        ``Z`` only shifts a log-odds by a constant, so it changes the objective's value but, with
+        ``anchors = "both"``, also the balance of positive and negative terms: the stored ``Z`` is used,
+        and before the first loss fixes it, the batch's own estimate stands in.
+        """
+        c, mem, n_data = self.config, self.memory, self.setup.dataset_size
         with torch.no_grad():
             t = self.embed_t(ctx.teacher_clean.features)
-        stored_z, n_data = self.memory.z("student"), self.setup.dataset_size
-        # Z only sets the objective's value (see the module docstring); before the first loss fixes it,
-        # the batch's own estimate stands in.
         log_ratio = math.log(self.num_negatives / n_data)
+        if c.anchors == "teacher":
+            z_s = mem.z("student")
 
-        def objective(out: ModelOutput) -> Tensor:
-            logit = (t * self.embed_s(out.features)).sum(dim=1) / self.config.tau
-            z = torch.where(stored_z > 0, stored_z, estimate_z(logit, n_data))
-            return -F.logsigmoid(logit - z.log() - log_ratio)
+            def teacher_anchored(out: ModelOutput) -> Tensor:
+                logit = (t * self.embed_s(out.features)).sum(dim=1) / c.tau
+                z = torch.where(z_s > 0, z_s, estimate_z(logit, n_data))
+                return -F.logsigmoid(logit - z.log() - log_ratio)
 
-        return objective
+            return teacher_anchored
+        mem.observe_labels(ctx.index, ctx.y)
+        rows = mem.sample_negatives(ctx.y, self.num_negatives, self.setup.num_classes)
+        z_s, z_t = mem.z("student"), mem.z("teacher")
+
+        def guided(out: ModelOutput) -> Tensor:
+            s = self.embed_s(out.features)
+            positive = (t * s).sum(dim=1, keepdim=True) / c.tau
+            # (s . t, s . m_T[j]): the student-anchored half; its positive score equals the teacher-anchored one
+            logits = torch.cat([positive, mem.logits("teacher", s, rows, c.tau)], dim=1)
+            zs = torch.where(z_s > 0, z_s, estimate_z(positive, n_data))
+            zt = torch.where(z_t > 0, z_t, estimate_z(logits, n_data))
+            pair = -F.logsigmoid(positive[:, 0] - zs.log() - log_ratio)
+            return pair + nce_loss_from_logits(logits, zt, n_data)
+
+        return guided
 
     def loss(self, ctx: StepContext) -> dict[str, Tensor]:
         c, mem = self.config, self.memory
@@ -168,16 +221,25 @@ class GACD(Method):
         mem.observe_labels(ctx.index, ctx.y)
         negatives = mem.sample_negatives(ctx.y, self.num_negatives, self.setup.num_classes)
         positive = (t * s).sum(dim=1, keepdim=True) / c.tau
-        logits = torch.cat([positive, mem.logits("student", t, negatives, c.tau)], dim=1)
-        z = mem.normaliser("student", logits)
         source = c.weight_source
         weight_logits = None if source == "off" else (ctx.teacher_adv if source == "adversarial" else teacher).logits
         weights = confidence_weights(source, weight_logits, ctx.y)
+        n = self.setup.dataset_size
+        # Teacher-anchored: t against the student bank (the paper's pairs);
+        # student-anchored: s against the teacher bank.
+        logits_t = torch.cat([positive, mem.logits("student", t, negatives, c.tau)], dim=1)
         terms = {
             "ce_adv": F.cross_entropy(adv.logits.float(), ctx.y),
-            "gacd": c.beta * nce_loss_from_logits(logits, z, self.setup.dataset_size, weights).mean(),
+            "gacd_t": c.beta * nce_loss_from_logits(logits_t, mem.normaliser("student", logits_t), n, weights).mean(),
         }
+        if c.anchors == "both":
+            logits_s = torch.cat([positive, mem.logits("teacher", s, negatives, c.tau)], dim=1)
+            z_t = mem.normaliser("teacher", logits_s)
+            terms["gacd_s"] = c.beta * nce_loss_from_logits(logits_s, z_t, n, weights).mean()
         if c.kd_weight > 0:
             terms["kd"] = c.kd_weight * kd_divergence(adv.logits, teacher.logits, c.kd_temperature)
-        mem.update("student", ctx.index, s)  # after the loss, without autograd
+        # After the loss, without autograd: the banks take this batch's embeddings.
+        mem.update("student", ctx.index, s)
+        if c.anchors == "both":
+            mem.update("teacher", ctx.index, t)
         return terms

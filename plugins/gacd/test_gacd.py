@@ -29,6 +29,11 @@ class TestGACDKLAttackUnweighted(MethodConformance):
     options: ClassVar[dict[str, Any]] = {"attack_objective": "kl", "weight_source": "off"}
 
 
+class TestGACDTeacherAnchoredOnly(MethodConformance):
+    method = "gacd"
+    options: ClassVar[dict[str, Any]] = {"anchors": "teacher"}
+
+
 class TestGACDTeacherMaxWithKD(MethodConformance):
     method = "gacd"
     options: ClassVar[dict[str, Any]] = {"weight_source": "teacher_max", "kd_weight": 0.5, "negatives": 16}
@@ -69,7 +74,8 @@ W_S, B_S = [[1.0, 0.5], [-0.5, 1.0]], [0.1, 0.0]
 W_T, B_T = [[0.8, 0.0], [0.3, -1.0]], [0.0, 0.2]
 MEM_S = [_unit(v) for v in ([1, 0], [0, 1], [1, 1], [-1, 0.5], [0.3, -1], [-1, -1])]
 F_ADV, F_T = [[1.0, 2.0], [-1.0, 0.5]], [[0.5, -1.0], [2.0, 1.0]]
-Z, N_DATA = 4.0, 6
+MEM_T = [_unit(v) for v in ([0.2, 1], [1, -0.4], [-0.6, -1], [0.9, 0.9], [-1, 0.1], [0.5, -0.5])]
+Z, Z_T_BANK, N_DATA = 4.0, 2.5, 6
 INDEX, Y = [2, 4], [1, 0]
 NEG = [[0, 3, 5], [1, 3, 4]]
 Z_ADV = [[2.0, -1.0, 0.5], [0.1, 0.2, 0.3]]
@@ -88,6 +94,9 @@ def _golden(weight_source: str = "clean", **options: Any):
         method.embed_t.linear.bias.copy_(torch.tensor(B_T))
         method.memory.memory_student = torch.tensor(MEM_S)
         method.memory.z_student.fill_(Z)
+        if method.config.anchors == "both":
+            method.memory.memory_teacher = torch.tensor(MEM_T)
+            method.memory.z_teacher.fill_(Z_T_BANK)
     method.memory.sample_negatives = lambda y, n, c: torch.tensor(NEG)  # fixed negatives
     ctx = _Ctx(
         ModelOutput(torch.tensor(Z_ADV), torch.tensor(F_ADV)),
@@ -99,16 +108,18 @@ def _golden(weight_source: str = "clean", **options: Any):
     return method, ctx
 
 
-def _reference(weights: list[float]) -> tuple[float, float]:
-    """(CE(S(x'), y), L_GACD) with Python loops."""
-    s = [_embed(W_S, B_S, f) for f in F_ADV]
+def _reference(weights: list[float], features: list[list[float]] = F_ADV) -> tuple[float, float, float]:
+    """(CE(S(x'), y), L_T, L_S) with Python loops: the teacher- and student-anchored halves."""
+    s = [_embed(W_S, B_S, f) for f in features]
     t = [_embed(W_T, B_T, f) for f in F_T]
-    gacd = 0.0
+    l_t = l_s = 0.0
     for b in range(2):
-        gacd -= weights[b] * math.log(_h(t[b], s[b], Z, 3, N_DATA))
-        gacd -= sum(math.log(1 - _h(t[b], MEM_S[j], Z, 3, N_DATA)) for j in NEG[b])
+        l_t -= weights[b] * math.log(_h(t[b], s[b], Z, 3, N_DATA))
+        l_t -= sum(math.log(1 - _h(t[b], MEM_S[j], Z, 3, N_DATA)) for j in NEG[b])
+        l_s -= weights[b] * math.log(_h(s[b], t[b], Z_T_BANK, 3, N_DATA))
+        l_s -= sum(math.log(1 - _h(s[b], MEM_T[j], Z_T_BANK, 3, N_DATA)) for j in NEG[b])
     ce = sum(-math.log(_softmax(Z_ADV[b])[Y[b]]) for b in range(2))
-    return ce / 2, gacd / 2
+    return ce / 2, l_t / 2, l_s / 2
 
 
 @pytest.mark.parametrize(
@@ -123,25 +134,41 @@ def _reference(weights: list[float]) -> tuple[float, float]:
 def test_gacd_golden_value(source, weights):
     method, ctx = _golden(source)
     terms = method.loss(ctx)  # type: ignore[arg-type]
-    ce, gacd = _reference(weights)
-    assert terms.keys() == {"ce_adv", "gacd"}
+    ce, l_t, l_s = _reference(weights)
+    assert terms.keys() == {"ce_adv", "gacd_t", "gacd_s"}
     assert terms["ce_adv"].item() == pytest.approx(ce, rel=1e-6)
-    assert terms["gacd"].item() == pytest.approx(0.8 * gacd, rel=1e-5)
+    assert terms["gacd_t"].item() == pytest.approx(0.8 * l_t, rel=1e-5)
+    assert terms["gacd_s"].item() == pytest.approx(0.8 * l_s, rel=1e-5)
     if source == "clean":
-        assert sum(terms.values()).item() == pytest.approx(9.0648966, rel=1e-5)  # pinned
+        assert sum(terms.values()).item() == pytest.approx(26.7052227, rel=1e-5)  # pinned
 
 
-def test_gacd_updates_the_student_bank_with_adversarial_embeddings():
+def test_teacher_anchored_only_is_the_literal_estimator():
+    weights = [_softmax(Z_T[b])[Y[b]] for b in range(2)]
+    method, ctx = _golden(anchors="teacher")
+    terms = method.loss(ctx)  # type: ignore[arg-type]
+    ce, l_t, _ = _reference(weights)
+    assert terms.keys() == {"ce_adv", "gacd_t"}
+    assert terms["ce_adv"].item() == pytest.approx(ce, rel=1e-6)
+    assert terms["gacd_t"].item() == pytest.approx(0.8 * l_t, rel=1e-5)
+    assert not hasattr(method.memory, "memory_teacher")  # teacher-anchored only: no teacher bank
+    assert sum(terms.values()).item() == pytest.approx(9.0648966, rel=1e-5)  # pinned
+
+
+def test_gacd_updates_both_banks():
     method, ctx = _golden()
     method.loss(ctx)  # type: ignore[arg-type]
-    bank = method.memory.bank("student")
-    for b, i in enumerate(INDEX):
-        s = _embed(W_S, B_S, F_ADV[b])
-        expected = _unit([0.5 * o + 0.5 * v for o, v in zip(MEM_S[i], s, strict=True)])
-        assert bank[i].tolist() == pytest.approx(expected, abs=1e-6)
-    assert torch.allclose(bank[[0, 1, 3, 5]], torch.tensor([MEM_S[i] for i in (0, 1, 3, 5)]))
+    for name, mem, w, b, feats in (
+        ("student", MEM_S, W_S, B_S, F_ADV),  # the student bank takes the embeddings of x'
+        ("teacher", MEM_T, W_T, B_T, F_T),
+    ):
+        bank = method.memory.bank(name)
+        for row, i in enumerate(INDEX):
+            v = _embed(w, b, feats[row])
+            expected = _unit([0.5 * o + 0.5 * e for o, e in zip(mem[i], v, strict=True)])
+            assert bank[i].tolist() == pytest.approx(expected, abs=1e-5), name
+        assert torch.allclose(bank[[0, 1, 3, 5]], torch.tensor([mem[i] for i in (0, 1, 3, 5)])), name
     assert method.memory.labels[INDEX].tolist() == Y
-    assert not hasattr(method.memory, "memory_teacher")  # teacher-anchored only: no teacher bank
 
 
 def test_kd_term_is_t2_kl_from_clean_teacher_to_adversarial_student():
@@ -154,8 +181,46 @@ def test_kd_term_is_t2_kl_from_clean_teacher_to_adversarial_student():
     assert terms["kd"].item() == pytest.approx(0.5 * 16 * kl / 2, rel=1e-5)
 
 
-def test_guided_attack_objective_is_the_positive_pair_loss():
+def test_guided_attack_objective_is_the_per_sample_loss_of_x_prime():
     method, ctx = _golden()
+    objective = method.attack_objective(ctx)  # type: ignore[arg-type]
+    features = [[0.3, -0.7], [1.5, 0.2]]
+    got = objective(ModelOutput(torch.zeros(2, 3), torch.tensor(features)))
+    t = [_embed(W_T, B_T, f) for f in F_T]
+    s = [_embed(W_S, B_S, f) for f in features]
+    expected = [
+        -math.log(_h(t[b], s[b], Z, 3, N_DATA))
+        - math.log(_h(s[b], t[b], Z_T_BANK, 3, N_DATA))
+        - sum(math.log(1 - _h(s[b], MEM_T[j], Z_T_BANK, 3, N_DATA)) for j in NEG[b])
+        for b in range(2)
+    ]
+    assert got.shape == (2,)
+    assert got.tolist() == pytest.approx(expected, rel=1e-5)  # unweighted, the same negatives as the loss
+
+
+def test_guided_and_ce_attack_objective_adds_cross_entropy():
+    method, ctx = _golden(attack_objective="gacd_ce")
+    objective = method.attack_objective(ctx)  # type: ignore[arg-type]
+    features = [[0.3, -0.7], [1.5, 0.2]]
+    logits = [[0.2, -1.0, 0.4], [1.0, 0.0, -2.0]]
+    got = objective(ModelOutput(torch.tensor(logits), torch.tensor(features)))
+    t = [_embed(W_T, B_T, f) for f in F_T]
+    s = [_embed(W_S, B_S, f) for f in features]
+    expected = [
+        -math.log(_softmax(logits[b])[Y[b]])
+        + 0.8
+        * (
+            -math.log(_h(t[b], s[b], Z, 3, N_DATA))
+            - math.log(_h(s[b], t[b], Z_T_BANK, 3, N_DATA))
+            - sum(math.log(1 - _h(s[b], MEM_T[j], Z_T_BANK, 3, N_DATA)) for j in NEG[b])
+        )
+        for b in range(2)
+    ]
+    assert got.tolist() == pytest.approx(expected, rel=1e-5)
+
+
+def test_guided_attack_teacher_anchored_only_is_the_positive_pair_loss():
+    method, ctx = _golden(anchors="teacher")
     objective = method.attack_objective(ctx)  # type: ignore[arg-type]
     features = torch.tensor([[0.3, -0.7], [1.5, 0.2]])
     got = objective(ModelOutput(torch.zeros(2, 3), features))
@@ -172,7 +237,7 @@ def test_guided_attack_objective_is_the_positive_pair_loss():
 
 
 def test_attack_objectives_and_what_they_read():
-    for mode in ("gacd", "ce", "kl"):
+    for mode in ("gacd", "gacd_ce", "ce", "kl"):
         method = TestGACDConformance().build()
         method = type(method)(method.Config(attack_objective=mode), method.setup)
         ctx = make_context(method, seed=3)
@@ -292,6 +357,6 @@ def test_transfer_run_from_a_5_class_teacher_to_a_10_class_student(tmp_path: Pat
     outcome = run_recipe(load_recipe(path), tmp_path / "gacd")
     final = outcome.result["train"]["final"]
     assert final["epoch"] == 2
-    assert {"loss/ce_adv", "loss/gacd"} <= set(final)
+    assert {"loss/ce_adv", "loss/gacd_t", "loss/gacd_s"} <= set(final)
     with pytest.raises(UserError, match="teacher has 5 classes and the student 10"):
         run_recipe(load_recipe(path, ["method.weight_source=clean"]), tmp_path / "gacd_clean")
