@@ -16,7 +16,12 @@ from kdbench.testing import MethodConformance, TinyNet, make_context
 
 
 class TestGACDConformance(MethodConformance):
-    method = "gacd"  # guided attack, weights p_T(y | x)
+    method = "gacd"  # guided attack plus CE, weights p_T(y | x)
+
+
+class TestGACDGuidedOnly(MethodConformance):
+    method = "gacd"
+    options: ClassVar[dict[str, Any]] = {"attack_objective": "gacd"}
 
 
 class TestGACDCrossEntropyAttackAdversarialWeights(MethodConformance):
@@ -155,6 +160,26 @@ def test_teacher_anchored_only_is_the_literal_estimator():
     assert sum(terms.values()).item() == pytest.approx(9.0648966, rel=1e-5)  # pinned
 
 
+def _head_grads(method, term_values) -> dict[str, bool]:
+    heads = {"embed_s": method.embed_s, "embed_t": method.embed_t}
+    out = {}
+    for name, head in heads.items():
+        grads = torch.autograd.grad(term_values, list(head.parameters()), allow_unused=True, retain_graph=True)
+        out[name] = any(g is not None and g.abs().sum() > 0 for g in grads)
+    return out
+
+
+def test_each_half_trains_the_head_of_its_own_anchor():
+    """anchors = "both": gacd_t reaches only g_T, gacd_s only g_S (CRD's structure); "teacher": both."""
+    method, ctx = _golden()
+    terms = method.loss(ctx)  # type: ignore[arg-type]
+    assert _head_grads(method, terms["gacd_t"]) == {"embed_s": False, "embed_t": True}
+    assert _head_grads(method, terms["gacd_s"]) == {"embed_s": True, "embed_t": False}
+    method, ctx = _golden(anchors="teacher")
+    terms = method.loss(ctx)  # type: ignore[arg-type]
+    assert _head_grads(method, terms["gacd_t"]) == {"embed_s": True, "embed_t": True}
+
+
 def test_gacd_updates_both_banks():
     method, ctx = _golden()
     method.loss(ctx)  # type: ignore[arg-type]
@@ -182,20 +207,19 @@ def test_kd_term_is_t2_kl_from_clean_teacher_to_adversarial_student():
 
 
 def test_guided_attack_objective_is_the_per_sample_loss_of_x_prime():
-    method, ctx = _golden()
+    method, ctx = _golden(attack_objective="gacd")
     objective = method.attack_objective(ctx)  # type: ignore[arg-type]
     features = [[0.3, -0.7], [1.5, 0.2]]
     got = objective(ModelOutput(torch.zeros(2, 3), torch.tensor(features)))
     t = [_embed(W_T, B_T, f) for f in F_T]
     s = [_embed(W_S, B_S, f) for f in features]
     expected = [
-        -math.log(_h(t[b], s[b], Z, 3, N_DATA))
-        - math.log(_h(s[b], t[b], Z_T_BANK, 3, N_DATA))
+        -math.log(_h(s[b], t[b], Z_T_BANK, 3, N_DATA))
         - sum(math.log(1 - _h(s[b], MEM_T[j], Z_T_BANK, 3, N_DATA)) for j in NEG[b])
         for b in range(2)
     ]
     assert got.shape == (2,)
-    assert got.tolist() == pytest.approx(expected, rel=1e-5)  # unweighted, the same negatives as the loss
+    assert got.tolist() == pytest.approx(expected, rel=1e-5)  # the student-anchored half, unweighted
 
 
 def test_guided_and_ce_attack_objective_adds_cross_entropy():
@@ -210,8 +234,7 @@ def test_guided_and_ce_attack_objective_adds_cross_entropy():
         -math.log(_softmax(logits[b])[Y[b]])
         + 0.8
         * (
-            -math.log(_h(t[b], s[b], Z, 3, N_DATA))
-            - math.log(_h(s[b], t[b], Z_T_BANK, 3, N_DATA))
+            -math.log(_h(s[b], t[b], Z_T_BANK, 3, N_DATA))
             - sum(math.log(1 - _h(s[b], MEM_T[j], Z_T_BANK, 3, N_DATA)) for j in NEG[b])
         )
         for b in range(2)
@@ -220,7 +243,7 @@ def test_guided_and_ce_attack_objective_adds_cross_entropy():
 
 
 def test_guided_attack_teacher_anchored_only_is_the_positive_pair_loss():
-    method, ctx = _golden(anchors="teacher")
+    method, ctx = _golden(anchors="teacher", attack_objective="gacd")
     objective = method.attack_objective(ctx)  # type: ignore[arg-type]
     features = torch.tensor([[0.3, -0.7], [1.5, 0.2]])
     got = objective(ModelOutput(torch.zeros(2, 3), features))
