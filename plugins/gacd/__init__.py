@@ -29,9 +29,9 @@ choices, each a recipe option (docs/methods/gacd.md has the table and the measur
   gradient, so in ``L_T`` alone nothing pushes the student's embeddings of different classes apart:
   the positive only pulls ``s`` towards ``t``, and ``t`` towards ``s``. Measured on CIFAR-10
   (docs/methods/gacd.md), the embeddings then collapse (memory rows of different classes at cosine
-  0.99) and the student gains no robustness; without the detaching, the double pull collapsed the
-  teacher's embeddings (cosine 0.995). ``"teacher"`` keeps ``L_T`` only, with gradients to both
-  sides (the literal reading; an ablation).
+  0.99) and the student gains no robustness. With both halves the student's embeddings stay apart,
+  but the teacher's still collapse (an open problem, measured and discussed in docs/methods/gacd.md).
+  ``"teacher"`` keeps ``L_T`` only, with gradients to both sides (the literal reading; an ablation).
 - ``attack_objective = "gacd_ce"``: PGD-10 (eps 8/255, step 2/255, uniform start) maximising
   ``CE(S(x'), y) + beta * G(x')``, the student's per-sample training loss as a function of x' up to
   the weight (Madry-style: the attack maximises what the student minimises). ``G`` is the guided
