@@ -186,15 +186,14 @@ class GACD(Method):
     def _guided_objective(self, ctx: StepContext) -> Objective:
         """Per-sample contrastive loss of the positive pair as a function of x' (module docstring).
 
-        The negatives are drawn once per step, before the attack, from the bank the loss draws from.
+        The negatives are drawn once per step, before the attack's first iteration; the loss draws its own.
         The stored ``Z`` is used; before the first loss fixes it, the batch's own estimate stands in.
         """
         c, mem, n_data = self.config, self.memory, self.setup.dataset_size
         with torch.no_grad():
             t = self.embed_t(ctx.teacher_clean.features)
-        log_ratio = math.log(self.num_negatives / n_data)
         if c.anchors == "teacher":
-            z_s = mem.z("student")
+            z_s, log_ratio = mem.z("student"), math.log(self.num_negatives / n_data)
 
             def teacher_anchored(out: ModelOutput) -> Tensor:
                 logit = (t * self.embed_s(out.features)).sum(dim=1) / c.tau
