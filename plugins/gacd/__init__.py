@@ -82,7 +82,7 @@ from kdbench_plugins._contrastive import (
     nce_loss_from_logits,
 )
 from kdbench_plugins.kd import kd_divergence
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor
 
 from kdbench import Method, MethodSetup, ModelOutput, Objective, StepContext, UserError
@@ -105,6 +105,11 @@ class GACDConfig(ContrastiveConfig):
         description="'both': teacher-anchored pairs plus the student-anchored mirror half (CRD's symmetric "
         "estimator); 'teacher': teacher-anchored only (the literal reading; collapses, an ablation)",
     )
+    positives: Literal["current", "memory"] = Field(
+        "current",
+        description="positive of each half with anchors = 'both': the other side's 'current' embedding, or its "
+        "'memory' row for the sample (RepDistiller's CRD; measured to avoid the teacher-side collapse)",
+    )
     attack_objective: Literal["gacd", "gacd_ce", "ce", "kl"] = Field(
         "gacd_ce",
         description="what PGD maximises: 'gacd' the positive pair's contrastive loss as a function of x' "
@@ -112,6 +117,12 @@ class GACDConfig(ContrastiveConfig):
     )
     kd_weight: float = Field(0.0, ge=0, description="weight of an extra KD term T^2 KL(p_T(x)/T || p_S(x')/T); 0 = off")
     kd_temperature: float = Field(4.0, gt=0, description="temperature T of the optional KD term")
+
+    @model_validator(mode="after")
+    def _memory_positives_need_both_anchors(self) -> GACDConfig:
+        if self.positives == "memory" and self.anchors == "teacher":
+            raise ValueError("positives = 'memory' needs anchors = 'both' (the student would get no gradient)")
+        return self
 
 
 def confidence_weights(source: WeightSource, teacher_logits: Tensor | None, y: Tensor) -> Tensor | None:
@@ -203,13 +214,16 @@ class GACD(Method):
             return teacher_anchored
         mem.observe_labels(ctx.index, ctx.y)
         rows = mem.sample_negatives(ctx.y, self.num_negatives, self.setup.num_classes)
+        if c.positives == "memory":
+            rows = torch.cat([ctx.index[:, None], rows], dim=1)  # column 0: the sample's own teacher row
         z_t = mem.z("teacher")
 
         def guided(out: ModelOutput) -> Tensor:
             s = self.embed_s(out.features)
-            # The student-anchored half of this sample: s(x') against t (positive) and m_T[j] (negatives).
-            positive = (s * t).sum(dim=1, keepdim=True) / c.tau
-            logits = torch.cat([positive, mem.logits("teacher", s, rows, c.tau)], dim=1)
+            # The student-anchored half of this sample: s(x') against its positive and m_T[j] (negatives).
+            logits = mem.logits("teacher", s, rows, c.tau)
+            if c.positives == "current":
+                logits = torch.cat([(s * t).sum(dim=1, keepdim=True) / c.tau, logits], dim=1)
             return nce_loss_from_logits(logits, torch.where(z_t > 0, z_t, estimate_z(logits, n_data)), n_data)
 
         return guided
@@ -229,16 +243,20 @@ class GACD(Method):
         # Each half trains the head of its own anchor, as in CRD: with both halves the other side's
         # positive is detached (the values are the same; only the gradients differ).
         s_pos, t_pos = (s.detach(), t.detach()) if symmetric else (s, t)
+        if c.positives == "memory":  # column 0: the sample's own row of the other side's bank, as in CRD
+            negatives = torch.cat([ctx.index[:, None], negatives], dim=1)
         # Teacher-anchored: t against the student bank (the paper's pairs).
-        logits_t = torch.cat([(t * s_pos).sum(1, keepdim=True) / c.tau, mem.logits("student", t, negatives, c.tau)], 1)
+        logits_t = mem.logits("student", t, negatives, c.tau)
+        if c.positives == "current":
+            logits_t = torch.cat([(t * s_pos).sum(1, keepdim=True) / c.tau, logits_t], 1)
         terms = {
             "ce_adv": F.cross_entropy(adv.logits.float(), ctx.y),
             "gacd_t": c.beta * nce_loss_from_logits(logits_t, mem.normaliser("student", logits_t), n, weights).mean(),
         }
         if symmetric:  # student-anchored: s against the teacher bank
-            logits_s = torch.cat(
-                [(s * t_pos).sum(1, keepdim=True) / c.tau, mem.logits("teacher", s, negatives, c.tau)], 1
-            )
+            logits_s = mem.logits("teacher", s, negatives, c.tau)
+            if c.positives == "current":
+                logits_s = torch.cat([(s * t_pos).sum(1, keepdim=True) / c.tau, logits_s], 1)
             z_t = mem.normaliser("teacher", logits_s)
             terms["gacd_s"] = c.beta * nce_loss_from_logits(logits_s, z_t, n, weights).mean()
         if c.kd_weight > 0:

@@ -39,6 +39,11 @@ class TestGACDTeacherAnchoredOnly(MethodConformance):
     options: ClassVar[dict[str, Any]] = {"anchors": "teacher"}
 
 
+class TestGACDMemoryPositives(MethodConformance):
+    method = "gacd"
+    options: ClassVar[dict[str, Any]] = {"positives": "memory"}
+
+
 class TestGACDTeacherMaxWithKD(MethodConformance):
     method = "gacd"
     options: ClassVar[dict[str, Any]] = {"weight_source": "teacher_max", "kd_weight": 0.5, "negatives": 16}
@@ -146,6 +151,38 @@ def test_gacd_golden_value(source, weights):
     assert terms["gacd_s"].item() == pytest.approx(0.8 * l_s, rel=1e-5)
     if source == "clean":
         assert sum(terms.values()).item() == pytest.approx(26.7052227, rel=1e-5)  # pinned
+
+
+def test_memory_positives_golden_value():
+    """positives = "memory": each half's positive is the sample's own row of the other side's bank (CRD)."""
+    weights = [_softmax(Z_T[b])[Y[b]] for b in range(2)]
+    method, ctx = _golden(positives="memory")
+    terms = method.loss(ctx)  # type: ignore[arg-type]
+    s = [_embed(W_S, B_S, f) for f in F_ADV]
+    t = [_embed(W_T, B_T, f) for f in F_T]
+    l_t = l_s = 0.0
+    for b in range(2):
+        i = INDEX[b]
+        l_t -= weights[b] * math.log(_h(t[b], MEM_S[i], Z, 3, N_DATA))
+        l_t -= sum(math.log(1 - _h(t[b], MEM_S[j], Z, 3, N_DATA)) for j in NEG[b])
+        l_s -= weights[b] * math.log(_h(s[b], MEM_T[i], Z_T_BANK, 3, N_DATA))
+        l_s -= sum(math.log(1 - _h(s[b], MEM_T[j], Z_T_BANK, 3, N_DATA)) for j in NEG[b])
+    assert terms["gacd_t"].item() == pytest.approx(0.8 * l_t / 2, rel=1e-5)
+    assert terms["gacd_s"].item() == pytest.approx(0.8 * l_s / 2, rel=1e-5)
+    method, ctx = _golden(positives="memory", attack_objective="gacd")
+    got = method.attack_objective(ctx)(ModelOutput(torch.zeros(2, 3), torch.tensor(F_ADV)))  # type: ignore[arg-type]
+    expected = [
+        -math.log(_h(s[b], MEM_T[INDEX[b]], Z_T_BANK, 3, N_DATA))
+        - sum(math.log(1 - _h(s[b], MEM_T[j], Z_T_BANK, 3, N_DATA)) for j in NEG[b])
+        for b in range(2)
+    ]
+    assert got.tolist() == pytest.approx(expected, rel=1e-5)
+
+
+def test_memory_positives_need_both_anchors():
+    cls = METHODS.get("gacd")
+    with pytest.raises(ValueError, match="needs anchors = 'both'"):
+        cls.Config(positives="memory", anchors="teacher")
 
 
 def test_teacher_anchored_only_is_the_literal_estimator():
