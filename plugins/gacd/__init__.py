@@ -51,9 +51,12 @@ choices, each a recipe option (docs/methods/gacd.md has the table and the measur
   the running statistics with adversarial batches the optimiser never trains on.
 - heads (linear to 128, L2 norm), tau = 0.07, N = 16384 (clamped to M - 1), memory momentum 0.5 and
   one Z per bank fixed on the first batch: as in CRD (`kdbench_plugins._contrastive`). The student
-  bank stores ``s`` (the embedding of x', the input the student trains on). Unlike CRD, whose
-  positives are memory rows, the positive of each half is the other side's *current* embedding: the
-  paper's pair is (t+, s+) with s+ the student's feature of the hard example of this step.
+  bank stores ``s`` (the embedding of x', the input the student trains on). ``positives = "current"``:
+  unlike CRD, whose positives are memory rows, the positive of each half is the other side's current
+  embedding (the paper's pair is (t+, s+) with s+ the feature of this step's hard example); measured,
+  this collapses the teacher's embeddings. ``"memory"``: the sample's own row of the other side's
+  bank, as RepDistiller does, in the loss and the guided attack; measured, no collapse (both in
+  docs/methods/gacd.md). The default stays "current" until the comparison is rerun with "memory".
 - ``weight_source = "clean"``: ``w = p_T(y | x)``; ``"adversarial"``: ``p_T(y | x')`` (one more
   teacher pass); ``"off"``: ``w = 1`` (the ablation); ``"teacher_max"``: ``max_c p_T(c | x)``, the
   teacher's confidence in its own prediction, which needs no shared label space. The weight applies
