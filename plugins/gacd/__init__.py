@@ -237,7 +237,7 @@ class GACD(Method):
         s = self.embed_s(adv.features)
         t = self.embed_t(teacher.features)
         mem.observe_labels(ctx.index, ctx.y)
-        negatives = mem.sample_negatives(ctx.y, self.num_negatives, self.setup.num_classes)
+        rows = mem.sample_negatives(ctx.y, self.num_negatives, self.setup.num_classes)  # the negatives
         source = c.weight_source
         weight_logits = None if source == "off" else (ctx.teacher_adv if source == "adversarial" else teacher).logits
         weights = confidence_weights(source, weight_logits, ctx.y)
@@ -247,9 +247,9 @@ class GACD(Method):
         # positive is detached (the values are the same; only the gradients differ).
         s_pos, t_pos = (s.detach(), t.detach()) if symmetric else (s, t)
         if c.positives == "memory":  # column 0: the sample's own row of the other side's bank, as in CRD
-            negatives = torch.cat([ctx.index[:, None], negatives], dim=1)
+            rows = torch.cat([ctx.index[:, None], rows], dim=1)
         # Teacher-anchored: t against the student bank (the paper's pairs).
-        logits_t = mem.logits("student", t, negatives, c.tau)
+        logits_t = mem.logits("student", t, rows, c.tau)
         if c.positives == "current":
             logits_t = torch.cat([(t * s_pos).sum(1, keepdim=True) / c.tau, logits_t], 1)
         terms = {
@@ -257,7 +257,7 @@ class GACD(Method):
             "gacd_t": c.beta * nce_loss_from_logits(logits_t, mem.normaliser("student", logits_t), n, weights).mean(),
         }
         if symmetric:  # student-anchored: s against the teacher bank
-            logits_s = mem.logits("teacher", s, negatives, c.tau)
+            logits_s = mem.logits("teacher", s, rows, c.tau)
             if c.positives == "current":
                 logits_s = torch.cat([(s * t_pos).sum(1, keepdim=True) / c.tau, logits_s], 1)
             z_t = mem.normaliser("teacher", logits_s)
