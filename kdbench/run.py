@@ -40,7 +40,13 @@ from kdbench.build import (
     network_spec,
     place,
 )
-from kdbench.engine.checkpoint import CheckpointStore, atomic_write_bytes
+from kdbench.engine.checkpoint import (
+    CheckpointStore,
+    atomic_write_bytes,
+    remove_stale_temp_files,
+    verify_checksum,
+    write_with_checksum,
+)
 from kdbench.engine.distributed import Distributed, setup_distributed
 from kdbench.engine.hardware import resolve_hardware
 from kdbench.engine.progress import Progress, make_progress
@@ -86,6 +92,12 @@ def run_recipe(
     if not ddp.is_main:  # rank 0 owns the folder; the others train beside it and write nothing
         return RunOutcome(out, _execute(resolved, out, runs_dir, progress, ddp), reused=False)
     with _lock(out):
+        # Again under the lock: another process may have finished this run since the check above.
+        done = _finished(resolved, out)
+        if done is not None:
+            progress.message(f"{resolved.recipe.name}: finished meanwhile in {out} (hash {resolved.short_hash})")
+            return RunOutcome(out, done, reused=True)
+        remove_stale_temp_files(out)  # left by a process killed mid-write (the lock says none is writing)
         _claim(resolved, out)
         result = _execute(resolved, out, runs_dir, progress, ddp)
     return RunOutcome(out, result, reused=False)
@@ -101,10 +113,25 @@ def status(resolved: ResolvedRecipe, out: Path) -> str:
 
 
 def _finished(resolved: ResolvedRecipe, out: Path) -> dict[str, Any] | None:
+    """result.json of this recipe, when model.pt beside it passes its checksum.
+
+    A damaged model.pt (or one without checksum, written by an older kdbench) makes the run unfinished,
+    with a warning: the run then rebuilds model.pt from its last good checkpoint and evaluates again
+    (or trains again when no checkpoint is left), so a damaged file is never used or reported.
+    """
     result = read_result(out / "result.json")
-    if result is not None and result.get("recipe_hash") == resolved.hash and (out / "model.pt").is_file():
-        return result
-    return None
+    if result is None or result.get("recipe_hash") != resolved.hash:
+        return None
+    model = out / "model.pt"
+    problem = verify_checksum(model) if model.is_file() else "is missing"
+    if problem is not None:
+        print(
+            f"kdbench: warning: {model} {problem}; the run is not counted as finished and is rebuilt "
+            "from its last good checkpoint",
+            file=sys.stderr,
+        )
+        return None
+    return result
 
 
 def _claim(resolved: ResolvedRecipe, out: Path) -> None:
@@ -202,7 +229,7 @@ def _execute(
         train=r.train,
         hardware=hw,
         seed=r.seed,
-        store=CheckpointStore(out / "checkpoints"),
+        store=CheckpointStore(out / "checkpoints", owner=_checkpoint_owner(resolved)),
         metrics_path=out / "metrics.jsonl",
         progress=progress,
         distributed=ddp,
@@ -279,7 +306,12 @@ def _save_model(path: Path, net: Network, resolved: ResolvedRecipe, num_classes:
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    write_with_checksum(path, buffer.getvalue())
+
+
+def _checkpoint_owner(resolved: ResolvedRecipe) -> dict[str, str]:
+    """What a training checkpoint of this run records, so that one copied from another run is refused."""
+    return {"recipe_hash": resolved.hash, "model": resolved.recipe.student.model}
 
 
 def _evaluate(
