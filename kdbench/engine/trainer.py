@@ -29,6 +29,7 @@ from kdbench._errors import UserError
 from kdbench.attacks.base import Attack
 from kdbench.engine.checkpoint import CheckpointStore, atomic_write_bytes
 from kdbench.engine.distributed import Distributed
+from kdbench.engine.fingerprint import TeacherModifiedError, changed_tensors, tensor_digests
 from kdbench.engine.hardware import Hardware
 from kdbench.engine.progress import Progress
 from kdbench.engine.schedule import build_scheduler, lr_factor
@@ -112,6 +113,8 @@ class Trainer:
         self.seconds = 0.0
         self.images = 0
         self._stop_signal: int | None = None
+        # Checked before every checkpoint (never per step): a method must leave the teacher untouched.
+        self._teacher_digests = tensor_digests(teacher) if teacher is not None else None
 
     # ------------------------------------------------------------------------------ checkpointing
 
@@ -147,11 +150,28 @@ class Trainer:
         return int(state["epoch"]), int(state["batch"])
 
     def _checkpoint(self, epoch: int, batch: int) -> Path:
+        self._check_teacher_unchanged(epoch, batch)
         if not self.dist.is_main:  # rank 0 writes for everyone
             return self.store.path((epoch, batch))
         path = self.store.save((epoch, batch), self.state_dict(epoch, batch))
         self._write_metrics()
         return path
+
+    def _check_teacher_unchanged(self, epoch: int, batch: int) -> None:
+        """Stop (before writing the checkpoint) when the method changed the teacher's tensors."""
+        if self._teacher_digests is None or self.teacher is None:
+            return
+        changed = changed_tensors(self._teacher_digests, self.teacher)
+        if changed:
+            last = self.store.positions()
+            good = f"last good checkpoint: {self.store.path(last[0])}" if last else "no checkpoint was written yet"
+            shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+            when = f"epoch {epoch + 1}, step {batch}" if batch else f"the end of epoch {epoch}"
+            raise TeacherModifiedError(
+                f"method {self.method_name} modified the teacher's weights ({shown} changed by {when}); "
+                "a method must never change the teacher (read it through the step context, leave it in eval mode); "
+                f"stopped without saving; {good}"
+            )
 
     def _write_metrics(self) -> None:
         text = "".join(json.dumps(row) + "\n" for row in self.history)
