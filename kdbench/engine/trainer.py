@@ -113,6 +113,9 @@ class Trainer:
         self.seconds = 0.0
         self.images = 0
         self._stop_signal: int | None = None
+        # Loss sums and accuracy counts of an epoch stopped mid-way (saved in its checkpoint, restored on
+        # resume), so the epoch's row reports the mean over all its steps, as in an uninterrupted run.
+        self._partial: dict[str, Any] | None = None
         # Checked before every checkpoint (never per step): a method must leave the teacher untouched.
         self._teacher_digests = tensor_digests(teacher) if teacher is not None else None
 
@@ -134,6 +137,7 @@ class Trainer:
             "history": self.history,
             "seconds": self.seconds,
             "images": self.images,
+            "partial": self._partial if batch else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> tuple[int, int]:
@@ -147,6 +151,8 @@ class Trainer:
         self.history = list(state["history"])
         self.seconds = float(state["seconds"])
         self.images = int(state["images"])
+        partial = state.get("partial")  # absent in checkpoints of kdbench <= 0.1: the epoch's row then says so
+        self._partial = partial if isinstance(partial, dict) and partial.get("steps") == state["batch"] else None
         return int(state["epoch"]), int(state["batch"])
 
     def _checkpoint(self, epoch: int, batch: int) -> Path:
@@ -211,6 +217,13 @@ class Trainer:
         sums: dict[str, Tensor] = {}
         zero = torch.zeros((), device=self.device)
         correct, seen = zero.clone(), zero.clone()
+        counted_from = start_batch  # the first step whose loss is in ``sums``
+        if start_batch and self._partial is not None:
+            counted_from = 0
+            if self.dist.rank == 0:  # the saved sums are over every process already
+                sums = {k: v.to(self.device) for k, v in self._partial["sums"].items()}
+                correct, seen = self._partial["correct"].to(self.device), self._partial["seen"].to(self.device)
+        self._partial = None
         first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         bad_terms: dict[str, Tensor] = {}
         tic = time.perf_counter()
@@ -235,7 +248,7 @@ class Trainer:
             if steps_since_sync >= self.cfg.log_every or (self._stop_signal is not None and not self.dist.enabled):
                 steps_since_sync = 0
                 self._check_finite(first_bad, bad_terms, epoch)
-                self.progress.show(self._means(sums, batch - start_batch))
+                self.progress.show(self._means(sums, batch - counted_from))
                 if self._should_stop():
                     break
         if self.device.type == "cuda":
@@ -245,9 +258,15 @@ class Trainer:
         self.images += done * self.loader.batch_size * self.dist.world_size
         self._check_finite(first_bad, bad_terms, epoch)
         if self._stop_signal is not None and batch < steps:
+            self._partial = {
+                "steps": batch,
+                "sums": {k: self.dist.sum(v.detach().clone()).cpu() for k, v in sums.items()},
+                "correct": self.dist.sum(correct.clone()).cpu(),
+                "seen": self.dist.sum(seen.clone()).cpu(),
+            }
             path = self._checkpoint(epoch, batch)
             raise Interrupted(f"stopped by signal {self._stop_signal} at epoch {epoch + 1}, step {batch}; saved {path}")
-        values = self._means(sums, max(done, 1))
+        values = self._means(sums, max(batch - counted_from, 1))
         row: dict[str, Any] = {"epoch": epoch + 1, **{f"loss/{k}": v for k, v in values.items()}}
         if done:
             row["loss"] = sum(values.values())
@@ -257,8 +276,8 @@ class Trainer:
             row["train_acc"] = (correct / seen).item()
         row["lr"] = self.optimizer.param_groups[0]["lr"]
         row["seconds"] = self.seconds
-        if start_batch:
-            row["resumed_at_step"] = start_batch
+        if counted_from:  # resumed from an old checkpoint without the sums: the means cover fewer steps
+            row["resumed_at_step"] = counted_from
         self.history.append(row)
         self.progress.end_epoch({k: v for k, v in row.items() if k in ("loss", "train_acc", "lr")})
         self._checkpoint(epoch + 1, 0)
