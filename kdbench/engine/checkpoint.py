@@ -148,8 +148,14 @@ def _process_started_ns(pid: int) -> int | None:
     except PermissionError:  # another user's process: it exists
         pass
     try:
-        return os.stat(f"/proc/{pid}").st_mtime_ns
-    except OSError:
+        # Field 22 of /proc/PID/stat: start time in clock ticks since boot (after the parenthesised name).
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(
+            int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime")
+        )
+        # btime has one-second resolution: back off a second so a file written at start-up is never stale.
+        return (boot - 1) * 10**9 + ticks * 10**9 // os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
         return 0  # alive, start unknown (no /proc): treat every file of it as possibly in use
 
 
