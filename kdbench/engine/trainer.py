@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdbench._errors import UserError
+from kdbench._errors import PluginError, UserError
 from kdbench.attacks.base import Attack
 from kdbench.engine.checkpoint import CheckpointStore, atomic_write_bytes
 from kdbench.engine.distributed import Distributed
@@ -116,6 +116,7 @@ class Trainer:
         # Loss sums and accuracy counts of an epoch stopped mid-way (saved in its checkpoint, restored on
         # resume), so the epoch's row reports the mean over all its steps, as in an uninterrupted run.
         self._partial: dict[str, Any] | None = None
+        self._terms_checked = False
         # Checked before every checkpoint (never per step): a method must leave the teacher untouched.
         self._teacher_digests = tensor_digests(teacher) if teacher is not None else None
 
@@ -298,8 +299,9 @@ class Trainer:
             step=batch,
         )
         terms = self.method.loss(ctx)
-        if not terms:
-            raise RuntimeError(f"method {type(self.method).__name__} returned no loss terms")
+        if not self._terms_checked:  # once, at the first step, before any optimiser step
+            check_loss_terms(terms, self.method_name)
+            self._terms_checked = True
         total = torch.stack([t.float() for t in terms.values()]).sum()
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -359,6 +361,32 @@ class Trainer:
         finally:
             for sig, old in previous.items():
                 signal.signal(sig, old)
+
+
+def check_loss_terms(terms: Any, method_name: str) -> None:
+    """Refuse what `Method.loss` may not return, in one line naming the method and the term.
+
+    The contract: a non-empty dict of name -> scalar floating-point tensor with autograd history. A
+    vector would be summed by nobody (stack fails or, worse, broadcasts), a Python float or a detached
+    tensor trains nothing, and an empty dict has nothing to minimise.
+    """
+    where = f"method {method_name}"
+    fix = "return a dict of named scalar tensors computed from the step context (e.g. loss.mean())"
+    if not isinstance(terms, dict) or not terms:
+        got = "an empty dict" if isinstance(terms, dict) else type(terms).__name__
+        raise PluginError(f"{where}: loss() returned {got}, not named loss terms; {fix}; stopped before any step")
+    for name, value in terms.items():
+        problem = None
+        if not isinstance(value, Tensor):
+            problem = f"is a {type(value).__name__}, not a tensor"
+        elif value.dim() != 0:
+            problem = f"has shape {tuple(value.shape)}, not a scalar"
+        elif not value.is_floating_point():
+            problem = f"has dtype {value.dtype}, not a floating-point type"
+        elif not value.requires_grad:
+            problem = "has no gradient (computed under torch.no_grad() or detached)"
+        if problem is not None:
+            raise PluginError(f"{where}: loss term {name!r} {problem}; {fix}; stopped before any optimiser step")
 
 
 def freeze(module: nn.Module) -> nn.Module:
