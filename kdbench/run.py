@@ -120,6 +120,8 @@ def _finished(resolved: ResolvedRecipe, out: Path) -> dict[str, Any] | None:
     (or trains again when no checkpoint is left), so a damaged file is never used or reported.
     """
     result = read_result(out / "result.json")
+    if result is None and (out / "result.json").exists():
+        print(f"kdbench: warning: ignoring {out / 'result.json'}: not a readable kdbench result", file=sys.stderr)
     if result is None or result.get("recipe_hash") != resolved.hash:
         return None
     model = out / "model.pt"
