@@ -17,6 +17,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -25,6 +26,7 @@ from kdbench import _toml
 from kdbench._errors import RecipeError, UserError, did_you_mean
 from kdbench._registry import ATTACKS, DATASETS, METHODS, MODELS, Registry
 from kdbench.config import Number, StrictModel
+from kdbench.engine.checkpoint import MAX_WEIGHTS_BYTES_ENV, max_weights_bytes
 
 __all__ = [
     "AttackSection",
@@ -223,7 +225,10 @@ class ResolvedRecipe:
             data["teacher"]["recipe"] = self.teacher_recipe.hash
         elif self.recipe.teacher is not None and self.recipe.teacher.checkpoint is not None:
             # the weights, not the path: a retrained teacher at the same path is a different run
-            data["teacher"]["checkpoint"] = _file_digest(self.relative(self.recipe.teacher.checkpoint))
+            try:
+                data["teacher"]["checkpoint"] = _file_digest(self.relative(self.recipe.teacher.checkpoint))
+            except RecipeError as exc:
+                raise exc.located(file=self.file) from None
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -270,6 +275,20 @@ def _file_digest(path: Path) -> str:
         stat = file.stat()
     except OSError:
         return str(path)
+    # Checked before reading: /dev/zero would be hashed forever, a FIFO would block, a sparse file of
+    # terabytes would take hours. Each is refused in one line naming the key.
+    if not S_ISREG(stat.st_mode):
+        raise RecipeError(
+            f"{file} is not a regular file (a device, FIFO or socket)",
+            key="teacher.checkpoint",
+            hint="give a weights file (.pt) or a run folder",
+        )
+    if stat.st_size > max_weights_bytes():
+        raise RecipeError(
+            f"{file} is {stat.st_size / 2**30:.1f} GiB, above the {max_weights_bytes() / 2**30:.1f} GiB weights limit",
+            key="teacher.checkpoint",
+            hint=f"check the path (or raise {MAX_WEIGHTS_BYTES_ENV})",
+        )
     key = (str(file.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _DIGESTS:
         digest = hashlib.sha256()

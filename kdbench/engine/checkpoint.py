@@ -28,12 +28,15 @@ from kdbench._errors import UserError
 
 __all__ = [
     "CHECKSUM_SUFFIX",
+    "MAX_WEIGHTS_BYTES_ENV",
     "CheckpointStore",
     "DiskFullError",
     "atomic_write_bytes",
     "checksum_path",
     "load_weights_file",
     "load_weights_only",
+    "max_weights_bytes",
+    "read_regular_file",
     "read_verified",
     "remove_stale_temp_files",
     "verify_checksum",
@@ -208,6 +211,7 @@ _DEFAULT_MAX_WEIGHTS_BYTES = 16 * 2**30
 
 
 def max_weights_bytes() -> int:
+    """The largest weights file kdbench reads: ``$KDBENCH_MAX_WEIGHTS_BYTES``, else 16 GiB."""
     text = os.environ.get(MAX_WEIGHTS_BYTES_ENV, "").strip()
     try:
         return int(text) if text else _DEFAULT_MAX_WEIGHTS_BYTES
