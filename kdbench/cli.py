@@ -10,6 +10,7 @@ import argparse
 import importlib
 import inspect
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -105,6 +106,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 # ------------------------------------------------------------------------------------------- run
 
 
+def _sigterm_as_interrupt() -> Any:
+    """SIGTERM raises KeyboardInterrupt, as SIGINT does, so that a run stopped outside the epoch loop
+    (where the trainer's own handler checkpoints) exits 130 with the resume hint instead of dying
+    silently. Returns the previous handler."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signum)
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        return signal.getsignal(signal.SIGTERM)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from kdbench.engine.distributed import teardown_distributed
     from kdbench.engine.progress import make_progress
@@ -122,6 +137,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 0
     progress = make_progress(quiet=args.quiet)
     rows: list[tuple[str, dict[str, Any] | None, str]] = []
+    previous_sigterm = _sigterm_as_interrupt()
     try:
         for resolved in variants:
             try:
@@ -137,7 +153,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except Interrupted as exc:
         print(f"kdbench: {exc}; run the same command to resume", file=sys.stderr)
         return Interrupted.exit_code
+    except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM (see _sigterm_as_interrupt), outside the epoch loop
+        what = f"signal {exc.args[0]}" if exc.args else "signal 2"
+        print(
+            f"kdbench: stopped by {what} outside training (data, teacher or evaluation); finished epochs are "
+            "checkpointed; run the same command to resume",
+            file=sys.stderr,
+        )
+        return Interrupted.exit_code
     finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
         progress.close()
         teardown_distributed()
     if os.environ.get("RANK", "0") != "0":
