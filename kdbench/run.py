@@ -141,15 +141,30 @@ def _claim(resolved: ResolvedRecipe, out: Path) -> None:
     recipe_file = out / "recipe.toml"
     header = f"resolved recipe {resolved.recipe.name}, hash {resolved.hash}"
     if recipe_file.is_file():
-        first = recipe_file.read_text().splitlines()[:1]
-        if first and resolved.hash not in first[0]:
+        first = _first_line(recipe_file)
+        if first is not None and first.startswith("# resolved recipe ") and resolved.hash in first:
+            return
+        if first is not None and first.startswith("# resolved recipe "):
             raise UserError(
-                f"{out} holds a run of another recipe ({first[0].lstrip('# ')}); "
+                f"{out} holds a run of another recipe ({first.lstrip('# ')}); "
                 "choose another --out or delete that folder"
             )
-        return
+        # Empty, binary or hand-edited: rewritten below. Safe, since checkpoints record their own run and
+        # those of another run are refused anyway.
+        print(f"kdbench: warning: {recipe_file} is empty, unreadable or not kdbench's; rewriting it", file=sys.stderr)
     source = f"from {resolved.file}" + (f" with --set {' '.join(resolved.overrides)}" if resolved.overrides else "")
     atomic_write_bytes(recipe_file, _toml.dumps(resolved.to_dict(), header=f"{header}\n{source}").encode())
+
+
+def _first_line(path: Path) -> str | None:
+    """The first line of a text file, or None when it is empty, binary or unreadable (reads 4 kB at most)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+        line = head.split(b"\n", 1)[0].decode("utf-8").rstrip("\r") if head else None
+    except (OSError, UnicodeDecodeError):
+        return None
+    return line if line and line.isprintable() else None
 
 
 @contextlib.contextmanager
