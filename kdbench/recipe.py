@@ -13,6 +13,7 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -166,9 +167,11 @@ class EvalSection(StrictModel):
 class Recipe(StrictModel):
     """A complete experiment. See docs/recipes.md for every key."""
 
-    name: str = Field(pattern=NAME_PATTERN)
+    # 200: a run folder is named after the recipe; file systems allow 255 bytes per name.
+    name: str = Field(pattern=NAME_PATTERN, max_length=200)
     description: str = ""
-    seed: int = Field(0, ge=0)
+    # torch.manual_seed takes 64-bit seeds; derived seeds (per epoch, per process) stay below 2**63.
+    seed: int = Field(0, ge=0, le=2**63 - 1)
     data: DataSection
     teacher: TeacherSection | None = None
     student: StudentSection
@@ -348,6 +351,10 @@ def read_raw(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise RecipeError(f"extends forms a cycle: {chain}", file=file, key="extends", hint="remove one of the extends")
     if not base_path.is_file():
         raise RecipeError(f"base recipe {str(base_path)!r} not found", file=file, key="extends")
+    if len(_chain) + 1 >= MAX_EXTENDS_DEPTH:
+        raise RecipeError(
+            f"extends is nested more than {MAX_EXTENDS_DEPTH} deep", file=file, key="extends", hint="flatten the chain"
+        )
     base = read_raw(base_path, (*_chain, here))
     if "sweep" in raw:  # a sweep is one product: the child's replaces the base's (an empty table removes it)
         base.pop("sweep", None)
@@ -356,6 +363,22 @@ def read_raw(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         if isinstance(value, str) and not Path(value).expanduser().is_absolute():
             base[section][key] = os.path.relpath(base_path.parent / value, path.parent)
     return _merge(base, raw)
+
+
+#: Largest number of variants one ``[sweep]`` may expand to (override with this environment variable).
+MAX_SWEEP_ENV = "KDBENCH_MAX_SWEEP_VARIANTS"
+_DEFAULT_MAX_SWEEP = 10_000
+
+#: Deepest chain of ``extends`` (a recipe extending a recipe extending ...).
+MAX_EXTENDS_DEPTH = 32
+
+
+def _max_sweep_variants() -> int:
+    text = os.environ.get(MAX_SWEEP_ENV, "").strip()
+    try:
+        return int(text) if text else _DEFAULT_MAX_SWEEP
+    except ValueError:
+        raise RecipeError(f"{MAX_SWEEP_ENV}={text!r} is not a whole number") from None
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> ResolvedRecipe:
@@ -377,6 +400,15 @@ def load_recipes(path: str | Path, overrides: list[str] | None = None) -> list[R
     if sweep is None or sweep == {}:  # an empty [sweep] cancels an extended recipe's sweep
         return [resolve(raw, path=path, overrides=overrides, _stack=(path.resolve(),))]
     axes = _sweep_axes(sweep, file)
+    count = math.prod(len(values) for values in axes.values())
+    cap = _max_sweep_variants()
+    if count > cap:  # counted before anything is expanded
+        raise RecipeError(
+            f"the sweep has {count} variants, above the limit of {cap}",
+            file=file,
+            key="sweep",
+            hint=f"split it into several recipes or raise {MAX_SWEEP_ENV}",
+        )
     variants = []
     for values in itertools.product(*axes.values()):
         variant = copy.deepcopy(raw)

@@ -31,7 +31,7 @@ from typing import ClassVar, Literal, NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 from torch import Tensor
 
 from kdbench._errors import UserError
@@ -696,9 +696,24 @@ class FakeConfig(StrictModel):
 
     num_classes: int = Field(10, ge=2, le=1000)
     image_size: int = Field(32, ge=4, le=512)
-    train_size: PositiveInt = 512
-    test_size: PositiveInt = 256
-    seed: int = Field(0, ge=0)
+    train_size: PositiveInt = Field(512, le=10_000_000)
+    test_size: PositiveInt = Field(256, le=10_000_000)
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+
+    @model_validator(mode="after")
+    def _fits_in_memory(self) -> FakeConfig:
+        # Checked by `validate`, not discovered as an out-of-memory kill minutes into `run`.
+        size = (self.train_size + self.test_size) * 3 * self.image_size**2
+        if size > FAKE_MAX_BYTES:
+            raise ValueError(
+                f"train_size + test_size images of {self.image_size}x{self.image_size} take {size / 2**30:.1f} GiB, "
+                f"above the {FAKE_MAX_BYTES / 2**30:.0f} GiB allowed for synthetic data; use fewer or smaller images"
+            )
+        return self
+
+
+#: Largest decoded size of the synthetic dataset (uint8 bytes of both splits).
+FAKE_MAX_BYTES = 4 * 2**30
 
 
 class FakeSource(DatasetSource):
