@@ -15,9 +15,12 @@ interrupted one resumes from its newest good checkpoint.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import hashlib
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,12 +45,14 @@ from kdbench.build import (
 )
 from kdbench.engine.checkpoint import (
     CheckpointStore,
+    DiskFullError,
     atomic_write_bytes,
     remove_stale_temp_files,
     verify_checksum,
     write_with_checksum,
 )
 from kdbench.engine.distributed import Distributed, setup_distributed
+from kdbench.engine.fingerprint import tensor_digests
 from kdbench.engine.hardware import resolve_hardware
 from kdbench.engine.progress import Progress, make_progress
 from kdbench.engine.trainer import Trainer, freeze
@@ -56,6 +61,9 @@ from kdbench.recipe import ResolvedRecipe
 from kdbench.results import SCHEMA_VERSION, environment, eps_label, read_result, write_json
 
 __all__ = ["RUNS_DIR_ENV", "RunOutcome", "default_out_dir", "run_recipe", "status"]
+
+#: An evaluation kept after result.json hit a full disk (see `_write_result`).
+PENDING_FILE = "evaluation.pending.json"
 
 #: Where runs go when --out is not given (default: ./runs).
 RUNS_DIR_ENV = "KDBENCH_RUNS_DIR"
@@ -257,7 +265,9 @@ def _execute(
         return {}
     _save_model(out / "model.pt", student, resolved, spec.num_classes)
 
-    report = _evaluate(student, data, resolved, hw.device, progress)
+    weights_digest = _weights_digest(student)
+    pending = _pending_evaluation(resolved, out, weights_digest)
+    report = pending if pending is not None else _evaluate(student, data, resolved, hw.device, progress)
     result = {
         "schema_version": SCHEMA_VERSION,
         "name": r.name,
@@ -291,9 +301,59 @@ def _execute(
         "deterministic": r.train.deterministic,
         "seed": r.seed,
     }
-    write_json(out / "result.json", result)
+    _write_result(out, result, resolved, report, weights_digest)
     progress.message(f"{r.name}: result in {out / 'result.json'}")
     return result
+
+
+def _weights_digest(net: torch.nn.Module) -> str:
+    """One sha256 over the network's tensors: ties a kept evaluation to the exact weights it measured."""
+    return hashlib.sha256("".join(tensor_digests(net).values()).encode()).hexdigest()
+
+
+def _pending_places(resolved: ResolvedRecipe, out: Path) -> list[Path]:
+    """Where an evaluation is kept when result.json cannot be written: the run folder, else the temp folder."""
+    return [out / PENDING_FILE, Path(tempfile.gettempdir()) / f"kdbench-evaluation-{resolved.hash}.json"]
+
+
+def _pending_evaluation(resolved: ResolvedRecipe, out: Path, weights_digest: str) -> dict[str, Any] | None:
+    """An evaluation kept by an earlier attempt whose result.json hit a full disk, for these exact weights."""
+    for spot in _pending_places(resolved, out):
+        kept = read_result(spot)
+        if kept is not None and kept.get("recipe_hash") == resolved.hash and kept.get("weights") == weights_digest:
+            report = kept.get("report")
+            if isinstance(report, dict) and isinstance(report.get("metrics"), dict):
+                print(f"kdbench: using the evaluation kept in {spot} (not evaluating again)", file=sys.stderr)
+                return report
+    return None
+
+
+def _write_result(
+    out: Path, result: dict[str, Any], resolved: ResolvedRecipe, report: dict[str, Any], weights_digest: str
+) -> None:
+    """Write result.json; on a full disk keep the evaluation elsewhere so that the rerun does not redo it."""
+    try:
+        write_json(out / "result.json", result)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        kept = None
+        payload = {"schema_version": SCHEMA_VERSION, "recipe_hash": resolved.hash, "weights": weights_digest}
+        for spot in _pending_places(resolved, out):
+            try:
+                write_json(spot, {**payload, "report": report})
+            except OSError:
+                continue
+            kept = spot
+            break
+        where = f"the evaluation is kept in {kept}" if kept else "the evaluation could not be kept anywhere"
+        raise DiskFullError(
+            f"disk full while writing {out / 'result.json'} ({exc.strerror or 'no space left'}); {where}; "
+            "free some space and run the same command (it writes the result without evaluating again)"
+        ) from None
+    for spot in _pending_places(resolved, out):
+        with contextlib.suppress(OSError):
+            spot.unlink()
 
 
 def _compile(net: Network, mode: str) -> None:
