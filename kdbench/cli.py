@@ -7,6 +7,7 @@ exits with 130 after checkpointing. Anything else is a bug and keeps its traceba
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import inspect
 import os
@@ -101,6 +102,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kdbench: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        # A read-only or forbidden path (--out, --runs-dir, an output file): the user's to fix, in one line.
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or exc.filename is None:
+            raise
+        print(
+            f"kdbench: error: cannot write or read {exc.filename} ({exc.strerror}); "
+            "choose a writable location (--out, --runs-dir) or fix its permissions",
+            file=sys.stderr,
+        )
+        return 2
 
 
 # ------------------------------------------------------------------------------------------- run
