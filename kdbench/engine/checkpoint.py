@@ -85,8 +85,15 @@ def write_with_checksum(path: Path, data: bytes) -> None:
     is being replaced, an old file with the new sidecar (which fails its check and is never trusted):
     never a file that passes a check it should fail.
     """
-    atomic_write_bytes(checksum_path(path), hashlib.sha256(data).hexdigest().encode())
-    atomic_write_bytes(path, data)
+    sidecar = checksum_path(path)
+    atomic_write_bytes(sidecar, hashlib.sha256(data).hexdigest().encode())
+    try:
+        atomic_write_bytes(path, data)
+    except BaseException:
+        if not path.exists():  # an orphan sidecar would be ignored anyway; keep the folder tidy
+            with contextlib.suppress(OSError):
+                sidecar.unlink()
+        raise
 
 
 def verify_checksum(path: Path, data: bytes | None = None) -> str | None:
