@@ -17,7 +17,7 @@ from kdbench.config import StrictModel
 from kdbench.data.base import DatasetInfo, DatasetSource
 from kdbench.data.cache import load_split_cached
 from kdbench.data.loader import DeviceLoader, balanced_subset
-from kdbench.engine.checkpoint import load_weights_only
+from kdbench.engine.checkpoint import load_weights_file
 from kdbench.engine.hardware import Hardware
 from kdbench.method import Method, MethodSetup
 from kdbench.models.base import Network, NetworkSpec
@@ -152,15 +152,9 @@ def load_network_weights(net: Network, path: Path, *, what: str = "teacher") -> 
         if not candidate.is_file():
             raise UserError(f"{what} checkpoint folder {path} has no model.pt; is the run finished?")
         path = candidate
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"{what} checkpoint {path} not found")
-    try:
-        payload = load_weights_only(path)
-    except Exception as exc:
-        raise UserError(
-            f"{what} checkpoint {path} cannot be loaded safely ({type(exc).__name__}); "
-            "kdbench reads only weights (torch.load weights_only=True)"
-        ) from None
+    payload = load_weights_file(path, what=f"{what} checkpoint")
     meta: dict[str, Any] = {}
     if isinstance(payload, dict) and "state_dict" in payload:
         meta = {k: v for k, v in payload.items() if k != "state_dict"}
@@ -240,7 +234,7 @@ def checkpoint_num_classes(path: Path) -> int | None:
     """
     file = path / "model.pt" if path.is_dir() else path
     try:
-        payload = load_weights_only(file)
-    except Exception:
+        payload = load_weights_file(file)
+    except UserError:
         return None
     return int(payload["num_classes"]) if isinstance(payload, dict) and "num_classes" in payload else None

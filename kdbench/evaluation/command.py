@@ -51,7 +51,7 @@ from kdbench.config import StrictModel, parse_number
 from kdbench.data.base import DatasetInfo, DatasetSource
 from kdbench.data.cache import load_split_cached
 from kdbench.data.loader import balanced_subset
-from kdbench.engine.checkpoint import atomic_write_bytes, load_weights_only
+from kdbench.engine.checkpoint import atomic_write_bytes, load_weights_file
 from kdbench.evaluation.sanity import check_eps_monotone
 from kdbench.evaluation.suite import EvalReport, evaluate, parse_attacks
 from kdbench.models.base import Network
@@ -224,7 +224,7 @@ class _Target:
 def _metadata(weights: Path) -> dict[str, Any]:
     """The metadata of a kdbench model file (``model``, ``options``, ``num_classes``; empty otherwise)."""
     try:
-        payload = load_weights_only(weights)
+        payload = load_weights_file(weights)
     except Exception:
         return {}  # load_network_weights reports the problem with context
     if isinstance(payload, dict) and "state_dict" in payload:
