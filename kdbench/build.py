@@ -18,8 +18,8 @@ from kdbench.data.base import DatasetInfo, DatasetSource, SplitData
 from kdbench.data.cache import load_split_cached
 from kdbench.data.loader import DeviceLoader, balanced_subset
 from kdbench.engine.checkpoint import load_weights_only
-from kdbench.evaluation.selection import EvalSelection, has_canonical_order, read_examples, select_examples
 from kdbench.engine.hardware import Hardware
+from kdbench.evaluation.selection import EvalSelection, has_canonical_order, read_examples, select_examples
 from kdbench.method import Method, MethodSetup
 from kdbench.models.base import Network, NetworkSpec
 from kdbench.recipe import ResolvedRecipe, eval_size

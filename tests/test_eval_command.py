@@ -114,13 +114,17 @@ def test_eps_sweep_json_and_png(run_dir):
     data = run_eval(run_dir, "--eps-sweep", "--attacks", "clean")
     sweep = data["eps_sweep"]
     labels = [p["eps_label"] for p in sweep]
-    assert labels == ["0", "1/255", "2/255", "4/255", "8/255", "12/255", "16/255"]
+    assert labels == ["0", "1/255", "2/255", "4/255", "8/255", "12/255", "16/255", "32/255", "64/255"]
     eps = [p["eps"] for p in sweep]
-    assert eps == sorted(eps) and eps[0] == 0 and eps[-1] == pytest.approx(16 / 255)
+    assert eps == sorted(eps) and eps[0] == 0 and eps[-1] == pytest.approx(64 / 255)
+    # the step scales with eps: 2/255 at 8/255 (PGD-20's customary step), 16/255 at 64/255
+    steps = {p["eps_label"]: p["step_size"] for p in sweep}
+    assert steps["8/255"] == pytest.approx(2 / 255) and steps["64/255"] == pytest.approx(16 / 255)
     acc = [p["pgd20"] for p in sweep]
     n = data["metrics"]["n_eval"]
     assert acc[0] == data["metrics"]["clean_acc"]  # eps = 0: robust == clean
     assert all(b <= a + 2 / n for a, b in pairwise(acc))  # non-increasing up to noise
+    assert acc[-1] <= 0.05  # and reaching ~0 (Carlini et al. 2019)
     assert not [f for f in data["flags"] if "eps sweep" in f]
     png = run_dir / data["eps_sweep_plot"]
     assert png == run_dir / "eps_sweep.png"
@@ -156,7 +160,7 @@ def test_weights_file(run_dir, tmp_path):
     [
         (["{missing}"], "not found"),
         (["{unfinished}"], "the run is not finished"),
-        (["{run}", "--n", "33"], "test set has 32"),
+        (["{run}", "--n", "33"], "--n is 33 but the test split has 32"),
         (["{run}", "--eps", "abc"], "not a number"),
         (["{run}", "--eps", "3"], "eps above 1"),
         (["{run}", "--attacks", "pgdx"], "unknown evaluation attack"),
