@@ -91,6 +91,9 @@ def test_run_folder_reproduces_result_json(run_dir, capsys):
     assert "eps_sweep" not in data
     result = json.loads((run_dir / "result.json").read_text())
     assert data["metrics"] == result["metrics"]  # same network, test split, seed: same numbers
+    assert data["evaluation"]["selection"] == result["evaluation"]["selection"]  # the same images as the run
+    assert data["evaluation"]["protocol"] == result["evaluation"]["protocol"]
+    assert data["flag_details"] == []
     out = capsys.readouterr().out
     assert "clean" in out and "worst" in out and str(run_dir / "eval.json") in out
 
@@ -258,3 +261,32 @@ def test_paired_noise_tolerance_and_eps_monotone():
     wrong[50:80] = True  # 30 more: far outside noise
     flags = check_eps_monotone({8 / 255: wrong, 0.0: base})  # order of the mapping does not matter
     assert len(flags) == 1 and "eps sweep" in flags[0]
+
+
+def test_update_result_rewrites_the_evaluation_and_keeps_the_original(run_dir):
+    before = json.loads((run_dir / "result.json").read_text())
+    data = run_eval(run_dir, "--attacks", "clean,pgd5", "--n", "20", "--update-result")
+    after = json.loads((run_dir / "result.json").read_text())
+    assert after["metrics"] == data["metrics"] and after["metrics"]["n_eval"] == 20
+    assert after["metrics"]["robust"]["pgd5"] == after["metrics"]["counts"]["pgd5"] / 20
+    assert after["evaluation"] == data["evaluation"] and after["evaluation"]["selection"]["n"] == 20
+    assert after["train"] == before["train"] and after["recipe_hash"] == before["recipe_hash"]
+    assert after["reevaluated"]["kdbench"] == data["env"]["kdbench"]
+    assert json.loads((run_dir / "result.json.orig").read_text()) == before
+    with pytest.raises(UserError, match="--update-result"):
+        run_eval(run_dir / "model.pt", "--dataset", "fake", "--update-result")
+
+
+def test_examples_file_and_bad_selections(run_dir, tmp_path):
+    listing = tmp_path / "idx.txt"
+    listing.write_text("# five images\n3, 1 4\n15 9\n")
+    data = run_eval(run_dir, "--examples", listing, "--out", tmp_path / "e.json")
+    selection = data["evaluation"]["selection"]
+    assert selection["rule"] == "explicit" and selection["n"] == 5 and sum(selection["per_class"]) == 5
+    for text, match in (("3 40", "--examples: index 40 out of range"), ("3 3", "--examples: index 3 is listed twice")):
+        listing.write_text(text)
+        with pytest.raises(UserError, match=match):
+            run_eval(run_dir, "--examples", listing)
+    listing.write_text("1 2")
+    with pytest.raises(UserError, match="--n is 3 but --examples lists 2"):
+        run_eval(run_dir, "--examples", listing, "--n", "3")
