@@ -19,7 +19,13 @@ from kdbench.data.cache import load_split_cached
 from kdbench.data.loader import DeviceLoader, balanced_subset
 from kdbench.engine.checkpoint import load_weights_only
 from kdbench.engine.hardware import Hardware
-from kdbench.evaluation.selection import EvalSelection, has_canonical_order, read_examples, select_examples
+from kdbench.evaluation.selection import (
+    EvalSelection,
+    SelectionError,
+    has_canonical_order,
+    read_examples,
+    select_examples,
+)
 from kdbench.method import Method, MethodSetup
 from kdbench.models.base import Network, NetworkSpec
 from kdbench.recipe import ResolvedRecipe, eval_size
@@ -130,10 +136,8 @@ def eval_selection(resolved: ResolvedRecipe, source: DatasetSource, test: SplitD
             num_classes=num_classes,
             n_key=n_key,
         )
-    except RecipeError:
-        raise
-    except UserError as err:
-        raise RecipeError(str(err), file=resolved.file) from None
+    except SelectionError as err:
+        raise RecipeError(err.problem, file=resolved.file, key=err.key, hint=err.hint) from None
 
 
 def _subset(labels: Tensor, n: int | None, resolved: ResolvedRecipe, key: str) -> Tensor | None:

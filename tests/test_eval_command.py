@@ -163,7 +163,7 @@ def test_weights_file(run_dir, tmp_path):
     [
         (["{missing}"], "not found"),
         (["{unfinished}"], "the run is not finished"),
-        (["{run}", "--n", "33"], "--n is 33 but the test split has 32"),
+        (["{run}", "--n", "33"], "--n: asks for 33 evaluation images but the test set has 32"),
         (["{run}", "--eps", "abc"], "not a number"),
         (["{run}", "--eps", "3"], "eps above 1"),
         (["{run}", "--attacks", "pgdx"], "unknown evaluation attack"),
@@ -288,5 +288,5 @@ def test_examples_file_and_bad_selections(run_dir, tmp_path):
         with pytest.raises(UserError, match=match):
             run_eval(run_dir, "--examples", listing)
     listing.write_text("1 2")
-    with pytest.raises(UserError, match="--n is 3 but --examples lists 2"):
+    with pytest.raises(UserError, match="--n: asks for 3 evaluation images but --examples lists 2"):
         run_eval(run_dir, "--examples", listing, "--n", "3")

@@ -69,11 +69,11 @@ def test_fingerprints_follow_the_pixels_not_the_path():
 @pytest.mark.parametrize(
     ("n", "examples", "match"),
     [
-        (21, None, "eval.n_examples is 21 but the test split has 20 images"),
+        (21, None, "eval.n_examples: asks for 21 evaluation images but the test set has 20; use at most 20"),
         (None, [0, 20], "eval.examples: index 20 out of range"),
         (None, [-1], "eval.examples: index -1 out of range"),
         (None, [3, 5, 3], "eval.examples: index 3 is listed twice"),
-        (3, [1, 2], "eval.n_examples is 3 but eval.examples lists 2 images"),
+        (3, [1, 2], "eval.n_examples: asks for 3 evaluation images but eval.examples lists 2"),
         (None, [], "eval.examples: the selection is empty"),
     ],
 )
@@ -142,7 +142,9 @@ def test_run_evaluates_every_class_of_an_image_folder_whatever_the_seed(tmp_path
 
 def test_recipe_selection_errors_name_file_and_key(tmp_path, monkeypatch):
     monkeypatch.setenv("KDBENCH_CACHE_DIR", str(tmp_path / "cache"))
-    with pytest.raises(RecipeError, match=r"r0\.toml: eval\.n_examples is 19 but the test split has 18"):
+    with pytest.raises(
+        RecipeError, match=r"r0\.toml: eval\.n_examples: asks for 19 evaluation images but the test set has 18"
+    ):
         _bundle(tmp_path, eval_extra="n_examples = 19")
     with pytest.raises(RecipeError, match=r"r0\.toml: eval\.examples: index 5 is listed twice"):
         _bundle(tmp_path, eval_extra="examples = [5, 5]")

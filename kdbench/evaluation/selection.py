@@ -42,6 +42,7 @@ from kdbench.data.loader import balanced_subset
 __all__ = [
     "SELECTION_SEED",
     "EvalSelection",
+    "SelectionError",
     "has_canonical_order",
     "read_examples",
     "select_examples",
@@ -50,6 +51,14 @@ __all__ = [
 
 #: Seed of the stratified order: one constant for every run of every dataset, never the recipe's seed.
 SELECTION_SEED = 0
+
+
+class SelectionError(UserError):
+    """A bad evaluation selection: ``KEY: problem; hint`` (a recipe turns it into a `RecipeError` at KEY)."""
+
+    def __init__(self, key: str, problem: str, hint: str | None = None):
+        self.key, self.problem, self.hint = key, problem, hint
+        super().__init__(f"{key}: {problem}" + (f"; {hint}" if hint else ""))
 
 
 @dataclass(frozen=True)
@@ -121,7 +130,7 @@ def read_examples(value: str | Sequence[int], base: Path | None, *, what: str) -
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{what}: cannot read {path} ({getattr(exc, 'strerror', None) or exc})") from None
+        raise SelectionError(what, f"cannot read {path} ({getattr(exc, 'strerror', None) or exc})") from None
     try:
         if path.suffix == ".json":
             items = json.loads(text)
@@ -131,22 +140,23 @@ def read_examples(value: str | Sequence[int], base: Path | None, *, what: str) -
         tokens = " ".join(line.split("#", 1)[0] for line in text.splitlines()).replace(",", " ").split()
         return [int(token) for token in tokens]
     except ValueError as exc:
-        raise UserError(f"{what}: {path} is not a list of integer indices ({exc})") from None
+        raise SelectionError(what, f"{path} is not a list of integer indices ({exc})") from None
 
 
 def _check_examples(indices: list[int], split_size: int, what: str) -> None:
     if not indices:
-        raise UserError(f"{what}: the selection is empty; list at least one test index")
+        raise SelectionError(what, "the selection is empty", "list at least one test index")
     bad = [i for i in indices if not 0 <= i < split_size]
     if bad:
-        raise UserError(
-            f"{what}: index {bad[0]} out of range for a test split of {split_size} images "
-            f"({len(bad)} such indices); use 0 .. {split_size - 1}"
+        raise SelectionError(
+            what,
+            f"index {bad[0]} out of range for a test split of {split_size} images ({len(bad)} such indices)",
+            f"use 0 .. {split_size - 1}",
         )
     seen: set[int] = set()
     for i in indices:
         if i in seen:
-            raise UserError(f"{what}: index {i} is listed twice; each test image may be evaluated once")
+            raise SelectionError(what, f"index {i} is listed twice", "each test image may be evaluated once")
         seen.add(i)
 
 
@@ -165,21 +175,27 @@ def select_examples(
 
     ``n``: how many images (None: all, or all of ``examples``); ``examples``: an explicit index list.
     Bad input (N above the split or the selection, indices out of range or repeated) is a one-line
-    `UserError` naming ``n_key`` / ``examples_key``.
+    `SelectionError` (a `UserError`) naming ``n_key`` / ``examples_key``.
     """
     labels = labels.detach().cpu().to(torch.int64)
     total = len(labels)
     if n is not None and n < 1:
-        raise UserError(f"{n_key} must be at least 1, got {n}")
+        raise SelectionError(n_key, f"must be at least 1, got {n}")
     if examples is not None:
         listed = [int(i) for i in examples]
         _check_examples(listed, total, examples_key)
         if n is not None and n > len(listed):
-            raise UserError(f"{n_key} is {n} but {examples_key} lists {len(listed)} images; use at most {len(listed)}")
+            raise SelectionError(
+                n_key,
+                f"asks for {n} evaluation images but {examples_key} lists {len(listed)}",
+                f"use at most {len(listed)}",
+            )
         indices = torch.tensor(listed[:n] if n is not None else listed, dtype=torch.int64)
         rule = "explicit"
     elif n is not None and n > total:
-        raise UserError(f"{n_key} is {n} but the test split has {total} images; use at most {total}")
+        raise SelectionError(
+            n_key, f"asks for {n} evaluation images but the test set has {total}", f"use at most {total}"
+        )
     elif n is None or n == total:
         indices, rule = torch.arange(total), "all"
     elif canonical:
