@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from kdbench import _toml
 from kdbench._errors import RecipeError, UserError, did_you_mean
 from kdbench._registry import ATTACKS, DATASETS, METHODS, MODELS, Registry
-from kdbench.config import Number, StrictModel, hash_payload
+from kdbench.config import Number, StrictModel, hash_payload, introduced
 
 __all__ = [
     "AttackSection",
@@ -149,14 +149,18 @@ class EvalSection(StrictModel):
     n_examples: int | None = Field(
         None, gt=0, description="evaluate on N images of the dataset's fixed selection (None: all; docs/recipes.md)"
     )
-    examples: list[int] | str | None = Field(
-        None, description="explicit test indices, or a file of them (relative to the recipe); None: the fixed rule"
+    # Hash-neutral at None: the evaluation rules are code (like the attacks), and a finished run stays
+    # found after an upgrade; `kdbench eval RUN --update-result` re-evaluates it under today's rules.
+    examples: list[int] | str | None = introduced(
+        None,
+        since="0.2",
+        description="explicit test indices, or a file of them (relative to the recipe); None: the fixed rule",
     )
     batch_size: int = Field(256, gt=0)
     norm: Literal["linf", "l2"] = "linf"
     eps: Number = Field(8 / 255, ge=0, description='evaluation budget, e.g. "8/255"')
-    step_size: Number | None = Field(
-        None, gt=0, description="PGD/CW step; None: max(eps/4, 2.5*eps/steps) (2/255 for PGD-20 at 8/255)"
+    step_size: Number | None = introduced(
+        None, since="0.2", gt=0, description="PGD/CW step; None: max(eps/4, 2.5*eps/steps) (2/255 for PGD-20 at 8/255)"
     )
 
     @field_validator("eps")
