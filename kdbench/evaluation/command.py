@@ -63,7 +63,7 @@ from kdbench.data.cache import load_split_cached
 from kdbench.engine.checkpoint import atomic_write_bytes, load_weights_only
 from kdbench.evaluation.record import evaluation_record, selection_flags
 from kdbench.evaluation.sanity import Flag, check_eps_monotone
-from kdbench.evaluation.selection import has_canonical_order, read_examples, select_examples
+from kdbench.evaluation.selection import SelectionError, has_canonical_order, read_examples, select_examples
 from kdbench.evaluation.suite import EvalReport, default_step_size, evaluate, parse_attacks
 from kdbench.models.base import Network
 from kdbench.results import SCHEMA_VERSION, environment, eps_label, read_result, write_json
@@ -324,7 +324,13 @@ def _load_run(run: Path, args: argparse.Namespace) -> _Target:
     # data.test_subset is the old name of the evaluation size; a run folder of an older kdbench may give
     # both (then the first N of the balanced subset were evaluated): take the smaller over today's rule.
     sizes = [v for v in (ev.n_examples, data.test_subset) if v is not None]
-    examples = read_examples(ev.examples, run, what=f"{file}: eval.examples") if ev.examples is not None else None
+    examples = None
+    if ev.examples is not None and args.examples is None:
+        # recipe.toml keeps the path as written, relative to the original recipe: look beside the run.
+        try:
+            examples = read_examples(ev.examples, run, what=f"{file}: eval.examples")
+        except SelectionError as err:
+            raise SelectionError(err.key, err.problem, "give the index file with --examples FILE") from None
 
     meta = _metadata(weights)
     model = meta.get("model")
