@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from kdbench import _toml
 from kdbench._errors import RecipeError, UserError, did_you_mean
 from kdbench._registry import ATTACKS, DATASETS, METHODS, MODELS, Registry
-from kdbench.config import Number, StrictModel, hash_payload
+from kdbench.config import Number, StrictModel, hash_payload, introduced
 from kdbench.engine.checkpoint import MAX_WEIGHTS_BYTES_ENV, max_weights_bytes
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "TeacherSection",
     "TrainSection",
     "apply_overrides",
+    "eval_size",
     "load_recipe",
     "load_recipes",
     "read_raw",
@@ -61,7 +62,9 @@ class DataSection(StrictModel):
     root: str | None = Field(None, description="the dataset's folder; default $KDBENCH_DATA_ROOT/<dataset>")
     download: bool = Field(False, description="allow downloading the dataset into root when it is missing")
     train_subset: int | None = Field(None, gt=0, description="train on a class-balanced subset of this size")
-    test_subset: int | None = Field(None, gt=0, description="evaluate on a class-balanced subset of this size")
+    test_subset: int | None = Field(
+        None, gt=0, description="old spelling of eval.n_examples (the evaluation set's size); give only one"
+    )
     augment: bool = Field(True, description="random crop (4-pixel zero padding) and horizontal flip")
     options: dict[str, Any] = Field(default_factory=dict, description="the dataset's own options")
 
@@ -146,10 +149,22 @@ class EvalSection(StrictModel):
     """The evaluation after training."""
 
     attacks: list[str] = Field(default_factory=lambda: ["clean", "fgsm", "pgd20", "cw", "autoattack"])
-    n_examples: int | None = Field(None, gt=0, description="evaluate on the first N test images (None: all)")
+    n_examples: int | None = Field(
+        None, gt=0, description="evaluate on N images of the dataset's fixed selection (None: all; docs/recipes.md)"
+    )
+    # Hash-neutral at None: the evaluation rules are code (like the attacks), and a finished run stays
+    # found after an upgrade; `kdbench eval RUN --update-result` re-evaluates it under today's rules.
+    examples: list[int] | str | None = introduced(
+        None,
+        since="0.2",
+        description="explicit test indices, or a file of them (relative to the recipe); None: the fixed rule",
+    )
     batch_size: int = Field(256, gt=0)
     norm: Literal["linf", "l2"] = "linf"
     eps: Number = Field(8 / 255, ge=0, description='evaluation budget, e.g. "8/255"')
+    step_size: Number | None = introduced(
+        None, since="0.2", gt=0, description="PGD/CW step; None: max(eps/4, 2.5*eps/steps) (2/255 for PGD-20 at 8/255)"
+    )
 
     @field_validator("eps")
     @classmethod
@@ -473,6 +488,23 @@ def _load(path: Path, overrides: list[str], stack: tuple[Path, ...]) -> Resolved
     return resolve(raw, path=path, overrides=overrides, _stack=(*stack, key))
 
 
+def _check_eval_size(recipe: Recipe, file: str) -> None:
+    """``data.test_subset`` is the old name of the evaluation size: it may not contradict ``eval.n_examples``."""
+    subset, n = recipe.data.test_subset, recipe.eval.n_examples
+    if subset is not None and n is not None:
+        raise RecipeError(
+            f"the evaluation size is given twice ({subset} here, eval.n_examples = {n})",
+            file=file,
+            key="data.test_subset",
+            hint=f"drop data.test_subset and keep eval.n_examples = {min(subset, n)} (the dataset's fixed selection)",
+        )
+
+
+def eval_size(recipe: Recipe) -> int | None:
+    """How many test images the recipe evaluates: ``eval.n_examples``, else the old ``data.test_subset``."""
+    return recipe.eval.n_examples if recipe.eval.n_examples is not None else recipe.data.test_subset
+
+
 def resolve(
     raw: dict[str, Any],
     *,
@@ -496,6 +528,7 @@ def resolve(
     data_config = _validate(data_cls.Config, recipe.data.options, file, "data.options")
 
     _check_eval_attacks(recipe.eval.attacks, file)
+    _check_eval_size(recipe, file)
 
     resolved = ResolvedRecipe(
         recipe=recipe,

@@ -279,6 +279,7 @@ def _execute(
         "threat_model": {"norm": "Linf" if r.eval.norm == "linf" else "L2", "eps": eps_label(r.eval.eps)},
         "metrics": report["metrics"],
         "flags": report["flags"],
+        **report["record"],
         "train": {
             "epochs": summary.epochs,
             "seconds": round(summary.seconds, 3),
@@ -396,6 +397,7 @@ def _evaluate(
 ) -> dict[str, Any]:
     r = resolved.recipe
     from kdbench.evaluation import evaluate
+    from kdbench.evaluation.record import evaluation_record, selection_flags
 
     progress.message(f"{r.name}: evaluating {', '.join(r.eval.attacks)} on {len(data.test_labels)} test images")
     net = net.to(memory_format=torch.contiguous_format)
@@ -409,7 +411,10 @@ def _evaluate(
         batch_size=r.eval.batch_size,
         device=device,
         seed=r.seed,
+        step_size=r.eval.step_size,
     )
+    report.flags += selection_flags(data.selection)
     for flag in report.flags:
         print(f"kdbench: flag: {flag}", file=sys.stderr)
-    return {"metrics": report.to_dict(), "flags": list(report.flags)}
+    record = evaluation_record(report, data.selection, r.eval.step_size)
+    return {"metrics": report.to_dict(), "flags": [str(f) for f in report.flags], "record": record}

@@ -483,6 +483,11 @@ class _StandardSource(DatasetSource):
 class _CIFAR(_StandardSource):
     native_size = 32
 
+    def canonical_test_order(self) -> bool:
+        # torchvision's test_batch is the authors' shuffled order (RobustBench takes its first N);
+        # an ImageFolder copy is decoded class by class, so its prefix is one class.
+        return self._layout("test") == "torchvision"
+
     def _torchvision_dataset(self, split: Split, download: bool = False) -> object:
         from torchvision import datasets
 
