@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from kdbench import _toml
 from kdbench._errors import RecipeError, UserError, did_you_mean
 from kdbench._registry import ATTACKS, DATASETS, METHODS, MODELS, Registry
+from kdbench.attacks.schedule import EpsPoint, EpsSchedule
 from kdbench.config import Number, StrictModel
 
 __all__ = [
@@ -101,6 +102,20 @@ class MethodSection(_OpenSection):
 
 class AttackSection(_OpenSection):
     name: str = Field("pgd", description="registered attack used during training (when the method attacks)")
+    eps_schedule: list[EpsPoint] = Field(
+        default_factory=list,
+        description='per-epoch budget of the training attack: [{epoch = 0, eps = "2/255"}, ...] (0-based epochs)',
+    )
+    eps_schedule_interpolation: Literal["step", "linear"] = Field(
+        "step", description="between schedule points: hold each point's budget (step) or interpolate (linear)"
+    )
+
+    def options(self) -> dict[str, Any]:
+        """The attack's own options (the schedule keys belong to the engine)."""
+        return dict(self.model_extra or {})
+
+    def schedule(self) -> EpsSchedule:
+        return EpsSchedule(points=list(self.eps_schedule), interpolation=self.eps_schedule_interpolation)
 
 
 class TrainSection(StrictModel):
@@ -169,6 +184,10 @@ class Recipe(StrictModel):
     seed: int = Field(0, ge=0)
     data: DataSection
     teacher: TeacherSection | None = None
+    teachers: dict[str, TeacherSection] = Field(
+        default_factory=dict,
+        description="additional named teachers a method reads (e.g. [teachers.natural] for mtard); keys as [teacher]",
+    )
     student: StudentSection
     method: MethodSection
     attack: AttackSection = Field(default_factory=lambda: AttackSection.model_validate({}))
@@ -192,6 +211,9 @@ class ResolvedRecipe:
     data_config: StrictModel
     teacher_recipe: ResolvedRecipe | None = None
     overrides: list[str] = field(default_factory=list)
+    #: The additional teachers of ``[teachers.<name>]``: model config and, when trained by a recipe, that recipe.
+    extra_teacher_configs: dict[str, StrictModel] = field(default_factory=dict)
+    extra_teacher_recipes: dict[str, ResolvedRecipe] = field(default_factory=dict)
 
     @property
     def file(self) -> str:
@@ -207,8 +229,18 @@ class ResolvedRecipe:
             data["teacher"]["options"] = self.teacher_config.model_dump(mode="json")
             if self.teacher_recipe is not None:
                 data["teacher"]["model"] = self.teacher_recipe.recipe.student.model
+        if r.teachers:
+            for name, config in self.extra_teacher_configs.items():
+                data["teachers"][name]["options"] = config.model_dump(mode="json")
+                if name in self.extra_teacher_recipes:
+                    data["teachers"][name]["model"] = self.extra_teacher_recipes[name].recipe.student.model
+        else:  # written only when used: recipes with one teacher keep their hash
+            data.pop("teachers", None)
         data["method"] = {"name": r.method.name, **self.method_config.model_dump(mode="json")}
         data["attack"] = {"name": r.attack.name, **self.attack_config.model_dump(mode="json")}
+        if r.attack.eps_schedule:  # written only when used: recipes without one keep their hash
+            data["attack"]["eps_schedule"] = [p.model_dump(mode="json") for p in r.attack.eps_schedule]
+            data["attack"]["eps_schedule_interpolation"] = r.attack.eps_schedule_interpolation
         ordered: dict[str, Any] = {k: data[k] for k in ("name", "description", "seed") if k in data}
         ordered.update({k: v for k, v in data.items() if k not in ordered})
         return ordered
@@ -224,6 +256,11 @@ class ResolvedRecipe:
         elif self.recipe.teacher is not None and self.recipe.teacher.checkpoint is not None:
             # the weights, not the path: a retrained teacher at the same path is a different run
             data["teacher"]["checkpoint"] = _file_digest(self.relative(self.recipe.teacher.checkpoint))
+        for name, section in self.recipe.teachers.items():
+            if name in self.extra_teacher_recipes:
+                data["teachers"][name]["recipe"] = self.extra_teacher_recipes[name].hash
+            elif section.checkpoint is not None:
+                data["teachers"][name]["checkpoint"] = _file_digest(self.relative(section.checkpoint))
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -296,6 +333,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], file: str) -> dic
 
 #: Keys holding paths relative to the recipe file; rebased when a recipe `extends` one elsewhere.
 _PATH_KEYS = (("teacher", "recipe"), ("teacher", "checkpoint"), ("data", "root"))
+#: Keys of each ``[teachers.<name>]`` table holding paths, rebased like `_PATH_KEYS`.
+_TEACHER_PATH_KEYS = ("recipe", "checkpoint")
 
 
 def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
@@ -336,6 +375,12 @@ def read_raw(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         value = base.get(section, {}).get(key) if isinstance(base.get(section), dict) else None
         if isinstance(value, str) and not Path(value).expanduser().is_absolute():
             base[section][key] = os.path.relpath(base_path.parent / value, path.parent)
+    extra = base.get("teachers")
+    for table in extra.values() if isinstance(extra, dict) else ():
+        for key in _TEACHER_PATH_KEYS:
+            value = table.get(key) if isinstance(table, dict) else None
+            if isinstance(value, str) and not Path(value).expanduser().is_absolute():
+                table[key] = os.path.relpath(base_path.parent / value, path.parent)
     return _merge(base, raw)
 
 
@@ -430,6 +475,7 @@ def resolve(
     attack_cls = _lookup(ATTACKS, recipe.attack.name, file, "attack.name")
     attack_options = {**method_cls.attack_defaults, **recipe.attack.options()}
     attack_config = _validate(attack_cls.Config, attack_options, file, "attack")
+    _check_eps_schedule(recipe.attack, attack_config, file)
 
     student_config = _model_config(recipe.student.model, recipe.student.options, file, "student")
     data_cls = _lookup(DATASETS, recipe.data.dataset, file, "data.dataset")
@@ -464,32 +510,98 @@ def resolve(
             hint="remove the [teacher] table",
         )
     if teacher is not None:
-        teacher_model = teacher.model
-        if teacher.recipe is not None:
-            teacher_path = _valid_path(resolved.relative(teacher.recipe), file, "teacher.recipe")
-            try:
-                sub = _load(teacher_path, [], _stack)
-            except RecipeError as exc:
-                if exc.file == str(teacher_path) and exc.problem == "file not found":
-                    raise RecipeError(
-                        f"teacher recipe {str(teacher_path)!r} not found", file=file, key="teacher.recipe"
-                    ) from None
-                raise
-            resolved.teacher_recipe = sub
-            if teacher_model is not None and teacher_model != sub.recipe.student.model:
-                raise RecipeError(
-                    f"teacher.model is {teacher_model!r} but the teacher recipe trains {sub.recipe.student.model!r}",
-                    file=file,
-                    key="teacher.model",
-                    hint="remove teacher.model or make them agree",
-                )
-            teacher_model = sub.recipe.student.model
-            teacher_options = teacher.options or sub.recipe.student.options
-        else:
-            teacher_options = teacher.options
-        assert teacher_model is not None
-        resolved.teacher_config = _model_config(teacher_model, teacher_options, file, "teacher")
+        resolved.teacher_config, resolved.teacher_recipe = _resolve_teacher(teacher, resolved, "teacher", _stack)
+    _check_extra_teacher_names(method_cls, recipe, file)
+    for name, section in recipe.teachers.items():
+        config, sub = _resolve_teacher(section, resolved, f"teachers.{name}", _stack)
+        resolved.extra_teacher_configs[name] = config
+        if sub is not None:
+            resolved.extra_teacher_recipes[name] = sub
     return resolved
+
+
+def _resolve_teacher(
+    teacher: TeacherSection, resolved: ResolvedRecipe, key: str, stack: tuple[Path, ...]
+) -> tuple[StrictModel, ResolvedRecipe | None]:
+    """A teacher table's model config and, when a recipe trains it, that recipe (loaded recursively)."""
+    file = resolved.file
+    teacher_model = teacher.model
+    sub: ResolvedRecipe | None = None
+    if teacher.recipe is not None:
+        teacher_path = _valid_path(resolved.relative(teacher.recipe), file, f"{key}.recipe")
+        try:
+            sub = _load(teacher_path, [], stack)
+        except RecipeError as exc:
+            if exc.file == str(teacher_path) and exc.problem == "file not found":
+                raise RecipeError(
+                    f"teacher recipe {str(teacher_path)!r} not found", file=file, key=f"{key}.recipe"
+                ) from None
+            raise
+        if teacher_model is not None and teacher_model != sub.recipe.student.model:
+            raise RecipeError(
+                f"{key}.model is {teacher_model!r} but the teacher recipe trains {sub.recipe.student.model!r}",
+                file=file,
+                key=f"{key}.model",
+                hint=f"remove {key}.model or make them agree",
+            )
+        teacher_model = sub.recipe.student.model
+        teacher_options = teacher.options or sub.recipe.student.options
+    else:
+        teacher_options = teacher.options
+    assert teacher_model is not None
+    return _model_config(teacher_model, teacher_options, file, key), sub
+
+
+def _check_extra_teacher_names(method_cls: Any, recipe: Recipe, file: str) -> None:
+    """Every teacher the method lists in ``extra_teachers`` is given, and no other one."""
+    wanted: dict[str, str] = dict(method_cls.extra_teachers)
+    for name in recipe.teachers:
+        if name not in wanted:
+            listing = did_you_mean(name, wanted) if wanted else f"method {recipe.method.name!r} reads no other teacher"
+            raise RecipeError(
+                f"method {recipe.method.name!r} reads no teacher named {name!r}",
+                file=file,
+                key=f"teachers.{name}",
+                hint=f"{listing}; remove the table",
+            )
+    for name, purpose in wanted.items():
+        if name not in recipe.teachers:
+            raise RecipeError(
+                f"method {recipe.method.name!r} needs a second teacher {name!r} ({purpose})",
+                file=file,
+                key=f"teachers.{name}",
+                hint=f'add [teachers.{name}] with model and checkpoint, or recipe = "<teacher recipe>.toml"',
+            )
+
+
+def _check_eps_schedule(section: AttackSection, config: StrictModel, file: str) -> None:
+    """Schedule points: strictly increasing epochs, each budget inside the attack's own eps."""
+    points = section.eps_schedule
+    if not points:
+        return
+    eps = getattr(config, "eps", None)
+    if not isinstance(eps, float) or not isinstance(getattr(config, "step_size", None), float):
+        raise RecipeError(
+            f"attack {section.name!r} has no eps and step_size options to schedule",
+            file=file,
+            key="attack.eps_schedule",
+            hint="use a gradient attack such as pgd, or remove eps_schedule",
+        )
+    for i, point in enumerate(points):
+        if i and point.epoch <= points[i - 1].epoch:
+            raise RecipeError(
+                f"epoch {point.epoch} does not come after the previous point's {points[i - 1].epoch}",
+                file=file,
+                key=f"attack.eps_schedule.{i}.epoch",
+                hint="list the points in increasing epoch order",
+            )
+        if point.eps > eps:
+            raise RecipeError(
+                f"eps {point.eps:.6g} exceeds the threat model's attack.eps {eps:.6g}",
+                file=file,
+                key=f"attack.eps_schedule.{i}.eps",
+                hint="keep every scheduled eps <= attack.eps (raise attack.eps if the threat model is larger)",
+            )
 
 
 def _model_config(name: str, options: dict[str, Any], file: str, section: str) -> StrictModel:
