@@ -101,6 +101,15 @@ class Method(nn.Module):
         """
         return ["its loss"] if cls.uses_teacher_logits else []
 
+    @classmethod
+    def run_problems(cls, config: StrictModel, *, epochs: int) -> dict[str, str]:
+        """Options that cannot work with this run's length: option name -> what is wrong (default: none).
+
+        The recipe loader reports the first one as a one-line error at ``method.<option>`` (e.g. a
+        warm-up epoch at or beyond ``train.epochs``, which would never be reached).
+        """
+        return {}
+
     def attack_objective(self, ctx: StepContext) -> Objective | None:
         """The per-sample objective the training attack maximises, or None when training is clean.
 
@@ -158,8 +167,11 @@ class StepContext:
         step: int = 0,
         teachers: Mapping[str, Network] | None = None,
         method_name: str | None = None,
+        lr_scale: float = 1.0,
     ):
         self.x, self.y, self.index = x, y, index
+        #: This step's learning rate over the peak ``train.lr`` (a Python float: reading it costs no sync).
+        self.lr_scale = lr_scale
         self.student, self.teacher, self.method, self.attack = student, teacher, method, attack
         self.autocast = autocast
         self.epoch, self.step = epoch, step

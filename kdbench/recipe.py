@@ -471,6 +471,8 @@ def resolve(
 
     method_cls = _lookup(METHODS, recipe.method.name, file, "method.name")
     method_config = _validate(method_cls.Config, recipe.method.options(), file, "method")
+    for option, problem in method_cls.run_problems(method_config, epochs=recipe.train.epochs).items():
+        raise RecipeError(problem, file=file, key=f"method.{option}")
 
     attack_cls = _lookup(ATTACKS, recipe.attack.name, file, "attack.name")
     attack_options = {**method_cls.attack_defaults, **recipe.attack.options()}

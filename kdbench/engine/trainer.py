@@ -281,6 +281,7 @@ class Trainer:
             autocast=self.hw.autocast(),
             epoch=epoch,
             step=batch,
+            lr_scale=self.optimizer.param_groups[0]["lr"] / self.cfg.lr,
         )
         terms = self.method.loss(ctx)
         if not terms:
