@@ -63,7 +63,9 @@ class FeatureMSE(Method):
     def loss(self, ctx: StepContext) -> dict[str, Tensor]:
         c = self.config
         student = ctx.student_adv if c.adversarial else ctx.student_clean
-        terms = {"feat": c.feature_weight * projected_feature_mse(self.proj, student.features, ctx.teacher_clean.features)}
+        terms = {
+            "feat": c.feature_weight * projected_feature_mse(self.proj, student.features, ctx.teacher_clean.features)
+        }
         if c.ce_weight > 0:
             terms["ce"] = c.ce_weight * F.cross_entropy(student.logits.float(), ctx.y)
         return terms
