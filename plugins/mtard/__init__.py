@@ -17,11 +17,12 @@ update the weights *before* its loss is formed, so the first step uses exactly 0
 weights read the full KL (the ``b log(b + 1e-5)`` part included: a cross-entropy to the soft target
 would change r). Official settings (mtard_resnet18_cifar10.py:16-20,42-49,74,135-138): w init
 0.5 / 0.5, eta 0.025, b = 1, eps 8/255, step 2/255; eta drops with the learning rate (x0.1 at 215,
-260 and 285 of 300 epochs): here ``eta = eta_0 * lr / lr_peak`` of the step (``ctx.lr_scale``), which
-is exactly that under a multistep schedule and follows any other schedule the recipe gives.
+260 and 285 of 300 epochs): here ``eta = eta_0 * lr / (the highest lr so far)`` (from
+``ctx.lr_scale``), which is exactly that under a multistep schedule, keeps eta_0 through a warm-up
+or a one-cycle ramp, and decays with any other schedule's decay.
 
-State: ``w_nat`` and both ``L_init`` are buffers, so a checkpoint holds them and a resume continues
-bit for bit (the official code does not checkpoint them). The weights are computed from one
+State: ``w_nat``, both ``L_init`` and the highest lr so far are buffers, so a checkpoint holds them
+and a resume continues bit for bit (the official code does not checkpoint them). The weights are computed from one
 process's batch: data-parallel runs are refused (an all-reduce of L_adv, L_nat would be needed).
 Differences from the official code: docs/methods/mtard.md.
 """
@@ -51,12 +52,13 @@ class MTARDConfig(StrictModel):
     b: float = Field(1.0, gt=0, description="exponent b of the relative losses r^b (official: 1)")
     initial_natural_weight: float = Field(0.5, ge=0, le=1, description="w_nat before the first step (official 0.5)")
     eta_follows_lr: bool = Field(
-        True, description="eta = eta_0 * lr / lr_peak each step (official: x0.1 at the LR milestones); false: fixed"
+        True,
+        description="eta = eta_0 * lr / highest lr so far (official: x0.1 at the LR milestones); false: eta_0 always",
     )
     scale: float = Field(1.0, gt=0, description="multiplies both KLs; the official CIFAR-100 script uses 10")
 
 
-def adaptive_weight_step(w_nat: Tensor, ratio_adv: Tensor, ratio_nat: Tensor, eta: float, b: float) -> Tensor:
+def adaptive_weight_step(w_nat: Tensor, ratio_adv: Tensor, ratio_nat: Tensor, eta: float | Tensor, b: float) -> Tensor:
     """``w_nat - eta (w_nat - r_nat^b / (r_adv^b + r_nat^b))``: one step of MTARD's weight update (0-d tensors)."""
     target = ratio_nat.pow(b) / (ratio_adv.pow(b) + ratio_nat.pow(b))
     return w_nat - eta * (w_nat - target)
@@ -80,12 +82,14 @@ class MTARD(Method):
 
     natural_weight: Tensor
     initial_losses: Tensor
+    peak_lr_scale: Tensor
 
     def __init__(self, config: MTARDConfig, setup: MethodSetup):
         super().__init__(config, setup)
         # float64: thousands of small updates accumulate without float32 drift; buffers, so checkpointed.
         self.register_buffer("natural_weight", torch.tensor(config.initial_natural_weight, dtype=torch.float64))
         self.register_buffer("initial_losses", torch.full((2,), -1.0, dtype=torch.float64))  # (adv, nat); -1: unset
+        self.register_buffer("peak_lr_scale", torch.tensor(0.0, dtype=torch.float64))
 
     def attack_objective(self, ctx: StepContext) -> Objective:
         return cross_entropy(ctx.y)
@@ -101,11 +105,17 @@ class MTARD(Method):
 
     @torch.no_grad()
     def _update_weights(self, l_adv: Tensor, l_nat: Tensor, lr_scale: float) -> Tensor:
-        """Fix L_init on the first call, step w_nat towards r_nat / (r_adv + r_nat); return it (float32, detached)."""
+        """Fix L_init on the first call, step w_nat towards r_nat / (r_adv + r_nat); return it (float32, detached).
+
+        ``lr_scale``: this step's lr over the recipe's peak (1.0 when eta does not follow the lr).
+        """
         current = torch.stack([l_adv, l_nat]).detach().double()
         # The first batch sets L_init; no host read (a where on the device instead of an if).
         self.initial_losses.copy_(torch.where(self.initial_losses > 0, self.initial_losses, current))
         ratio = current / self.initial_losses
-        w = adaptive_weight_step(self.natural_weight, ratio[0], ratio[1], self.config.eta * lr_scale, self.config.b)
+        scale = torch.tensor(lr_scale, dtype=torch.float64, device=current.device)
+        self.peak_lr_scale.copy_(torch.maximum(self.peak_lr_scale, scale))
+        decay = torch.where(self.peak_lr_scale > 0, scale / self.peak_lr_scale, torch.ones_like(scale))
+        w = adaptive_weight_step(self.natural_weight, ratio[0], ratio[1], self.config.eta * decay, self.config.b)
         self.natural_weight.copy_(w)
         return w.float()

@@ -72,7 +72,7 @@ def test_eta_follows_the_learning_rate_milestones():
     assert factor(214 * 10) == 1.0
     scale = factor(215 * 10)
     method = _mtard()
-    method._update_weights(torch.tensor(1.0), torch.tensor(2.0), scale)  # fixes L_init
+    method._update_weights(torch.tensor(1.0), torch.tensor(2.0), factor(214 * 10))  # fixes L_init, peak lr 1
     w = method._update_weights(torch.tensor(0.9), torch.tensor(1.0), scale)
     target = 0.5 / 1.4
     assert w.item() == pytest.approx(0.5 - 0.025 * scale * (0.5 - target), rel=1e-6)
@@ -102,7 +102,7 @@ def test_weights_are_state_that_round_trips_bitwise():
     for seed in range(3):
         method.loss(make_context(method, seed=seed))
     state = copy.deepcopy(method.state_dict())
-    assert set(state) == {"natural_weight", "initial_losses"}
+    assert set(state) == {"natural_weight", "initial_losses", "peak_lr_scale"}
     assert state["natural_weight"].item() != 0.5
     fresh = TestMTARDConformance().build()
     fresh.load_state_dict(state)
@@ -119,3 +119,16 @@ def test_mtard_refuses_data_parallel_and_attacks_like_the_official_code():
     assert MTARD.attack_bn_mode == "eval"
     assert MTARD.attack_defaults == {"random_start": "normal"}
     assert set(MTARD.extra_teachers) == {"natural"}
+
+
+def test_eta_keeps_its_value_through_a_warm_up_and_decays_with_the_lr():
+    # A one-cycle ramp (lr_scale 0 -> 1): eta_0 throughout; then half the peak lr: eta_0 / 2.
+    method = _mtard()
+    method._update_weights(torch.tensor(1.0), torch.tensor(2.0), 0.0)
+    before = method.natural_weight.clone()
+    w = method._update_weights(torch.tensor(0.9), torch.tensor(1.0), 0.3)
+    assert w.item() == pytest.approx(before.item() - 0.025 * (before.item() - 0.5 / 1.4), rel=1e-6)
+    method._update_weights(torch.tensor(0.9), torch.tensor(1.0), 1.0)
+    before = method.natural_weight.item()
+    w = method._update_weights(torch.tensor(0.9), torch.tensor(1.0), 0.5)
+    assert w.item() == pytest.approx(before - 0.0125 * (before - 0.5 / 1.4), rel=1e-6)
