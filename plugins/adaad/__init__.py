@@ -1,4 +1,4 @@
-"""``adaad``: Adaptive Adversarial Distillation (Huang, Chen, Huang, Zhang & Wang, "Boosting Accuracy and
+"""``adaad``: Adaptive Adversarial Distillation (Huang, Chen, Wang, Lu, Cheng & Wang, "Boosting Accuracy and
 Robustness of Student Models via Adaptive Adversarial Distillation", CVPR 2023; code
 github.com/boyellow/AdaAD@9e5c6e5, ``main.py`` and ``AT_helper.py``).
 

@@ -1,4 +1,4 @@
-"""``mtard``: Multi-Teacher Adversarial Robustness Distillation (Zhao, Yu, Wang, Liang, Zhang & Chen,
+"""``mtard``: Multi-Teacher Adversarial Robustness Distillation (Zhao, Yu, Sun, Zhang & Wei,
 "Enhanced Accuracy and Robustness via Multi-Teacher Adversarial Distillation", ECCV 2022; code
 github.com/zhaoshiji123/MTARD@6480a1b, ``mtard_resnet18_cifar10.py`` and ``mtard_loss.py``).
 
