@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from kdbench._registry import ATTACKS, METHODS
 from kdbench.config import EmptyConfig
 from kdbench.method import Method, MethodSetup, StepContext, TeacherSetup
-from kdbench.models.base import Network, NetworkSpec, Normalize
+from kdbench.models.base import ModelOutput, Network, NetworkSpec, Normalize
 
 __all__ = ["MethodConformance", "TinyNet", "conformance_suite", "make_context"]
 
@@ -210,7 +210,8 @@ class MethodConformance:
         method = self.build()
         ctx = self.context(method)
         assert ctx.attack is not None, "the conformance suite needs the pgd attack registered"
-        outside, produced = [], []
+        outside: list[Tensor] = []
+        produced: list[Tensor] = []
         with _recording(ctx, outside, produced):
             torch.manual_seed(0)
             method.loss(ctx)
@@ -244,7 +245,7 @@ def _recording(ctx: StepContext, outside: list[Tensor], produced: list[Tensor]) 
     student_forward, perturb = ctx.student.forward_all, attack.perturb
     inside = [False]
 
-    def forward_all(z: Tensor) -> Any:
+    def forward_all(z: Tensor) -> ModelOutput:
         if not inside[0]:
             outside.append(z.detach().clone())
         return student_forward(z)
@@ -258,7 +259,7 @@ def _recording(ctx: StepContext, outside: list[Tensor], produced: list[Tensor]) 
         produced.append(result)
         return result
 
-    ctx.student.forward_all = forward_all  # type: ignore[method-assign]
+    ctx.student.forward_all = forward_all  # type: ignore[method-assign,assignment]
     attack.perturb = recording_perturb  # type: ignore[method-assign]
     try:
         yield
