@@ -181,3 +181,10 @@ def test_every_registered_method_declares_extra_teachers_as_a_mapping():
     for name in METHODS.names():
         cls = METHODS.get(name)
         assert all(isinstance(k, str) and k != "teacher" for k in cls.extra_teachers), name
+
+
+def test_show_names_a_methods_additional_teachers(capsys):
+    from kdbench.cli import main
+
+    assert main(["show", "mtard"]) == 0
+    assert "additional teacher [teachers.natural]: a naturally trained teacher" in capsys.readouterr().out
