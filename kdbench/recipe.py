@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +26,7 @@ from kdbench import _toml
 from kdbench._errors import RecipeError, UserError, did_you_mean
 from kdbench._registry import ATTACKS, DATASETS, METHODS, MODELS, Registry
 from kdbench.attacks.schedule import EpsPoint, EpsSchedule
-from kdbench.config import Number, StrictModel
+from kdbench.config import Number, StrictModel, hash_payload, introduced
 
 __all__ = [
     "AttackSection",
@@ -102,12 +103,13 @@ class MethodSection(_OpenSection):
 
 class AttackSection(_OpenSection):
     name: str = Field("pgd", description="registered attack used during training (when the method attacks)")
-    eps_schedule: list[EpsPoint] = Field(
-        default_factory=list,
+    eps_schedule: list[EpsPoint] = introduced(
+        [],
+        since="0.2",
         description='per-epoch budget of the training attack: [{epoch = 0, eps = "2/255"}, ...] (0-based epochs)',
     )
-    eps_schedule_interpolation: Literal["step", "linear"] = Field(
-        "step", description="between schedule points: hold each point's budget (step) or interpolate (linear)"
+    eps_schedule_interpolation: Literal["step", "linear"] = introduced(
+        "step", since="0.2", description="between schedule points: hold each point's budget (step) or interpolate"
     )
 
     def options(self) -> dict[str, Any]:
@@ -116,6 +118,10 @@ class AttackSection(_OpenSection):
 
     def schedule(self) -> EpsSchedule:
         return EpsSchedule(points=list(self.eps_schedule), interpolation=self.eps_schedule_interpolation)
+
+
+#: Keys of [attack] that the engine reads (the schedule), not the attack's own options.
+_ATTACK_ENGINE_KEYS = ("eps_schedule", "eps_schedule_interpolation")
 
 
 class TrainSection(StrictModel):
@@ -184,8 +190,9 @@ class Recipe(StrictModel):
     seed: int = Field(0, ge=0)
     data: DataSection
     teacher: TeacherSection | None = None
-    teachers: dict[str, TeacherSection] = Field(
-        default_factory=dict,
+    teachers: dict[str, TeacherSection] = introduced(
+        {},
+        since="0.2",
         description="additional named teachers a method reads (e.g. [teachers.natural] for mtard); keys as [teacher]",
     )
     student: StudentSection
@@ -221,26 +228,28 @@ class ResolvedRecipe:
 
     def to_dict(self) -> dict[str, Any]:
         """The recipe with every default and component option filled in (what recipe.toml holds)."""
+        return self._as_dict(lambda model: model.model_dump(mode="json"))
+
+    def _as_dict(self, dump: Callable[[BaseModel], dict[str, Any]]) -> dict[str, Any]:
         r = self.recipe
-        data = r.model_dump(mode="json", exclude={"method", "attack"})
-        data["data"]["options"] = self.data_config.model_dump(mode="json")
-        data["student"]["options"] = self.student_config.model_dump(mode="json")
+        data = dump(r)
+        data.pop("method", None)
+        data.pop("attack", None)
+        data["data"]["options"] = dump(self.data_config)
+        data["student"]["options"] = dump(self.student_config)
         if r.teacher is not None and self.teacher_config is not None:
-            data["teacher"]["options"] = self.teacher_config.model_dump(mode="json")
+            data["teacher"]["options"] = dump(self.teacher_config)
             if self.teacher_recipe is not None:
                 data["teacher"]["model"] = self.teacher_recipe.recipe.student.model
-        if r.teachers:
-            for name, config in self.extra_teacher_configs.items():
-                data["teachers"][name]["options"] = config.model_dump(mode="json")
-                if name in self.extra_teacher_recipes:
-                    data["teachers"][name]["model"] = self.extra_teacher_recipes[name].recipe.student.model
-        else:  # written only when used: recipes with one teacher keep their hash
-            data.pop("teachers", None)
-        data["method"] = {"name": r.method.name, **self.method_config.model_dump(mode="json")}
-        data["attack"] = {"name": r.attack.name, **self.attack_config.model_dump(mode="json")}
-        if r.attack.eps_schedule:  # written only when used: recipes without one keep their hash
-            data["attack"]["eps_schedule"] = [p.model_dump(mode="json") for p in r.attack.eps_schedule]
-            data["attack"]["eps_schedule_interpolation"] = r.attack.eps_schedule_interpolation
+        for name, config in self.extra_teacher_configs.items():
+            data["teachers"][name]["options"] = dump(config)
+            if name in self.extra_teacher_recipes:
+                data["teachers"][name]["model"] = self.extra_teacher_recipes[name].recipe.student.model
+        data["method"] = {"name": r.method.name, **dump(self.method_config)}
+        data["attack"] = {"name": r.attack.name, **dump(self.attack_config)}
+        # The engine's schedule keys of [attack] (hash-neutral while unused, like `teachers`).
+        section = dump(r.attack)
+        data["attack"].update({k: section[k] for k in _ATTACK_ENGINE_KEYS if k in section})
         ordered: dict[str, Any] = {k: data[k] for k in ("name", "description", "seed") if k in data}
         ordered.update({k: v for k, v in data.items() if k not in ordered})
         return ordered
@@ -248,8 +257,11 @@ class ResolvedRecipe:
     @property
     def hash(self) -> str:
         """sha256 over what determines the result: the resolved recipe (minus its description) and,
-        for a teacher trained by another recipe, that recipe's hash instead of its path."""
-        data = self.to_dict()
+        for a teacher trained by another recipe, that recipe's hash instead of its path.
+
+        Options declared with `kdbench.config.introduced` are left out while they hold the default
+        they were introduced with, so adding such an option keeps every existing recipe's hash."""
+        data = self._as_dict(hash_payload)
         data.pop("description", None)
         if self.teacher_recipe is not None:
             data["teacher"]["recipe"] = self.teacher_recipe.hash

@@ -133,14 +133,18 @@ def test_an_eps_schedule_beyond_the_threat_model_is_a_one_line_error_naming_the_
         resolve(_raw(eps_schedule=[{"epo": 1, "eps": "4/255"}]))
 
 
-def test_recipes_without_the_new_keys_resolve_to_the_same_dict_as_before():
+def test_the_new_keys_are_hash_neutral_while_unused():
+    from kdbench.config import hash_payload
+
     resolved = resolve(_raw())
-    data = resolved.to_dict()
-    assert "teachers" not in data  # so the hash of every existing recipe is unchanged
-    assert "eps_schedule" not in data["attack"]
-    scheduled = resolve(_raw(eps_schedule=[{"epoch": 1, "eps": "4/255"}])).to_dict()
-    assert scheduled["attack"]["eps_schedule"] == [{"epoch": 1, "eps": 4 / 255, "step_size": None}]
-    assert resolve(_raw(eps_schedule=[{"epoch": 1, "eps": "4/255"}])).hash != resolved.hash
+    payload = resolved._as_dict(hash_payload)
+    assert "teachers" not in payload  # so the hash of every existing recipe is unchanged
+    assert "eps_schedule" not in payload["attack"]
+    assert "eps_schedule_interpolation" not in payload["attack"]
+    assert resolved.to_dict()["attack"]["eps_schedule"] == []  # recipe.toml still shows them
+    scheduled = resolve(_raw(eps_schedule=[{"epoch": 1, "eps": "4/255"}]))
+    assert scheduled.to_dict()["attack"]["eps_schedule"] == [{"epoch": 1, "eps": 4 / 255, "step_size": None}]
+    assert scheduled.hash != resolved.hash
 
 
 def test_the_trainer_applies_the_schedule_per_epoch_and_records_it(tmp_path):
