@@ -123,12 +123,9 @@ class Trainer:
         # resume), so the epoch's row reports the mean over all its steps, as in an uninterrupted run.
         self._partial: dict[str, Any] | None = None
         self._terms_checked = False
-        # Checked before every checkpoint (never per step): a method must leave every teacher untouched.
-        self._watched_teachers: dict[str, Network] = {
-            **({"teacher": teacher} if teacher is not None else {}),
-            **{f"teachers.{name}": net for name, net in self.teachers.items()},
-        }
-        self._teacher_digests = {name: tensor_digests(net) for name, net in self._watched_teachers.items()}
+        # Checked before every checkpoint (never per step): a method must leave the teacher untouched.
+        self._teacher_digests = tensor_digests(teacher) if teacher is not None else None
+        self._extra_teacher_digests = {name: tensor_digests(net) for name, net in self.teachers.items()}
 
     # ------------------------------------------------------------------------------ checkpointing
 
@@ -176,18 +173,19 @@ class Trainer:
 
     def _check_teacher_unchanged(self, epoch: int, batch: int) -> None:
         """Stop (before writing the checkpoint) when the method changed the teacher's tensors."""
-        for name, net in self._watched_teachers.items():
-            changed = changed_tensors(self._teacher_digests[name], net)
-            if not changed:
-                continue
+        changed: list[str] = []
+        if self._teacher_digests is not None and self.teacher is not None:
+            changed = changed_tensors(self._teacher_digests, self.teacher)
+        for name, digests in self._extra_teacher_digests.items():
+            changed += [f"{name}:{key}" for key in changed_tensors(digests, self.teachers[name])]
+        if changed:
             last = self.store.positions()
             good = f"last good checkpoint: {self.store.path(last[0])}" if last else "no checkpoint was written yet"
             shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
             when = f"epoch {epoch + 1}, step {batch}" if batch else f"the end of epoch {epoch}"
-            who = "the teacher" if name == "teacher" else f"the teacher {name}"
             raise TeacherModifiedError(
-                f"method {self.method_name} modified the weights of {who} ({shown} changed by {when}); "
-                "a method must never change a teacher (read it through the step context, leave it in eval mode); "
+                f"method {self.method_name} modified the teacher's weights ({shown} changed by {when}); "
+                "a method must never change the teacher (read it through the step context, leave it in eval mode); "
                 f"stopped without saving; {good}"
             )
 
