@@ -25,9 +25,13 @@ def load_file(path: Path) -> dict[str, Any]:
     """Parse a TOML file; a missing, unreadable or malformed file is a `RecipeError` naming it."""
     try:
         st = path.stat()
-        if not S_ISREG(st.st_mode):  # a FIFO would block, /dev/zero would fill the memory
-            kind = "a directory" if S_ISDIR(st.st_mode) else "not a regular file (a device, FIFO or socket)"
-            raise RecipeError(kind, file=str(path), hint="give the path of a .toml recipe file")
+        # A FIFO would block, /dev/zero would fill the memory (a directory fails to read just below).
+        if not S_ISREG(st.st_mode) and not S_ISDIR(st.st_mode):
+            raise RecipeError(
+                "not a regular file (a device, FIFO or socket)",
+                file=str(path),
+                hint="give the path of a .toml recipe file",
+            )
         if st.st_size > MAX_RECIPE_BYTES:
             raise RecipeError(
                 f"{st.st_size} bytes, too large for a recipe (limit {MAX_RECIPE_BYTES})",
