@@ -7,9 +7,11 @@ exits with 130 after checkpointing. Anything else is a bug and keeps its traceba
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import inspect
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -100,9 +102,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kdbench: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        # A read-only or forbidden path (--out, --runs-dir, an output file): the user's to fix, in one line.
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or exc.filename is None:
+            raise
+        print(
+            f"kdbench: error: cannot write or read {exc.filename} ({exc.strerror}); "
+            "choose a writable location (--out, --runs-dir) or fix its permissions",
+            file=sys.stderr,
+        )
+        return 2
 
 
 # ------------------------------------------------------------------------------------------- run
+
+
+def _sigterm_as_interrupt() -> Any:
+    """SIGTERM raises KeyboardInterrupt, as SIGINT does, so that a run stopped outside the epoch loop
+    (where the trainer's own handler checkpoints) exits 130 with the resume hint instead of dying
+    silently. Returns the previous handler."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signum)
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        return signal.getsignal(signal.SIGTERM)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -122,6 +148,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 0
     progress = make_progress(quiet=args.quiet)
     rows: list[tuple[str, dict[str, Any] | None, str]] = []
+    previous_sigterm = _sigterm_as_interrupt()
     try:
         for resolved in variants:
             try:
@@ -137,7 +164,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except Interrupted as exc:
         print(f"kdbench: {exc}; run the same command to resume", file=sys.stderr)
         return Interrupted.exit_code
+    except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM (see _sigterm_as_interrupt), outside the epoch loop
+        what = f"signal {exc.args[0]}" if exc.args else "signal 2"
+        print(
+            f"kdbench: stopped by {what} outside training (data, teacher or evaluation); finished epochs are "
+            "checkpointed; run the same command to resume",
+            file=sys.stderr,
+        )
+        return Interrupted.exit_code
     finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
         progress.close()
         teardown_distributed()
     if os.environ.get("RANK", "0") != "0":

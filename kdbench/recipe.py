@@ -13,10 +13,13 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -24,7 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from kdbench import _toml
 from kdbench._errors import RecipeError, UserError, did_you_mean
 from kdbench._registry import ATTACKS, DATASETS, METHODS, MODELS, Registry
-from kdbench.config import Number, StrictModel
+from kdbench.config import Number, StrictModel, hash_payload, introduced
+from kdbench.engine.checkpoint import MAX_WEIGHTS_BYTES_ENV, max_weights_bytes
 
 __all__ = [
     "AttackSection",
@@ -37,6 +41,7 @@ __all__ = [
     "TeacherSection",
     "TrainSection",
     "apply_overrides",
+    "eval_size",
     "load_recipe",
     "load_recipes",
     "read_raw",
@@ -57,7 +62,9 @@ class DataSection(StrictModel):
     root: str | None = Field(None, description="the dataset's folder; default $KDBENCH_DATA_ROOT/<dataset>")
     download: bool = Field(False, description="allow downloading the dataset into root when it is missing")
     train_subset: int | None = Field(None, gt=0, description="train on a class-balanced subset of this size")
-    test_subset: int | None = Field(None, gt=0, description="evaluate on a class-balanced subset of this size")
+    test_subset: int | None = Field(
+        None, gt=0, description="old spelling of eval.n_examples (the evaluation set's size); give only one"
+    )
     augment: bool = Field(True, description="random crop (4-pixel zero padding) and horizontal flip")
     options: dict[str, Any] = Field(default_factory=dict, description="the dataset's own options")
 
@@ -142,10 +149,22 @@ class EvalSection(StrictModel):
     """The evaluation after training."""
 
     attacks: list[str] = Field(default_factory=lambda: ["clean", "fgsm", "pgd20", "cw", "autoattack"])
-    n_examples: int | None = Field(None, gt=0, description="evaluate on the first N test images (None: all)")
+    n_examples: int | None = Field(
+        None, gt=0, description="evaluate on N images of the dataset's fixed selection (None: all; docs/recipes.md)"
+    )
+    # Hash-neutral at None: the evaluation rules are code (like the attacks), and a finished run stays
+    # found after an upgrade; `kdbench eval RUN --update-result` re-evaluates it under today's rules.
+    examples: list[int] | str | None = introduced(
+        None,
+        since="0.2",
+        description="explicit test indices, or a file of them (relative to the recipe); None: the fixed rule",
+    )
     batch_size: int = Field(256, gt=0)
     norm: Literal["linf", "l2"] = "linf"
     eps: Number = Field(8 / 255, ge=0, description='evaluation budget, e.g. "8/255"')
+    step_size: Number | None = introduced(
+        None, since="0.2", gt=0, description="PGD/CW step; None: max(eps/4, 2.5*eps/steps) (2/255 for PGD-20 at 8/255)"
+    )
 
     @field_validator("eps")
     @classmethod
@@ -164,9 +183,11 @@ class EvalSection(StrictModel):
 class Recipe(StrictModel):
     """A complete experiment. See docs/recipes.md for every key."""
 
-    name: str = Field(pattern=NAME_PATTERN)
+    # 200: a run folder is named after the recipe; file systems allow 255 bytes per name.
+    name: str = Field(pattern=NAME_PATTERN, max_length=200)
     description: str = ""
-    seed: int = Field(0, ge=0)
+    # torch.manual_seed takes 64-bit seeds; derived seeds (per epoch, per process) stay below 2**63.
+    seed: int = Field(0, ge=0, le=2**63 - 1)
     data: DataSection
     teacher: TeacherSection | None = None
     student: StudentSection
@@ -199,16 +220,21 @@ class ResolvedRecipe:
 
     def to_dict(self) -> dict[str, Any]:
         """The recipe with every default and component option filled in (what recipe.toml holds)."""
+        return self._as_dict(lambda model: model.model_dump(mode="json"))
+
+    def _as_dict(self, dump: Callable[[BaseModel], dict[str, Any]]) -> dict[str, Any]:
         r = self.recipe
-        data = r.model_dump(mode="json", exclude={"method", "attack"})
-        data["data"]["options"] = self.data_config.model_dump(mode="json")
-        data["student"]["options"] = self.student_config.model_dump(mode="json")
+        data = dump(r)
+        data.pop("method", None)
+        data.pop("attack", None)
+        data["data"]["options"] = dump(self.data_config)
+        data["student"]["options"] = dump(self.student_config)
         if r.teacher is not None and self.teacher_config is not None:
-            data["teacher"]["options"] = self.teacher_config.model_dump(mode="json")
+            data["teacher"]["options"] = dump(self.teacher_config)
             if self.teacher_recipe is not None:
                 data["teacher"]["model"] = self.teacher_recipe.recipe.student.model
-        data["method"] = {"name": r.method.name, **self.method_config.model_dump(mode="json")}
-        data["attack"] = {"name": r.attack.name, **self.attack_config.model_dump(mode="json")}
+        data["method"] = {"name": r.method.name, **dump(self.method_config)}
+        data["attack"] = {"name": r.attack.name, **dump(self.attack_config)}
         ordered: dict[str, Any] = {k: data[k] for k in ("name", "description", "seed") if k in data}
         ordered.update({k: v for k, v in data.items() if k not in ordered})
         return ordered
@@ -216,14 +242,20 @@ class ResolvedRecipe:
     @property
     def hash(self) -> str:
         """sha256 over what determines the result: the resolved recipe (minus its description) and,
-        for a teacher trained by another recipe, that recipe's hash instead of its path."""
-        data = self.to_dict()
+        for a teacher trained by another recipe, that recipe's hash instead of its path.
+
+        Options declared with `kdbench.config.introduced` are left out while they hold the default
+        they were introduced with, so adding such an option keeps every existing recipe's hash."""
+        data = self._as_dict(hash_payload)
         data.pop("description", None)
         if self.teacher_recipe is not None:
             data["teacher"]["recipe"] = self.teacher_recipe.hash
         elif self.recipe.teacher is not None and self.recipe.teacher.checkpoint is not None:
             # the weights, not the path: a retrained teacher at the same path is a different run
-            data["teacher"]["checkpoint"] = _file_digest(self.relative(self.recipe.teacher.checkpoint))
+            try:
+                data["teacher"]["checkpoint"] = _file_digest(self.relative(self.recipe.teacher.checkpoint))
+            except RecipeError as exc:
+                raise exc.located(file=self.file) from None
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -270,6 +302,20 @@ def _file_digest(path: Path) -> str:
         stat = file.stat()
     except OSError:
         return str(path)
+    # Checked before reading: /dev/zero would be hashed forever, a FIFO would block, a sparse file of
+    # terabytes would take hours. Each is refused in one line naming the key.
+    if not S_ISREG(stat.st_mode):
+        raise RecipeError(
+            f"{file} is not a regular file (a device, FIFO or socket)",
+            key="teacher.checkpoint",
+            hint="give a weights file (.pt) or a run folder",
+        )
+    if stat.st_size > max_weights_bytes():
+        raise RecipeError(
+            f"{file} is {stat.st_size / 2**30:.1f} GiB, above the {max_weights_bytes() / 2**30:.1f} GiB weights limit",
+            key="teacher.checkpoint",
+            hint=f"check the path (or raise {MAX_WEIGHTS_BYTES_ENV})",
+        )
     key = (str(file.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _DIGESTS:
         digest = hashlib.sha256()
@@ -329,6 +375,10 @@ def read_raw(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise RecipeError(f"extends forms a cycle: {chain}", file=file, key="extends", hint="remove one of the extends")
     if not base_path.is_file():
         raise RecipeError(f"base recipe {str(base_path)!r} not found", file=file, key="extends")
+    if len(_chain) + 1 >= MAX_EXTENDS_DEPTH:
+        raise RecipeError(
+            f"extends is nested more than {MAX_EXTENDS_DEPTH} deep", file=file, key="extends", hint="flatten the chain"
+        )
     base = read_raw(base_path, (*_chain, here))
     if "sweep" in raw:  # a sweep is one product: the child's replaces the base's (an empty table removes it)
         base.pop("sweep", None)
@@ -337,6 +387,22 @@ def read_raw(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         if isinstance(value, str) and not Path(value).expanduser().is_absolute():
             base[section][key] = os.path.relpath(base_path.parent / value, path.parent)
     return _merge(base, raw)
+
+
+#: Largest number of variants one ``[sweep]`` may expand to (override with this environment variable).
+MAX_SWEEP_ENV = "KDBENCH_MAX_SWEEP_VARIANTS"
+_DEFAULT_MAX_SWEEP = 10_000
+
+#: Deepest chain of ``extends`` (a recipe extending a recipe extending ...).
+MAX_EXTENDS_DEPTH = 32
+
+
+def _max_sweep_variants() -> int:
+    text = os.environ.get(MAX_SWEEP_ENV, "").strip()
+    try:
+        return int(text) if text else _DEFAULT_MAX_SWEEP
+    except ValueError:
+        raise RecipeError(f"{MAX_SWEEP_ENV}={text!r} is not a whole number") from None
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> ResolvedRecipe:
@@ -358,6 +424,15 @@ def load_recipes(path: str | Path, overrides: list[str] | None = None) -> list[R
     if sweep is None or sweep == {}:  # an empty [sweep] cancels an extended recipe's sweep
         return [resolve(raw, path=path, overrides=overrides, _stack=(path.resolve(),))]
     axes = _sweep_axes(sweep, file)
+    count = math.prod(len(values) for values in axes.values())
+    cap = _max_sweep_variants()
+    if count > cap:  # counted before anything is expanded
+        raise RecipeError(
+            f"the sweep has {count} variants, above the limit of {cap}",
+            file=file,
+            key="sweep",
+            hint=f"split it into several recipes or raise {MAX_SWEEP_ENV}",
+        )
     variants = []
     for values in itertools.product(*axes.values()):
         variant = copy.deepcopy(raw)
@@ -413,6 +488,23 @@ def _load(path: Path, overrides: list[str], stack: tuple[Path, ...]) -> Resolved
     return resolve(raw, path=path, overrides=overrides, _stack=(*stack, key))
 
 
+def _check_eval_size(recipe: Recipe, file: str) -> None:
+    """``data.test_subset`` is the old name of the evaluation size: it may not contradict ``eval.n_examples``."""
+    subset, n = recipe.data.test_subset, recipe.eval.n_examples
+    if subset is not None and n is not None:
+        raise RecipeError(
+            f"the evaluation size is given twice ({subset} here, eval.n_examples = {n})",
+            file=file,
+            key="data.test_subset",
+            hint=f"drop data.test_subset and keep eval.n_examples = {min(subset, n)} (the dataset's fixed selection)",
+        )
+
+
+def eval_size(recipe: Recipe) -> int | None:
+    """How many test images the recipe evaluates: ``eval.n_examples``, else the old ``data.test_subset``."""
+    return recipe.eval.n_examples if recipe.eval.n_examples is not None else recipe.data.test_subset
+
+
 def resolve(
     raw: dict[str, Any],
     *,
@@ -436,6 +528,7 @@ def resolve(
     data_config = _validate(data_cls.Config, recipe.data.options, file, "data.options")
 
     _check_eval_attacks(recipe.eval.attacks, file)
+    _check_eval_size(recipe, file)
 
     resolved = ResolvedRecipe(
         recipe=recipe,

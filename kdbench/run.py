@@ -15,9 +15,12 @@ interrupted one resumes from its newest good checkpoint.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import hashlib
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +43,16 @@ from kdbench.build import (
     network_spec,
     place,
 )
-from kdbench.engine.checkpoint import CheckpointStore, atomic_write_bytes
+from kdbench.engine.checkpoint import (
+    CheckpointStore,
+    DiskFullError,
+    atomic_write_bytes,
+    remove_stale_temp_files,
+    verify_checksum,
+    write_with_checksum,
+)
 from kdbench.engine.distributed import Distributed, setup_distributed
+from kdbench.engine.fingerprint import tensor_digests
 from kdbench.engine.hardware import resolve_hardware
 from kdbench.engine.progress import Progress, make_progress
 from kdbench.engine.trainer import Trainer, freeze
@@ -50,6 +61,9 @@ from kdbench.recipe import ResolvedRecipe
 from kdbench.results import SCHEMA_VERSION, environment, eps_label, read_result, write_json
 
 __all__ = ["RUNS_DIR_ENV", "RunOutcome", "default_out_dir", "run_recipe", "status"]
+
+#: An evaluation kept after result.json hit a full disk (see `_write_result`).
+PENDING_FILE = "evaluation.pending.json"
 
 #: Where runs go when --out is not given (default: ./runs).
 RUNS_DIR_ENV = "KDBENCH_RUNS_DIR"
@@ -86,6 +100,12 @@ def run_recipe(
     if not ddp.is_main:  # rank 0 owns the folder; the others train beside it and write nothing
         return RunOutcome(out, _execute(resolved, out, runs_dir, progress, ddp), reused=False)
     with _lock(out):
+        # Again under the lock: another process may have finished this run since the check above.
+        done = _finished(resolved, out)
+        if done is not None:
+            progress.message(f"{resolved.recipe.name}: finished meanwhile in {out} (hash {resolved.short_hash})")
+            return RunOutcome(out, done, reused=True)
+        remove_stale_temp_files(out)  # left by a process killed mid-write (the lock says none is writing)
         _claim(resolved, out)
         result = _execute(resolved, out, runs_dir, progress, ddp)
     return RunOutcome(out, result, reused=False)
@@ -101,10 +121,27 @@ def status(resolved: ResolvedRecipe, out: Path) -> str:
 
 
 def _finished(resolved: ResolvedRecipe, out: Path) -> dict[str, Any] | None:
+    """result.json of this recipe, when model.pt beside it passes its checksum.
+
+    A damaged model.pt (or one without checksum, written by an older kdbench) makes the run unfinished,
+    with a warning: the run then rebuilds model.pt from its last good checkpoint and evaluates again
+    (or trains again when no checkpoint is left), so a damaged file is never used or reported.
+    """
     result = read_result(out / "result.json")
-    if result is not None and result.get("recipe_hash") == resolved.hash and (out / "model.pt").is_file():
-        return result
-    return None
+    if result is None and (out / "result.json").exists():
+        print(f"kdbench: warning: ignoring {out / 'result.json'}: not a readable kdbench result", file=sys.stderr)
+    if result is None or result.get("recipe_hash") != resolved.hash:
+        return None
+    model = out / "model.pt"
+    problem = verify_checksum(model) if model.is_file() else "is missing"
+    if problem is not None:
+        print(
+            f"kdbench: warning: {model} {problem}; the run is not counted as finished and is rebuilt "
+            "from its last good checkpoint",
+            file=sys.stderr,
+        )
+        return None
+    return result
 
 
 def _claim(resolved: ResolvedRecipe, out: Path) -> None:
@@ -112,15 +149,30 @@ def _claim(resolved: ResolvedRecipe, out: Path) -> None:
     recipe_file = out / "recipe.toml"
     header = f"resolved recipe {resolved.recipe.name}, hash {resolved.hash}"
     if recipe_file.is_file():
-        first = recipe_file.read_text().splitlines()[:1]
-        if first and resolved.hash not in first[0]:
+        first = _first_line(recipe_file)
+        if first is not None and first.startswith("# resolved recipe ") and resolved.hash in first:
+            return
+        if first is not None and first.startswith("# resolved recipe "):
             raise UserError(
-                f"{out} holds a run of another recipe ({first[0].lstrip('# ')}); "
+                f"{out} holds a run of another recipe ({first.lstrip('# ')}); "
                 "choose another --out or delete that folder"
             )
-        return
+        # Empty, binary or hand-edited: rewritten below. Safe, since checkpoints record their own run and
+        # those of another run are refused anyway.
+        print(f"kdbench: warning: {recipe_file} is empty, unreadable or not kdbench's; rewriting it", file=sys.stderr)
     source = f"from {resolved.file}" + (f" with --set {' '.join(resolved.overrides)}" if resolved.overrides else "")
     atomic_write_bytes(recipe_file, _toml.dumps(resolved.to_dict(), header=f"{header}\n{source}").encode())
+
+
+def _first_line(path: Path) -> str | None:
+    """The first line of a text file, or None when it is empty, binary or unreadable (reads 4 kB at most)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+        line = head.split(b"\n", 1)[0].decode("utf-8").rstrip("\r") if head else None
+    except (OSError, UnicodeDecodeError):
+        return None
+    return line if line and line.isprintable() else None
 
 
 @contextlib.contextmanager
@@ -202,7 +254,7 @@ def _execute(
         train=r.train,
         hardware=hw,
         seed=r.seed,
-        store=CheckpointStore(out / "checkpoints"),
+        store=CheckpointStore(out / "checkpoints", owner=_checkpoint_owner(resolved)),
         metrics_path=out / "metrics.jsonl",
         progress=progress,
         distributed=ddp,
@@ -213,7 +265,9 @@ def _execute(
         return {}
     _save_model(out / "model.pt", student, resolved, spec.num_classes)
 
-    report = _evaluate(student, data, resolved, hw.device, progress)
+    weights_digest = _weights_digest(student)
+    pending = _pending_evaluation(resolved, out, weights_digest)
+    report = pending if pending is not None else _evaluate(student, data, resolved, hw.device, progress)
     result = {
         "schema_version": SCHEMA_VERSION,
         "name": r.name,
@@ -225,6 +279,7 @@ def _execute(
         "threat_model": {"norm": "Linf" if r.eval.norm == "linf" else "L2", "eps": eps_label(r.eval.eps)},
         "metrics": report["metrics"],
         "flags": report["flags"],
+        **report["record"],
         "train": {
             "epochs": summary.epochs,
             "seconds": round(summary.seconds, 3),
@@ -247,9 +302,59 @@ def _execute(
         "deterministic": r.train.deterministic,
         "seed": r.seed,
     }
-    write_json(out / "result.json", result)
+    _write_result(out, result, resolved, report, weights_digest)
     progress.message(f"{r.name}: result in {out / 'result.json'}")
     return result
+
+
+def _weights_digest(net: torch.nn.Module) -> str:
+    """One sha256 over the network's tensors: ties a kept evaluation to the exact weights it measured."""
+    return hashlib.sha256("".join(tensor_digests(net).values()).encode()).hexdigest()
+
+
+def _pending_places(resolved: ResolvedRecipe, out: Path) -> list[Path]:
+    """Where an evaluation is kept when result.json cannot be written: the run folder, else the temp folder."""
+    return [out / PENDING_FILE, Path(tempfile.gettempdir()) / f"kdbench-evaluation-{resolved.hash}.json"]
+
+
+def _pending_evaluation(resolved: ResolvedRecipe, out: Path, weights_digest: str) -> dict[str, Any] | None:
+    """An evaluation kept by an earlier attempt whose result.json hit a full disk, for these exact weights."""
+    for spot in _pending_places(resolved, out):
+        kept = read_result(spot)
+        if kept is not None and kept.get("recipe_hash") == resolved.hash and kept.get("weights") == weights_digest:
+            report = kept.get("report")
+            if isinstance(report, dict) and isinstance(report.get("metrics"), dict):
+                print(f"kdbench: using the evaluation kept in {spot} (not evaluating again)", file=sys.stderr)
+                return report
+    return None
+
+
+def _write_result(
+    out: Path, result: dict[str, Any], resolved: ResolvedRecipe, report: dict[str, Any], weights_digest: str
+) -> None:
+    """Write result.json; on a full disk keep the evaluation elsewhere so that the rerun does not redo it."""
+    try:
+        write_json(out / "result.json", result)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        kept = None
+        payload = {"schema_version": SCHEMA_VERSION, "recipe_hash": resolved.hash, "weights": weights_digest}
+        for spot in _pending_places(resolved, out):
+            try:
+                write_json(spot, {**payload, "report": report})
+            except OSError:
+                continue
+            kept = spot
+            break
+        where = f"the evaluation is kept in {kept}" if kept else "the evaluation could not be kept anywhere"
+        raise DiskFullError(
+            f"disk full while writing {out / 'result.json'} ({exc.strerror or 'no space left'}); {where}; "
+            "free some space and run the same command (it writes the result without evaluating again)"
+        ) from None
+    for spot in _pending_places(resolved, out):
+        with contextlib.suppress(OSError):
+            spot.unlink()
 
 
 def _compile(net: Network, mode: str) -> None:
@@ -279,7 +384,12 @@ def _save_model(path: Path, net: Network, resolved: ResolvedRecipe, num_classes:
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    write_with_checksum(path, buffer.getvalue())
+
+
+def _checkpoint_owner(resolved: ResolvedRecipe) -> dict[str, str]:
+    """What a training checkpoint of this run records, so that one copied from another run is refused."""
+    return {"recipe_hash": resolved.hash, "model": resolved.recipe.student.model}
 
 
 def _evaluate(
@@ -287,6 +397,7 @@ def _evaluate(
 ) -> dict[str, Any]:
     r = resolved.recipe
     from kdbench.evaluation import evaluate
+    from kdbench.evaluation.record import evaluation_record, selection_flags
 
     progress.message(f"{r.name}: evaluating {', '.join(r.eval.attacks)} on {len(data.test_labels)} test images")
     net = net.to(memory_format=torch.contiguous_format)
@@ -300,7 +411,10 @@ def _evaluate(
         batch_size=r.eval.batch_size,
         device=device,
         seed=r.seed,
+        step_size=r.eval.step_size,
     )
+    report.flags += selection_flags(data.selection)
     for flag in report.flags:
         print(f"kdbench: flag: {flag}", file=sys.stderr)
-    return {"metrics": report.to_dict(), "flags": list(report.flags)}
+    record = evaluation_record(report, data.selection, r.eval.step_size)
+    return {"metrics": report.to_dict(), "flags": [str(f) for f in report.flags], "record": record}

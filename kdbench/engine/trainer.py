@@ -25,10 +25,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdbench._errors import UserError
+from kdbench._errors import PluginError, UserError
 from kdbench.attacks.base import Attack
 from kdbench.engine.checkpoint import CheckpointStore, atomic_write_bytes
 from kdbench.engine.distributed import Distributed
+from kdbench.engine.fingerprint import TeacherModifiedError, changed_tensors, tensor_digests
 from kdbench.engine.hardware import Hardware
 from kdbench.engine.progress import Progress
 from kdbench.engine.schedule import build_scheduler, lr_factor
@@ -112,6 +113,12 @@ class Trainer:
         self.seconds = 0.0
         self.images = 0
         self._stop_signal: int | None = None
+        # Loss sums and accuracy counts of an epoch stopped mid-way (saved in its checkpoint, restored on
+        # resume), so the epoch's row reports the mean over all its steps, as in an uninterrupted run.
+        self._partial: dict[str, Any] | None = None
+        self._terms_checked = False
+        # Checked before every checkpoint (never per step): a method must leave the teacher untouched.
+        self._teacher_digests = tensor_digests(teacher) if teacher is not None else None
 
     # ------------------------------------------------------------------------------ checkpointing
 
@@ -131,6 +138,7 @@ class Trainer:
             "history": self.history,
             "seconds": self.seconds,
             "images": self.images,
+            "partial": self._partial if batch else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> tuple[int, int]:
@@ -144,14 +152,33 @@ class Trainer:
         self.history = list(state["history"])
         self.seconds = float(state["seconds"])
         self.images = int(state["images"])
+        partial = state.get("partial")  # absent in checkpoints of kdbench <= 0.1: the epoch's row then says so
+        self._partial = partial if isinstance(partial, dict) and partial.get("steps") == state["batch"] else None
         return int(state["epoch"]), int(state["batch"])
 
     def _checkpoint(self, epoch: int, batch: int) -> Path:
+        self._check_teacher_unchanged(epoch, batch)
         if not self.dist.is_main:  # rank 0 writes for everyone
             return self.store.path((epoch, batch))
         path = self.store.save((epoch, batch), self.state_dict(epoch, batch))
         self._write_metrics()
         return path
+
+    def _check_teacher_unchanged(self, epoch: int, batch: int) -> None:
+        """Stop (before writing the checkpoint) when the method changed the teacher's tensors."""
+        if self._teacher_digests is None or self.teacher is None:
+            return
+        changed = changed_tensors(self._teacher_digests, self.teacher)
+        if changed:
+            last = self.store.positions()
+            good = f"last good checkpoint: {self.store.path(last[0])}" if last else "no checkpoint was written yet"
+            shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+            when = f"epoch {epoch + 1}, step {batch}" if batch else f"the end of epoch {epoch}"
+            raise TeacherModifiedError(
+                f"method {self.method_name} modified the teacher's weights ({shown} changed by {when}); "
+                "a method must never change the teacher (read it through the step context, leave it in eval mode); "
+                f"stopped without saving; {good}"
+            )
 
     def _write_metrics(self) -> None:
         text = "".join(json.dumps(row) + "\n" for row in self.history)
@@ -191,6 +218,13 @@ class Trainer:
         sums: dict[str, Tensor] = {}
         zero = torch.zeros((), device=self.device)
         correct, seen = zero.clone(), zero.clone()
+        counted_from = start_batch  # the first step whose loss is in ``sums``
+        if start_batch and self._partial is not None:
+            counted_from = 0
+            if self.dist.rank == 0:  # the saved sums are over every process already
+                sums = {k: v.to(self.device) for k, v in self._partial["sums"].items()}
+                correct, seen = self._partial["correct"].to(self.device), self._partial["seen"].to(self.device)
+        self._partial = None
         first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         bad_terms: dict[str, Tensor] = {}
         tic = time.perf_counter()
@@ -215,7 +249,7 @@ class Trainer:
             if steps_since_sync >= self.cfg.log_every or (self._stop_signal is not None and not self.dist.enabled):
                 steps_since_sync = 0
                 self._check_finite(first_bad, bad_terms, epoch)
-                self.progress.show(self._means(sums, batch - start_batch))
+                self.progress.show(self._means(sums, batch - counted_from))
                 if self._should_stop():
                     break
         if self.device.type == "cuda":
@@ -225,9 +259,15 @@ class Trainer:
         self.images += done * self.loader.batch_size * self.dist.world_size
         self._check_finite(first_bad, bad_terms, epoch)
         if self._stop_signal is not None and batch < steps:
+            self._partial = {
+                "steps": batch,
+                "sums": {k: self.dist.sum(v.detach().clone()).cpu() for k, v in sums.items()},
+                "correct": self.dist.sum(correct.clone()).cpu(),
+                "seen": self.dist.sum(seen.clone()).cpu(),
+            }
             path = self._checkpoint(epoch, batch)
             raise Interrupted(f"stopped by signal {self._stop_signal} at epoch {epoch + 1}, step {batch}; saved {path}")
-        values = self._means(sums, max(done, 1))
+        values = self._means(sums, max(batch - counted_from, 1))
         row: dict[str, Any] = {"epoch": epoch + 1, **{f"loss/{k}": v for k, v in values.items()}}
         if done:
             row["loss"] = sum(values.values())
@@ -237,8 +277,8 @@ class Trainer:
             row["train_acc"] = (correct / seen).item()
         row["lr"] = self.optimizer.param_groups[0]["lr"]
         row["seconds"] = self.seconds
-        if start_batch:
-            row["resumed_at_step"] = start_batch
+        if counted_from:  # resumed from an old checkpoint without the sums: the means cover fewer steps
+            row["resumed_at_step"] = counted_from
         self.history.append(row)
         self.progress.end_epoch({k: v for k, v in row.items() if k in ("loss", "train_acc", "lr")})
         self._checkpoint(epoch + 1, 0)
@@ -259,8 +299,9 @@ class Trainer:
             step=batch,
         )
         terms = self.method.loss(ctx)
-        if not terms:
-            raise RuntimeError(f"method {type(self.method).__name__} returned no loss terms")
+        if not self._terms_checked:  # once, at the first step, before any optimiser step
+            check_loss_terms(terms, self.method_name)
+            self._terms_checked = True
         total = torch.stack([t.float() for t in terms.values()]).sum()
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -320,6 +361,32 @@ class Trainer:
         finally:
             for sig, old in previous.items():
                 signal.signal(sig, old)
+
+
+def check_loss_terms(terms: Any, method_name: str) -> None:
+    """Refuse what `Method.loss` may not return, in one line naming the method and the term.
+
+    The contract: a non-empty dict of name -> scalar floating-point tensor with autograd history. A
+    vector would be summed by nobody (stack fails or, worse, broadcasts), a Python float or a detached
+    tensor trains nothing, and an empty dict has nothing to minimise.
+    """
+    where = f"method {method_name}"
+    fix = "return a dict of named scalar tensors computed from the step context (e.g. loss.mean())"
+    if not isinstance(terms, dict) or not terms:
+        got = "an empty dict" if isinstance(terms, dict) else type(terms).__name__
+        raise PluginError(f"{where}: loss() returned {got}, not named loss terms; {fix}; stopped before any step")
+    for name, value in terms.items():
+        problem = None
+        if not isinstance(value, Tensor):
+            problem = f"is a {type(value).__name__}, not a tensor"
+        elif value.dim() != 0:
+            problem = f"has shape {tuple(value.shape)}, not a scalar"
+        elif not value.is_floating_point():
+            problem = f"has dtype {value.dtype}, not a floating-point type"
+        elif not value.requires_grad:
+            problem = "has no gradient (computed under torch.no_grad() or detached)"
+        if problem is not None:
+            raise PluginError(f"{where}: loss term {name!r} {problem}; {fix}; stopped before any optimiser step")
 
 
 def freeze(module: nn.Module) -> nn.Module:

@@ -1,6 +1,12 @@
 """Group runs by setting, average seeds, rank.
 
-A *setting* is what makes numbers comparable: (dataset, threat model norm and eps, teacher, student).
+A *setting* is what makes numbers comparable: (dataset, threat model norm and eps, teacher, student,
+evaluation set, attack protocol). The evaluation set is result.json's
+``evaluation.selection.eval_set_sha256`` (the decoded test split and the evaluated indices,
+`kdbench.evaluation.selection`), the protocol its ``evaluation.protocol`` (step rule, starts, CW steps,
+AutoAttack version; `kdbench.evaluation.record`). Runs that agree on the first five but were
+evaluated on other images or with other attack rules get a board of their own, whose note says what
+differs; results of an older kdbench that recorded neither form their own group ("not recorded").
 Inside a setting, runs with the same variant key (`kdbench.leaderboard.collect.variant_key`: the
 resolved recipe without its seed) form one *variant*, whose numbers are the mean over its seeds and
 the sample standard deviation
@@ -11,6 +17,10 @@ of each accuracy a (fractions in [0, 1]), of the training time and of the analys
 (`kdbench analyze`). Runs of one recipe that repeat a seed (the same recipe saved under two names)
 are not independent seeds, so they stay apart, one variant per name. A metric a seed did not
 evaluate is left out of that metric's mean (its ``n`` says how many seeds it averages).
+
+A variant with a ``serious`` flag (result.json's ``flag_details``, `kdbench.evaluation.sanity.Flag`)
+is marked unreliable, as RobustBench marks entries whose evaluation was broken: it keeps its rank,
+but its numbers are not to be trusted.
 
 Variants are ranked by the mean of one accuracy, ``autoattack`` by default. When AutoAttack was not
 run for every variant of a setting, comparing AutoAttack with nothing would be meaningless, so that
@@ -42,6 +52,7 @@ __all__ = [
     "Variant",
     "build_boards",
     "run_metrics",
+    "serious_flags",
 ]
 
 #: Accuracies shown, in column order (``clean`` is ``metrics.clean_acc``, the rest ``metrics.robust``).
@@ -96,6 +107,14 @@ class Setting:
     eps: str
     teacher: str | None
     student: str
+    eval_set: str = ""  # evaluation.selection.eval_set_sha256 ("" when not recorded)
+    eval_desc: str = ""  # e.g. "stratified, n=500, 10/10 classes"
+    protocol: str = ""  # evaluation.protocol ("" when not recorded)
+
+    @property
+    def base(self) -> tuple[str, str, str, str | None, str]:
+        """The setting without its evaluation set and protocol."""
+        return (self.dataset, self.norm, self.eps, self.teacher, self.student)
 
     @property
     def eps_value(self) -> float:
@@ -106,7 +125,8 @@ class Setting:
 
     def label(self) -> str:
         teacher = f"teacher {self.teacher}" if self.teacher else "no teacher"
-        return f"{self.dataset} · {self.norm} eps {self.eps} · {teacher} · student {self.student}"
+        images = f"eval {self.eval_desc} [{self.eval_set[:8]}]" if self.eval_set else "eval set not recorded"
+        return f"{self.dataset} · {self.norm} eps {self.eps} · {teacher} · student {self.student} · {images}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -114,6 +134,9 @@ class Setting:
             "threat_model": {"norm": self.norm, "eps": self.eps},
             "teacher": self.teacher,
             "student": self.student,
+            "eval_set": self.eval_set or None,
+            "eval_set_description": self.eval_desc or None,
+            "protocol": self.protocol or None,
         }
 
 
@@ -132,6 +155,12 @@ class Variant:
     flags: list[tuple[int | None, str]]  # (seed, text) of every flag raised, in seed order
     n_eval: list[int]
     rank: int = 0
+    serious: list[str] = field(default_factory=list)  # distinct texts of the serious flags
+
+    @property
+    def unreliable(self) -> bool:
+        """A serious flag was raised for some seed: the numbers are not to be trusted."""
+        return bool(self.serious)
 
     @property
     def seeds(self) -> list[int | None]:
@@ -174,9 +203,63 @@ def run_metrics(result: dict[str, Any]) -> dict[str, float | None]:
     return out
 
 
+def _evaluation(result: dict[str, Any]) -> tuple[str, str, str]:
+    """``(eval_set, description, protocol)`` from result.json's ``evaluation`` ("" when not recorded)."""
+    evaluation = result.get("evaluation")
+    if not isinstance(evaluation, dict):
+        return "", "", ""
+    selection = evaluation.get("selection")
+    eval_set, desc = "", ""
+    if isinstance(selection, dict) and isinstance(selection.get("eval_set_sha256"), str):
+        eval_set = selection["eval_set_sha256"]
+        desc = f"{selection.get('rule')}, n={selection.get('n')}"
+        covered, classes = selection.get("classes_covered"), selection.get("num_classes")
+        if isinstance(covered, int) and isinstance(classes, int):
+            desc += f", {covered}/{classes} classes"
+    protocol = evaluation.get("protocol")
+    return eval_set, desc, protocol if isinstance(protocol, str) else ""
+
+
 def _setting(result: dict[str, Any]) -> Setting:
     threat = result["threat_model"]
-    return Setting(result["dataset"], str(threat["norm"]), str(threat["eps"]), result.get("teacher"), result["student"])
+    eval_set, desc, protocol = _evaluation(result)
+    return Setting(
+        result["dataset"],
+        str(threat["norm"]),
+        str(threat["eps"]),
+        result.get("teacher"),
+        result["student"],
+        eval_set,
+        desc,
+        protocol,
+    )
+
+
+def coverage_flag(result: dict[str, Any]) -> str | None:
+    """A flag text when the recorded evaluation set misses classes of the dataset, else None."""
+    selection = (result.get("evaluation") or {}).get("selection")
+    if not isinstance(selection, dict):
+        return None
+    covered, classes = selection.get("classes_covered"), selection.get("num_classes")
+    if isinstance(covered, int) and isinstance(classes, int) and covered < classes:
+        return f"evaluated on {covered} of {classes} classes: the accuracy is not the dataset's"
+    return None
+
+
+def serious_flags(result: dict[str, Any]) -> list[str]:
+    """The messages of a result's serious flags (``flag_details`` entries with severity "serious"), and
+    the class-coverage flag of its evaluation set when the result does not carry it already."""
+    details = result.get("flag_details")
+    details = details if isinstance(details, list) else []
+    texts = [
+        str(d.get("message"))
+        for d in details
+        if isinstance(d, dict) and d.get("severity") == "serious" and isinstance(d.get("message"), str)
+    ]
+    coverage = coverage_flag(result)
+    if coverage and not any(isinstance(d, dict) and d.get("check") == "class_coverage" for d in details):
+        texts.append(coverage)
+    return texts
 
 
 def _number(value: Any) -> float | None:
@@ -227,8 +310,10 @@ def _variant(key: str, runs: list[RunRecord]) -> Variant:
     seconds = tuple(v for r in runs if (v := _number((r.result.get("train") or {}).get("seconds"))) is not None)
     params = [p for r in runs if isinstance(p := (r.result.get("params") or {}).get("student"), int)]
     flags = [(r.seed, str(text)) for r in runs for text in r.result.get("flags", [])]
+    flags += [(r.seed, text) for r in runs if (text := coverage_flag(r.result)) and text not in dict(flags).values()]
     n_eval = [n for r in runs if isinstance(n := r.result["metrics"].get("n_eval"), int)]
     methods = sorted({str(r.result["method"]) for r in runs})
+    serious = list(dict.fromkeys(text for r in runs for text in serious_flags(r.result)))
     return Variant(
         key=key,
         label=_label(runs),
@@ -240,6 +325,7 @@ def _variant(key: str, runs: list[RunRecord]) -> Variant:
         params=max(params) if params else None,
         flags=flags,
         n_eval=n_eval,
+        serious=serious,
     )
 
 
@@ -275,7 +361,8 @@ def build_boards(runs: Iterable[RunRecord], sort: str = "autoattack") -> list[Bo
         by_setting.setdefault(_setting(run.result), {}).setdefault(run.variant_key, []).append(run)
     boards = []
     for setting in sorted(
-        by_setting, key=lambda s: (s.dataset, s.norm, s.eps_value, s.eps, s.teacher or "", s.student)
+        by_setting,
+        key=lambda s: (s.dataset, s.norm, s.eps_value, s.eps, s.teacher or "", s.student, s.eval_set, s.protocol),
     ):
         variants = [_variant(key, group) for k, runs_ in by_setting[setting].items() for key, group in _split(k, runs_)]
         ranked_by, note = sort, ""
@@ -298,4 +385,26 @@ def build_boards(runs: Iterable[RunRecord], sort: str = "autoattack") -> list[Bo
                 has_analysis=any(v.analysis for v in variants),
             )
         )
+    _note_split_settings(boards)
     return boards
+
+
+def _note_split_settings(boards: list[Board]) -> None:
+    """Boards of one base setting measured differently: each says what differs from the others."""
+    by_base: dict[tuple[Any, ...], list[Board]] = {}
+    for board in boards:
+        by_base.setdefault(board.setting.base, []).append(board)
+    for group in by_base.values():
+        if len(group) < 2:
+            continue
+        for board in group:
+            differs = []
+            others = [b.setting for b in group if b is not board]
+            if any(o.eval_set != board.setting.eval_set for o in others):
+                differs.append("evaluation images")
+            if any(o.protocol != board.setting.protocol for o in others):
+                differs.append("attack settings")
+            text = (
+                f"Not ranked with {len(others)} other board(s) of this setting: they differ in {' and '.join(differs)}"
+            )
+            board.note = f"{board.note}. {text}" if board.note else text

@@ -376,7 +376,8 @@ def _table(board: Board, columns: Sequence[str], base: Path, index: int) -> str:
         cells = [
             f'<td class="num" data-v="{v.rank}">{v.rank}</td>',
             f'<td class="label" data-v="{escape(v.label)}" title="{escape(runs)}">'
-            f"{'<span class=flag>⚑</span> ' if v.flags else ''}{escape(v.label)}</td>",
+            f"{'<span class=flag>⚑</span> ' if v.flags else ''}{escape(v.label)}"
+            f"{' <span class=flag>⚠ unreliable</span>' if v.unreliable else ''}</td>",
             f'<td data-v="{escape(v.method)}">{escape(v.method)}</td>',
         ]
         for c in columns:

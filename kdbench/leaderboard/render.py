@@ -10,6 +10,10 @@ student's parameter count), ``time`` (mean training wall time), ``flags`` (how m
 flags the evaluation raised; Markdown lists their texts), ``seeds``, and the `kdbench analyze`
 numbers ``cka_clean cka_adv class_corr_distance feature_change``. By default every column but the
 analysis ones, which are added when any run has them.
+
+A variant with a serious sanity flag (gradient masking, a randomised model, an evaluation set that
+misses classes...) keeps its rank but its label is marked ``⚠ unreliable`` (CSV: column
+``unreliable``; JSON: ``unreliable`` and ``serious_flags``), as RobustBench marks broken evaluations.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ COLUMNS: dict[str, str] = {
 }
 DEFAULT_COLUMNS = (*METRICS, "params", "time", "flags", "seeds")
 RANK_MARK = " ▼"
+#: Appended to the label of a variant with a serious flag (its numbers are not to be trusted).
+UNRELIABLE_MARK = "⚠ unreliable"
 JSON_KIND = "kdbench-leaderboard"
 
 
@@ -145,7 +151,12 @@ def subtitle(board: Board, *, with_note: bool = True) -> str:
 
 
 def _rows(board: Board, columns: Sequence[str]) -> list[list[str]]:
-    return [[str(v.rank), v.label, v.method, *(cell(v, c) for c in columns)] for v in board.variants]
+    return [[str(v.rank), display_label(v), v.method, *(cell(v, c) for c in columns)] for v in board.variants]
+
+
+def display_label(variant: Variant) -> str:
+    """The variant's label, marked when a serious flag makes its numbers unreliable (as RobustBench does)."""
+    return f"{variant.label} {UNRELIABLE_MARK}" if variant.unreliable else variant.label
 
 
 def _heads(board: Board, columns: Sequence[str]) -> list[str]:
@@ -232,7 +243,8 @@ def render_markdown(boards: Sequence[Board], columns: Sequence[str]) -> str:
             out += ["", "Flags raised by the evaluation's sanity checks:", ""]
             for v in flagged:
                 for seed, text in v.flags:
-                    out.append(f"- **{_md_escape(v.label)}** (seed {'?' if seed is None else seed}): {text}")
+                    serious = " (serious)" if text in v.serious else ""
+                    out.append(f"- **{_md_escape(v.label)}** (seed {'?' if seed is None else seed}){serious}: {text}")
         out.append("")
     return "\n".join(out)
 
@@ -247,7 +259,7 @@ def _csv_columns(columns: Sequence[str]) -> list[str]:
         elif c == "time":
             names.append("train_seconds_mean")
         elif c == "flags":
-            names += ["n_flags", "flags"]
+            names += ["n_flags", "flags", "unreliable"]
         elif c == "seeds":
             names += ["n_seeds", "seeds"]
     return [*names, "runs"]
@@ -273,7 +285,7 @@ def render_csv(boards: Sequence[Board], columns: Sequence[str]) -> str:
                     mean = v.train_seconds.mean
                     row.append("" if mean is None else round(mean, 3))
                 elif c == "flags":
-                    row += [len(v.flag_texts), " | ".join(v.flag_texts)]
+                    row += [len(v.flag_texts), " | ".join(v.flag_texts), v.unreliable]
                 elif c == "seeds":
                     row += [len(v.runs), ";".join("" if x is None else str(x) for x in v.seeds)]
             row.append(";".join(str(r.result_file.parent) for r in v.runs))
@@ -301,6 +313,8 @@ def board_to_dict(board: Board) -> dict[str, Any]:
                 "train_seconds": v.train_seconds.to_dict(),
                 "n_eval": v.n_eval,
                 "flags": [{"seed": seed, "text": text} for seed, text in v.flags],
+                "unreliable": v.unreliable,
+                "serious_flags": v.serious,
                 "runs": [
                     {
                         "dir": str(r.run_dir),
