@@ -15,8 +15,8 @@ returns what was done:
    on 10,000 test images of a ResNet-18 (``--eval-only``; random weights, so a lower bound).
 4. ``compare_*``: with the time left, a few-epoch PGD-AT ResNet-18 teacher (benchmarks/gpu/compare_teacher.toml)
    and kd, rslad and gacd students (benchmarks/gpu/compare.toml), evaluated with clean, PGD-20 and AutoAttack
-   on 1,000 selected test images; then AutoAttack on 10,000 images of that trained teacher, the figure the
-   AutoAttack target is about.
+   on the same 1,000 selected test images (eval.n_examples); then AutoAttack on 10,000 images of that trained
+   teacher, the figure the AutoAttack target is about.
 
 Every stage gets ``min(its cap, the time left of --budget)`` seconds and is skipped when less than its
 minimum is left; a stage that fails or times out is recorded and the next one runs. The output folder
@@ -146,7 +146,6 @@ CPU = Profile(
         "teacher.recipe=smoke/teacher.toml",
         'data.dataset="fake"',
         "data.options={train_size = 64, test_size = 16, image_size = 16}",
-        "data.test_subset=16",
         "eval.n_examples=16",
         'student.model="resnet8"',
         "train.epochs=1",
