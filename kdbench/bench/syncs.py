@@ -77,12 +77,17 @@ class HostReads(TorchDispatchMode):
 def cuda_synchronizations(fn: Callable[[], Any]) -> Counter[str]:
     """Run ``fn()`` under the profiler and count the blocking CUDA runtime calls it made, by name.
 
-    Includes the synchronisations CUDA itself needs (e.g. cuDNN's benchmark search on a new shape),
-    so run ``fn`` once before counting.
+    The profiler synchronises the device itself when it stops, inside the recorded range; what it
+    records around an empty block is subtracted. Includes the synchronisations CUDA needs on its own
+    (e.g. cuDNN's benchmark search on a new shape), so run ``fn`` once before counting.
     """
+    own = _profiled_sync_calls(lambda: None)
+    return _profiled_sync_calls(fn) - own  # Counter subtraction keeps positive counts only
+
+
+def _profiled_sync_calls(fn: Callable[[], Any]) -> Counter[str]:
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         fn()
-    # The profiler's own flush at exit happens outside the recorded range.
     return Counter(event.name for event in prof.events() if event.name in CUDA_SYNC_CALLS)

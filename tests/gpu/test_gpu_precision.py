@@ -80,7 +80,7 @@ def test_channels_last_model_and_batches_match_the_contiguous_path(device, tmp_p
     # TF32 convolutions on CUDA round differently per layout; the logits agree to a few parts per thousand.
     torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2 if device == "cuda" else 1e-4)
     student.train()
-    terms = built.run_steps(3)
+    terms = built.run_steps(3 if device == "cuda" else 1)
     assert all(torch.isfinite(t).all() for step in terms for t in step.values())
     # The optimiser's in-place updates keep the layout: no silent conversion back to NCHW.
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in student.parameters() if p.dim() == 4)
@@ -93,7 +93,10 @@ def _contiguous_copy(net: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(net).to(memory_format=torch.contiguous_format)
 
 
-@pytest.mark.parametrize("method", ["pgd_at", "rslad"])
+@pytest.mark.parametrize(
+    "method",
+    ["pgd_at", pytest.param("rslad", marks=pytest.mark.slow)],  # bf16 is emulated, slowly, on CPUs
+)
 def test_bf16_training_step_is_finite_with_fp32_weights(device, tmp_path, method):
     built = build(tmp_path, device, method, precision="bf16")
     losses = [sum(t.float() for t in step.values()) for step in built.run_steps(6)]

@@ -17,9 +17,15 @@ from kdbench.data.loader import DeviceLoader, crop_flip
 from .conftest import build, cuda_only
 
 METHODS = ["pgd_at", "trades", "kd", "ard", "rslad", "crd", "gacd"]
+#: On the CPU, in the default suite, the three kinds of step (attack + CE, attack + teacher KL, contrastive
+#: memory); every method in the slow tier and on CUDA.
+CPU_DEFAULT = {"pgd_at", "rslad", "gacd"}
+CASES = [pytest.param("cpu", m, id=f"cpu-{m}", marks=() if m in CPU_DEFAULT else pytest.mark.slow) for m in METHODS] + [
+    pytest.param("cuda", m, id=f"cuda-{m}", marks=cuda_only) for m in METHODS
+]
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize(("device", "method"), CASES)
 def test_training_step_reads_nothing_back(device, tmp_path, method):
     built = build(tmp_path, device, method)
     batches = built.batches()
@@ -86,3 +92,20 @@ def test_crop_flip_on_the_device_equals_the_cpu_gather(device):
     r, c = offsets[0].tolist()
     window = padded[:, r : r + 8, c : c + 8]
     assert torch.equal(expected[0], window.flip(-1) if flips[0] else window)
+
+
+def test_host_reads_catches_what_would_synchronise(device):
+    x = torch.rand(8, device=device)
+    with HostReads() as reads:
+        x.sum().item()
+        bool(x.max() > 0.5)
+        x[x > 0.5]
+        torch.nonzero(x)
+        x.cpu()
+    expected = {"_local_scalar_dense": 2, "boolean-mask index": 1, "nonzero": 1}
+    if device == "cuda":
+        expected["copy to cpu"] = 1
+    assert {k: reads.counts[k] for k in expected} == expected
+    with HostReads() as quiet:
+        (x * 2).sum().add_(1)
+    assert quiet.total == 0
