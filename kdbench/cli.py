@@ -49,14 +49,29 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a recipe key, e.g. --set train.epochs=5 (repeatable)",
+        help="override a recipe key, e.g. --set train.epochs=5 (repeatable; does not reach the teacher recipe)",
     )
-    run.add_argument("--out", type=Path, help="output folder (default: runs/<name>/<hash>/)")
     run.add_argument(
-        "--runs-dir", type=Path, help="root of default output folders (default: $KDBENCH_RUNS_DIR or ./runs)"
+        "--teacher-set",
+        dest="teacher_overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the teacher recipe, e.g. --teacher-set train.epochs=2 "
+        "(the same as --set teacher.set.train.epochs=2; repeatable)",
+    )
+    run.add_argument("--out", type=Path, help="output folder (default: <runs dir>/<name>/<hash>/)")
+    run.add_argument(
+        "--runs-dir",
+        type=Path,
+        help="root of default output folders (default: $KDBENCH_RUNS_DIR, else ~/.local/share/kdbench/runs)",
     )
     run.add_argument("--quiet", action="store_true", help="no progress output")
-    run.add_argument("--dry-run", action="store_true", help="list the runs (a sweep's variants) and their status")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list the runs (a sweep's variants and their teacher chain) with status and estimated cost",
+    )
     run.set_defaults(handler=_cmd_run)
 
     validate = sub.add_parser("validate", help="check recipes without running them")
@@ -109,16 +124,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from kdbench.engine.distributed import teardown_distributed
     from kdbench.engine.progress import make_progress
     from kdbench.engine.trainer import Interrupted
-    from kdbench.recipe import load_recipes
-    from kdbench.run import default_out_dir, run_recipe, status
+    from kdbench.locations import default_runs_dir, runs_dir_origin
+    from kdbench.plan import format_plan, plan_chain, summary_lines
+    from kdbench.recipe import apply_overrides, load_recipes, read_raw
+    from kdbench.run import default_out_dir, run_recipe
 
-    variants = load_recipes(args.recipe, args.overrides)
+    overrides = list(args.overrides) + [_teacher_key(item) for item in args.teacher_overrides]
+    if args.teacher_overrides:
+        teacher = apply_overrides(read_raw(args.recipe), list(args.overrides), str(args.recipe)).get("teacher")
+        if not isinstance(teacher, dict) or "recipe" not in teacher:
+            raise UserError(f"{args.recipe}: --teacher-set needs a recipe whose teacher is trained by teacher.recipe")
+    variants = load_recipes(args.recipe, overrides)
     if args.out is not None and len(variants) > 1:
         raise UserError(f"{args.recipe} sweeps over {len(variants)} runs; --out names one folder, use --runs-dir")
-    if args.dry_run:
+    if args.dry_run or not args.quiet:
+        print(f"runs folder: {default_runs_dir(args.runs_dir)} ({runs_dir_origin(args.runs_dir)})")
+        planned = []
         for resolved in variants:
-            out = args.out or default_out_dir(resolved, args.runs_dir)
-            print(f"{resolved.recipe.name}  {resolved.short_hash}  {status(resolved, out):<8}  {out}")
+            chain = plan_chain(resolved, args.out or default_out_dir(resolved, args.runs_dir), args.runs_dir)
+            print("\n".join(format_plan(chain)))
+            planned += chain
+        print("\n".join(summary_lines(planned)))
+        sys.stdout.flush()
+    if args.dry_run:
         return 0
     progress = make_progress(quiet=args.quiet)
     rows: list[tuple[str, dict[str, Any] | None, str]] = []
@@ -149,6 +177,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 0
     _print_summary(rows)
     return 2 if any(result is None for _, result, _ in rows) else 0
+
+
+def _teacher_key(item: str) -> str:
+    """``--teacher-set train.epochs=2`` is ``--set teacher.set.train.epochs=2``."""
+    if "=" not in item:
+        raise UserError(f"--teacher-set {item!r} is not KEY=VALUE; write e.g. --teacher-set train.epochs=2")
+    return f"teacher.set.{item.strip()}"
 
 
 def _metric_cells(result: dict[str, Any]) -> list[str]:

@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +42,7 @@ __all__ = [
     "load_recipes",
     "read_raw",
     "resolve",
+    "teacher_overrides",
 ]
 
 #: Recipe names become folder names: letters, digits and ._+- only.
@@ -76,11 +78,18 @@ class TeacherSection(StrictModel):
     checkpoint: str | None = Field(None, description="weights file or run directory (relative to the recipe)")
     recipe: str | None = Field(None, description="recipe that trains the teacher; run first unless already done")
     options: dict[str, Any] = Field(default_factory=dict, description="the model's own options")
+    set: dict[str, Any] = Field(
+        default_factory=dict,
+        description='keys of the teacher recipe to override, e.g. {"train.epochs" = 2} '
+        "(--set teacher.set.train.epochs=2, or --teacher-set train.epochs=2)",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> TeacherSection:
         if (self.checkpoint is None) == (self.recipe is None):
             raise ValueError("give exactly one of teacher.checkpoint or teacher.recipe")
+        if self.set and self.recipe is None:
+            raise ValueError("teacher.set overrides keys of a teacher recipe; it needs teacher.recipe")
         if self.checkpoint is not None and self.model is None:
             raise ValueError("teacher.model is required with teacher.checkpoint")
         return self
@@ -205,6 +214,8 @@ class ResolvedRecipe:
         data["student"]["options"] = self.student_config.model_dump(mode="json")
         if r.teacher is not None and self.teacher_config is not None:
             data["teacher"]["options"] = self.teacher_config.model_dump(mode="json")
+            if not data["teacher"]["set"]:  # absent unless used: recipes without it keep their hash
+                del data["teacher"]["set"]
             if self.teacher_recipe is not None:
                 data["teacher"]["model"] = self.teacher_recipe.recipe.student.model
         data["method"] = {"name": r.method.name, **self.method_config.model_dump(mode="json")}
@@ -394,7 +405,22 @@ def _sweep_axes(sweep: Any, file: str) -> dict[str, list[Any]]:
     return axes
 
 
-def _load(path: Path, overrides: list[str], stack: tuple[Path, ...]) -> ResolvedRecipe:
+def teacher_overrides(table: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """``teacher.set`` as ``(dotted key, value)`` pairs: ``{"train.epochs" = 2}`` and ``{train = {epochs = 2}}``
+    (what ``--set teacher.set.train.epochs=2`` builds) both give ``[("train.epochs", 2)]``."""
+    pairs: list[tuple[str, Any]] = []
+    for key, value in table.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict) and value:
+            pairs += teacher_overrides(value, dotted)
+        else:
+            pairs.append((dotted, value))
+    return pairs
+
+
+def _load(
+    path: Path, overrides: list[str], stack: tuple[Path, ...], typed: Sequence[tuple[str, Any]] = ()
+) -> ResolvedRecipe:
     file = str(path)
     key = path.resolve()
     if key in stack:
@@ -402,6 +428,9 @@ def _load(path: Path, overrides: list[str], stack: tuple[Path, ...]) -> Resolved
         raise RecipeError(f"teacher.recipe forms a cycle: {chain}", file=file, key="teacher.recipe")
     raw = read_raw(path)
     raw = apply_overrides(raw, overrides, file)
+    for dotted, value in typed:
+        _set_dotted(raw, dotted, value, file, "teacher.set")
+    overrides = overrides + [f"{dotted}={_toml.format_value(value)}" for dotted, value in typed]
     if raw.get("sweep"):
         raise RecipeError(
             "a recipe with a [sweep] table names several runs",
@@ -468,7 +497,7 @@ def resolve(
         if teacher.recipe is not None:
             teacher_path = _valid_path(resolved.relative(teacher.recipe), file, "teacher.recipe")
             try:
-                sub = _load(teacher_path, [], _stack)
+                sub = _load(teacher_path, [], _stack, teacher_overrides(teacher.set))
             except RecipeError as exc:
                 if exc.file == str(teacher_path) and exc.problem == "file not found":
                     raise RecipeError(

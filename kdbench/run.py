@@ -45,14 +45,12 @@ from kdbench.engine.distributed import Distributed, setup_distributed
 from kdbench.engine.hardware import resolve_hardware
 from kdbench.engine.progress import Progress, make_progress
 from kdbench.engine.trainer import Trainer, freeze
+from kdbench.locations import RUNS_DIR_ENV, default_runs_dir, remember_runs_dir
 from kdbench.models.base import Network
 from kdbench.recipe import ResolvedRecipe
 from kdbench.results import SCHEMA_VERSION, environment, eps_label, read_result, write_json
 
 __all__ = ["RUNS_DIR_ENV", "RunOutcome", "default_out_dir", "run_recipe", "status"]
-
-#: Where runs go when --out is not given (default: ./runs).
-RUNS_DIR_ENV = "KDBENCH_RUNS_DIR"
 
 
 @dataclass
@@ -63,8 +61,8 @@ class RunOutcome:
 
 
 def default_out_dir(resolved: ResolvedRecipe, runs_dir: Path | None = None) -> Path:
-    base = runs_dir or Path(os.environ.get(RUNS_DIR_ENV, "runs"))
-    return base / resolved.recipe.name / resolved.short_hash
+    """``<runs dir>/<name>/<hash10>``; the runs dir is `kdbench.locations.default_runs_dir`."""
+    return default_runs_dir(runs_dir) / resolved.recipe.name / resolved.short_hash
 
 
 def run_recipe(
@@ -82,6 +80,8 @@ def run_recipe(
         progress.message(f"{resolved.recipe.name}: already finished in {out} (hash {resolved.short_hash})")
         return RunOutcome(out, done, reused=True)
     out.mkdir(parents=True, exist_ok=True)
+    if out_dir is None:
+        remember_runs_dir(default_runs_dir(runs_dir))
     ddp = setup_distributed(resolved.recipe.train.device)
     if not ddp.is_main:  # rank 0 owns the folder; the others train beside it and write nothing
         return RunOutcome(out, _execute(resolved, out, runs_dir, progress, ddp), reused=False)
