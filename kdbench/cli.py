@@ -66,6 +66,14 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         help="root of default output folders (default: $KDBENCH_RUNS_DIR, else ~/.local/share/kdbench/runs)",
     )
+    run.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], help="train on this device (the same as --set train.device=...)"
+    )
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="not needed: an interrupted run resumes from its checkpoint when the same command runs again",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress output")
     run.add_argument(
         "--dry-run",
@@ -109,6 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return int(args.handler(args))
+    except BrokenPipeError:
+        # `kdbench show pgd | head`: the reader left; say nothing more (Python docs, "Note on SIGPIPE")
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except UserError as exc:
         print(f"kdbench: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -129,7 +142,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from kdbench.recipe import apply_overrides, load_recipes, read_raw
     from kdbench.run import default_out_dir, run_recipe
 
-    overrides = list(args.overrides) + [_teacher_key(item) for item in args.teacher_overrides]
+    if args.resume:
+        print("kdbench: note: --resume is not needed: resuming is automatic (same command, same hash)", file=sys.stderr)
+    device = [f"train.device={args.device}"] if args.device else []
+    overrides = list(args.overrides) + device + [_teacher_key(item) for item in args.teacher_overrides]
     if args.teacher_overrides:
         teacher = apply_overrides(read_raw(args.recipe), list(args.overrides), str(args.recipe)).get("teacher")
         if not isinstance(teacher, dict) or "recipe" not in teacher:
@@ -224,12 +240,14 @@ def _print_summary(rows: list[tuple[str, dict[str, Any] | None, str]]) -> None:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from kdbench.recipe import load_recipes
+    from kdbench.recipe import check_files, load_recipes
 
     failed = 0
     for path in args.recipes:
         try:
             variants = load_recipes(path, args.overrides)
+            for variant in variants:
+                check_files(variant)
         except UserError as exc:
             failed += 1
             print(f"kdbench: error: {exc}", file=sys.stderr)
@@ -258,7 +276,16 @@ def _summary(obj: Any) -> str:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    regs = [_registry_for(args.kind)] if args.kind else list(registries().values())
+    from kdbench.evaluation.catalog import EVALUATION_ATTACKS
+
+    evaluation = args.kind in (None, "evaluation", "eval", "attacks", "attack")
+    regs = (
+        []
+        if args.kind in ("evaluation", "eval")
+        else [_registry_for(args.kind)]
+        if args.kind
+        else list(registries().values())
+    )
     pattern = (args.pattern or "").lower()
     rows: list[tuple[str, str, str, str]] = []
     for reg in regs:
@@ -270,6 +297,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
             except PluginError as exc:
                 summary = f"[failed to load] {exc}"
             rows.append((reg.kind, entry.name, entry.provider, summary))
+    if evaluation:
+        for name, (summary, _) in EVALUATION_ATTACKS.items():
+            if not pattern or pattern in name:
+                rows.append(("evaluation", name, "kdbench", summary))
     if not rows:
         print("nothing matches", file=sys.stderr)
         return 0
@@ -280,11 +311,18 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
+    from kdbench.evaluation.catalog import EVALUATION_ATTACKS, describe_evaluation_attack, evaluation_attack_name
+
     kind, _, name = args.name.rpartition("/")
+    if kind in ("evaluation", "eval") or (not kind and evaluation_attack_name(name) and not _registered(name)):
+        if evaluation_attack_name(name) is None:
+            raise UserError(f"no evaluation attack named {name!r}; {did_you_mean(name, list(EVALUATION_ATTACKS))}")
+        print(describe_evaluation_attack(name))
+        return 0
     regs = [_registry_for(kind)] if kind else list(registries().values())
     found = [reg for reg in regs if name in reg]
     if not found:
-        everything = [n for reg in regs for n in reg.names()]
+        everything = [n for reg in regs for n in reg.names()] + list(EVALUATION_ATTACKS)
         raise UserError(f"no component named {name!r}; {did_you_mean(name, everything)}")
     if len(found) > 1:
         raise UserError(f"{name!r} is a {' and a '.join(r.kind[:-1] for r in found)}; write KIND/{name}")
@@ -302,7 +340,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     print("options:")
     for key, info in config.model_fields.items():
         default = info.get_default(call_default_factory=True)
-        shown = "required" if default is PydanticUndefined else f"default {default!r}"
+        shown = "required" if default is PydanticUndefined else f"default {_show_value(default)}"
         annotation = getattr(info.annotation, "__name__", str(info.annotation)).replace("typing.", "")
         line = f"  {key}: {annotation} ({shown})"
         if info.description:
@@ -310,8 +348,23 @@ def _cmd_show(args: argparse.Namespace) -> int:
         print(line)
     extra = {k: v for k, v in getattr(obj, "attack_defaults", {}).items()}
     if extra:
-        print(f"training-attack defaults: {extra}")
+        print(f"training-attack defaults: {', '.join(f'{k} = {_show_value(v)}' for k, v in extra.items())}")
+    if evaluation_attack_name(name):
+        print(f"\nalso an evaluation attack: kdbench show evaluation/{name}")
     return 0
+
+
+def _registered(name: str) -> bool:
+    return any(name in reg for reg in registries().values())
+
+
+def _show_value(value: Any) -> str:
+    """A default as a recipe would write it: ``8/255`` for pixel budgets (0.0313... means nothing to a reader)."""
+    from kdbench.results import eps_label
+
+    if isinstance(value, float) and 0 < value < 1 and "/" in eps_label(value):
+        return f'"{eps_label(value)}"'
+    return repr(value)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ __all__ = [
     "TeacherSection",
     "TrainSection",
     "apply_overrides",
+    "check_files",
     "load_recipe",
     "load_recipes",
     "read_raw",
@@ -521,6 +522,27 @@ def resolve(
     return resolved
 
 
+def check_files(resolved: ResolvedRecipe) -> None:
+    """Files the recipe names must exist: ``teacher.checkpoint`` (here and down the teacher chain).
+
+    Raises a `RecipeError` naming the key and the resolved path; called by ``kdbench validate`` and
+    before a run builds its teacher.
+    """
+    teacher = resolved.recipe.teacher
+    if teacher is not None and teacher.checkpoint is not None:
+        path = resolved.relative(teacher.checkpoint)
+        weights = path / "model.pt" if path.is_dir() else path
+        if not weights.is_file():
+            raise RecipeError(
+                f"file {str(weights)!r} not found" + (" (the run folder has no model.pt)" if path.is_dir() else ""),
+                file=resolved.file,
+                key="teacher.checkpoint",
+                hint="give the path of a weights file or a finished run folder, relative to the recipe",
+            )
+    if resolved.teacher_recipe is not None:
+        check_files(resolved.teacher_recipe)
+
+
 def _model_config(name: str, options: dict[str, Any], file: str, section: str) -> StrictModel:
     cls = _lookup(MODELS, name, file, f"{section}.model")
     return _validate(cls.Config, options, file, f"{section}.options")
@@ -578,6 +600,9 @@ def _as_recipe_error(exc: ValidationError, model: type[BaseModel], file: str, pr
         message = message[len("Value error, ") :]
     given = first.get("input")
     shown = "" if isinstance(given, dict) or given is None else f" (got {given!r})"
+    if isinstance(given, str) and kind in ("float_type", "int_type", "bool_type"):
+        # strict types: a quoted number is a string in TOML, never silently converted
+        return RecipeError(f"{message}{shown}{more}", file=file, key=key, hint=f"write it without quotes: {given}")
     return RecipeError(f"{message}{shown}{more}", file=file, key=key)
 
 

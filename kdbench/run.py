@@ -47,7 +47,7 @@ from kdbench.engine.progress import Progress, make_progress
 from kdbench.engine.trainer import Trainer, freeze
 from kdbench.locations import RUNS_DIR_ENV, default_runs_dir, remember_runs_dir
 from kdbench.models.base import Network
-from kdbench.recipe import ResolvedRecipe
+from kdbench.recipe import ResolvedRecipe, check_files
 from kdbench.results import SCHEMA_VERSION, environment, eps_label, read_result, write_json
 
 __all__ = ["RUNS_DIR_ENV", "RunOutcome", "default_out_dir", "run_recipe", "status"]
@@ -151,6 +151,7 @@ def _teacher(resolved: ResolvedRecipe, runs_dir: Path | None, progress: Progress
     else:
         assert r.teacher.checkpoint is not None
         assert r.teacher.model is not None
+        check_files(resolved)  # the message names teacher.checkpoint and the resolved path
         weights = resolved.relative(r.teacher.checkpoint)
         info = build_source(resolved).info()
         model_name = r.teacher.model
