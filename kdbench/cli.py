@@ -11,6 +11,7 @@ import importlib
 import inspect
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--quiet", action="store_true", help="no progress output")
     run.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write TensorBoard scalars to each run's tensorboard/ folder (pip install 'kdbench[tensorboard]')",
+    )
+    run.add_argument(
         "--dry-run",
         action="store_true",
         help="list the runs (a sweep's variants and their teacher chain) with status and estimated cost",
@@ -135,10 +141,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from kdbench.engine.distributed import teardown_distributed
+    from kdbench.engine.estimate import format_duration
     from kdbench.engine.progress import make_progress
     from kdbench.engine.trainer import Interrupted
     from kdbench.locations import default_runs_dir, runs_dir_origin
-    from kdbench.plan import format_plan, plan_chain, summary_lines
+    from kdbench.plan import clock_plan, format_plan, plan_chain, summary_lines
     from kdbench.recipe import apply_overrides, load_recipes, read_raw
     from kdbench.run import default_out_dir, run_recipe
 
@@ -153,9 +160,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     variants = load_recipes(args.recipe, overrides)
     if args.out is not None and len(variants) > 1:
         raise UserError(f"{args.recipe} sweeps over {len(variants)} runs; --out names one folder, use --runs-dir")
+    started = time.perf_counter()
+    planned = []
     if args.dry_run or not args.quiet:
         print(f"runs folder: {default_runs_dir(args.runs_dir)} ({runs_dir_origin(args.runs_dir)})")
-        planned = []
         for resolved in variants:
             chain = plan_chain(resolved, args.out or default_out_dir(resolved, args.runs_dir), args.runs_dir)
             print("\n".join(format_plan(chain)))
@@ -164,7 +172,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     if args.dry_run:
         return 0
-    progress = make_progress(quiet=args.quiet)
+    if args.tensorboard:
+        from kdbench.engine.progress import TensorBoardProgress
+
+        TensorBoardProgress.require()
+    progress = make_progress(quiet=args.quiet, tensorboard=args.tensorboard)
+    clock = getattr(progress, "clock", None)
+    if clock is not None:
+        clock.plan.update(clock_plan(planned))
     rows: list[tuple[str, dict[str, Any] | None, str]] = []
     try:
         for resolved in variants:
@@ -189,9 +204,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if len(variants) == 1:
         _, result, where = rows[0]
         assert result is not None
+        _print_teacher(variants[0], args.runs_dir)
         _print_result(result, Path(where).parent)
+        print(f"total time: {format_duration(time.perf_counter() - started)}")
         return 0
     _print_summary(rows)
+    print(f"total time: {format_duration(time.perf_counter() - started)}")
     return 2 if any(result is None for _, result, _ in rows) else 0
 
 
@@ -220,6 +238,24 @@ def _print_result(result: dict[str, Any], out: Path) -> None:
     for flag in result.get("flags", []):
         print(f"  flag: {flag}")
     print(f"result: {out / 'result.json'}")
+
+
+def _print_teacher(resolved: Any, runs_dir: Path | None) -> None:
+    """The teacher's own accuracy (from its run's result.json), so a bad teacher is seen at once."""
+    from kdbench.results import read_result
+    from kdbench.run import default_out_dir
+
+    sub = resolved.teacher_recipe
+    if sub is None:
+        return
+    folder = default_out_dir(sub, runs_dir)
+    result = read_result(folder / "result.json")
+    if result is None:
+        return
+    m = result["metrics"]
+    robust = {k: v for k, v in m.get("robust", {}).items() if v is not None and k != "worst"}
+    parts = [f"clean {m['clean_acc']:.4f}"] + [f"{k} {v:.4f}" for k, v in robust.items()]
+    print(f"teacher {result['name']}: {' | '.join(parts)} (n={m.get('n_eval')}; {folder})")
 
 
 def _print_summary(rows: list[tuple[str, dict[str, Any] | None, str]]) -> None:

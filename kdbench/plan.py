@@ -17,7 +17,7 @@ from kdbench.engine.estimate import RunCost, estimate_run, format_duration, warn
 from kdbench.locations import find_finished_elsewhere
 from kdbench.recipe import ResolvedRecipe
 
-__all__ = ["PlannedRun", "format_plan", "plan_chain", "summary_lines", "total_seconds"]
+__all__ = ["PlannedRun", "clock_plan", "format_plan", "plan_chain", "summary_lines", "total_seconds"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,28 @@ def total_seconds(planned: list[PlannedRun]) -> float | None:
             return None
         total += left
     return total
+
+
+def clock_plan(planned: list[PlannedRun]) -> dict[str, tuple[float, float]]:
+    """For `kdbench.engine.progress.RunClock.plan`: recipe hash -> (estimated training seconds, estimated
+    seconds of everything after that training), in execution order (each chain's deepest teacher first)."""
+    order: list[PlannedRun] = []
+    seen: set[str] = set()
+    chains: list[list[PlannedRun]] = []
+    for p in planned:
+        if p.depth == 0:
+            chains.append([])
+        chains[-1].append(p)
+    for chain in chains:
+        for p in reversed(chain):
+            if p.status != "done" and p.resolved.hash not in seen and p.remaining_seconds is not None:
+                seen.add(p.resolved.hash)
+                order.append(p)
+    plan: dict[str, tuple[float, float]] = {}
+    for i, p in enumerate(order):
+        later = sum(q.remaining_seconds or 0.0 for q in order[i + 1 :])
+        plan[p.resolved.hash] = (p.cost.train_seconds or 0.0, (p.cost.eval_seconds or 0.0) + later)
+    return plan
 
 
 def _cost_text(p: PlannedRun) -> str:

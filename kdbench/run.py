@@ -29,6 +29,7 @@ from kdbench import _toml
 from kdbench._errors import UserError
 from kdbench._registry import METHODS
 from kdbench.build import (
+    DataBundle,
     build_attack,
     build_data,
     build_network,
@@ -42,11 +43,11 @@ from kdbench.build import (
 )
 from kdbench.engine.checkpoint import CheckpointStore, atomic_write_bytes
 from kdbench.engine.distributed import Distributed, setup_distributed
-from kdbench.engine.hardware import resolve_hardware
-from kdbench.engine.progress import Progress, make_progress
+from kdbench.engine.hardware import Hardware, resolve_hardware
+from kdbench.engine.progress import Progress, make_progress, run_log
 from kdbench.engine.trainer import Trainer, freeze
 from kdbench.locations import RUNS_DIR_ENV, default_runs_dir, remember_runs_dir
-from kdbench.models.base import Network
+from kdbench.models.base import Network, NetworkSpec
 from kdbench.recipe import ResolvedRecipe, check_files
 from kdbench.results import SCHEMA_VERSION, environment, eps_label, read_result, write_json
 
@@ -180,10 +181,34 @@ def _execute(
     data = build_data(resolved, hw, ddp.rank, ddp.world_size)
     spec = network_spec(data.info)
     teacher = _teacher(resolved, runs_dir, progress, spec.num_classes) if r.teacher is not None else None
+    close_log = _nothing
+    if ddp.is_main:  # from here on this run's lines also go to its train.log (the teacher's went to its own)
+        progress, close_log = run_log(progress, out, tensorboard=bool(getattr(progress, "tensorboard", False)))
     progress.message(
         f"{r.name}: {r.method.name} | student {r.student.model} | {r.data.dataset} "
         f"({data.train_size} train images) | {hw.describe()}, {hw.precision} -> {out}"
     )
+    try:
+        return _train_and_evaluate(resolved, out, progress, ddp, hw, data, spec, teacher)
+    finally:
+        close_log()
+
+
+def _nothing() -> None:
+    pass
+
+
+def _train_and_evaluate(
+    resolved: ResolvedRecipe,
+    out: Path,
+    progress: Progress,
+    ddp: Distributed,
+    hw: Hardware,
+    data: DataBundle,
+    spec: NetworkSpec,
+    teacher: Network | None,
+) -> dict[str, Any]:
+    r = resolved.recipe
     student, method = build_student_and_method(resolved, spec, teacher, data.train_size, hw.device)
     student = place(student, hw)
     if teacher is not None:
@@ -208,6 +233,7 @@ def _execute(
         progress=progress,
         distributed=ddp,
         method_name=r.method.name,
+        run_key=resolved.hash,
     )
     summary = trainer.fit()
     if not ddp.is_main:

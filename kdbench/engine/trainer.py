@@ -84,6 +84,7 @@ class Trainer:
         attack: Attack | None = None,
         distributed: Distributed | None = None,
         method_name: str | None = None,
+        run_key: str | None = None,
     ):
         self.student, self.method, self.teacher, self.attack = student, method, teacher, attack
         self.loader, self.cfg, self.hw, self.seed = loader, train, hardware, seed
@@ -91,6 +92,7 @@ class Trainer:
         self.device = hardware.device
         self.dist = distributed or Distributed()
         self.method_name = method_name or type(method).__name__
+        self.run_key = run_key or self.method_name  # names the run to the progress clock (the recipe hash)
         params = [p for p in [*student.parameters(), *method.parameters()] if p.requires_grad]
         self.params = params
         self.optimizer = torch.optim.SGD(
@@ -171,6 +173,14 @@ class Trainer:
                 torch.manual_seed(global_seed(self.seed, start_epoch) + 7919 * start_batch + self.dist.rank)
             where = f"epoch {start_epoch + 1}" + (f", step {start_batch}" if start_batch else "")
             self.progress.message(f"resuming from {latest[0]} at {where}")
+        begin_run = getattr(self.progress, "begin_run", None)  # optional: elapsed, images/s, ETA
+        if begin_run is not None:
+            begin_run(
+                self.run_key,
+                total_steps=self.cfg.epochs * self.steps_per_epoch,
+                done_steps=start_epoch * self.steps_per_epoch + start_batch,
+                images_per_step=self.loader.batch_size * self.dist.world_size,
+            )
         self.student.train()
         self.method.train()
         with self._signals():
@@ -196,6 +206,9 @@ class Trainer:
         tic = time.perf_counter()
         batch = start_batch
         steps_since_sync = 0
+        # A sync point also every `sync_seconds` of wall time: slow CPU steps still show live values.
+        sync_seconds = getattr(self.progress, "sync_seconds", None)
+        last_sync = time.perf_counter()
         for x, y, index in self.loader.epoch(epoch, start_batch=start_batch):
             terms, logits = self._step(x, y, index, epoch, batch)
             # Only the terms of the first bad step are reported: once the weights are NaN every term is.
@@ -212,10 +225,17 @@ class Trainer:
             batch += 1
             steps_since_sync += 1
             self.progress.advance()
-            if steps_since_sync >= self.cfg.log_every or (self._stop_signal is not None and not self.dist.enabled):
+            due = steps_since_sync >= self.cfg.log_every
+            if sync_seconds is not None and not self.dist.enabled and not due:
+                due = time.perf_counter() - last_sync >= sync_seconds  # a host clock read: no device sync
+            if due or (self._stop_signal is not None and not self.dist.enabled):
                 steps_since_sync = 0
+                last_sync = time.perf_counter()
                 self._check_finite(first_bad, bad_terms, epoch)
-                self.progress.show(self._means(sums, batch - start_batch))
+                values = self._means(sums, batch - start_batch)
+                if logits is not None:
+                    values["acc"] = (correct / seen.clamp(min=1)).item()  # this process's share of the epoch
+                self.progress.show(values)
                 if self._should_stop():
                     break
         if self.device.type == "cuda":
