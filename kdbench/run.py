@@ -327,6 +327,7 @@ def _evaluate(
         batch_size=r.eval.batch_size,
         device=device,
         seed=r.seed,
+        on_progress=progress.message,
     )
     for flag in report.flags:
         print(f"kdbench: flag: {flag}", file=sys.stderr)
