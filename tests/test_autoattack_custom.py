@@ -40,6 +40,32 @@ def _linear_model() -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
 
 
+def test_custom_version_asks_pyautoattack_for_apgd_ce_and_apgd_t(monkeypatch):
+    import kdbench.evaluation.autoattack as aa
+
+    made: list[dict] = []
+    real = aa.require_autoattack()
+
+    class Recording(real):  # the real class, so its own version checks still apply
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs)
+            super().__init__(*args, **kwargs)
+
+        def run_standard_evaluation(self, x, y, batch_size=250):
+            made[-1]["attacks_to_run"] = list(self.attacks_to_run)
+            made[-1]["targets"] = self.apgd_targeted.n_target_classes
+            return x.clone(), y.clone()
+
+    monkeypatch.setattr(aa, "require_autoattack", lambda: Recording)
+    model = _linear_model()
+    images = torch.rand(4, 3, 8, 8)
+    report = evaluate(model, images, model(images).argmax(1), ["clean", "autoattack_custom"], sanity=False)
+    assert made[0]["version"] == "custom" and made[0]["attacks_to_run"] == ["apgd-ce", "apgd-t"]
+    assert made[0]["targets"] == 9  # the standard version's APGD-T setting
+    assert report.robust["autoattack"] is None and report.robust["autoattack_custom"] == 1.0
+
+
+@pytest.mark.slow
 def test_custom_version_runs_apgd_ce_and_apgd_t_only_and_reports_progress():
     torch.manual_seed(1)
     model = _linear_model()
