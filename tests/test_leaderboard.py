@@ -412,6 +412,8 @@ def test_html_renders_in_headless_chromium(tmp_path):
     assert [t.count("<tr") for t in tables] == [2, 3]
     assert dom.count("<svg") == 4
     assert len(re.findall(r'<g class="point', dom)) == 4  # sat-noaa has no AutoAttack number to plot
+    assert 'title="no AutoAttack: not ranked (ordered by PGD-20)">†</td>' in dom  # the marked section
+    assert '<a href="https://arxiv.org/abs/1706.06083">1706.06083</a>' in dom  # the paper column
     assert len(re.findall(r'<g class="point flagged"', dom)) == 1
     assert dom.count('<rect class="bar"') == 6 + 5 + 3 * 6  # one bar per variant and metric evaluated
     order = re.findall(r'<tr[^>]*data-variant="([^"]+)"', tables[1])
