@@ -8,7 +8,7 @@ the functions that run a recipe, load a trained model, evaluate any model and re
 from kdbench._errors import PluginError, RecipeError, UserError
 from kdbench._registry import ATTACKS, DATASETS, METHODS, MODELS, Registry
 from kdbench.attacks.base import Attack, ModelFn, Objective
-from kdbench.config import EmptyConfig, Number, StrictModel
+from kdbench.config import EmptyConfig, Number, StrictModel, introduced
 from kdbench.data.base import DatasetInfo, DatasetSource, SplitData
 from kdbench.method import Method, MethodSetup, StepContext
 from kdbench.models.base import ModelOutput, Network, NetworkSpec
@@ -41,6 +41,7 @@ __all__ = [
     "UserError",
     "__version__",
     "evaluate",
+    "introduced",
     "load_model",
     "load_results",
     "resolve_recipe",

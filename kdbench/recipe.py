@@ -15,7 +15,7 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from kdbench import _toml
 from kdbench._errors import RecipeError, UserError, did_you_mean
 from kdbench._registry import ATTACKS, DATASETS, METHODS, MODELS, Registry
-from kdbench.config import Number, StrictModel
+from kdbench.config import Number, StrictModel, hash_payload
 
 __all__ = [
     "AttackSection",
@@ -209,18 +209,23 @@ class ResolvedRecipe:
 
     def to_dict(self) -> dict[str, Any]:
         """The recipe with every default and component option filled in (what recipe.toml holds)."""
+        return self._as_dict(lambda model: model.model_dump(mode="json"))
+
+    def _as_dict(self, dump: Callable[[BaseModel], dict[str, Any]]) -> dict[str, Any]:
         r = self.recipe
-        data = r.model_dump(mode="json", exclude={"method", "attack"})
-        data["data"]["options"] = self.data_config.model_dump(mode="json")
-        data["student"]["options"] = self.student_config.model_dump(mode="json")
+        data = dump(r)
+        data.pop("method", None)
+        data.pop("attack", None)
+        data["data"]["options"] = dump(self.data_config)
+        data["student"]["options"] = dump(self.student_config)
         if r.teacher is not None and self.teacher_config is not None:
-            data["teacher"]["options"] = self.teacher_config.model_dump(mode="json")
-            if not data["teacher"]["set"]:  # absent unless used: recipes without it keep their hash
-                del data["teacher"]["set"]
+            data["teacher"]["options"] = dump(self.teacher_config)
+            if not data["teacher"].get("set"):  # absent unless used: recipes without it keep their hash
+                data["teacher"].pop("set", None)
             if self.teacher_recipe is not None:
                 data["teacher"]["model"] = self.teacher_recipe.recipe.student.model
-        data["method"] = {"name": r.method.name, **self.method_config.model_dump(mode="json")}
-        data["attack"] = {"name": r.attack.name, **self.attack_config.model_dump(mode="json")}
+        data["method"] = {"name": r.method.name, **dump(self.method_config)}
+        data["attack"] = {"name": r.attack.name, **dump(self.attack_config)}
         ordered: dict[str, Any] = {k: data[k] for k in ("name", "description", "seed") if k in data}
         ordered.update({k: v for k, v in data.items() if k not in ordered})
         return ordered
@@ -228,8 +233,11 @@ class ResolvedRecipe:
     @property
     def hash(self) -> str:
         """sha256 over what determines the result: the resolved recipe (minus its description) and,
-        for a teacher trained by another recipe, that recipe's hash instead of its path."""
-        data = self.to_dict()
+        for a teacher trained by another recipe, that recipe's hash instead of its path.
+
+        Options declared with `kdbench.config.introduced` are left out while they hold the default
+        they were introduced with, so adding such an option keeps every existing recipe's hash."""
+        data = self._as_dict(hash_payload)
         data.pop("description", None)
         if self.teacher_recipe is not None:
             data["teacher"]["recipe"] = self.teacher_recipe.hash
