@@ -15,7 +15,7 @@ from typing import Any
 
 from kdbench._errors import RecipeError
 
-__all__ = ["MAX_RECIPE_BYTES", "dumps", "load_file", "parse_value"]
+__all__ = ["MAX_RECIPE_BYTES", "dumps", "format_value", "load_file", "parse_value"]
 
 #: A recipe is a few kB of TOML; a larger file is refused before it is read.
 MAX_RECIPE_BYTES = 4 * 2**20
@@ -78,6 +78,11 @@ def _scalar(value: Any) -> str:
         items = ", ".join(f"{_key(k)} = {_scalar(v)}" for k, v in value.items() if v is not None)
         return "{" + items + "}" if items else "{}"
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def format_value(value: Any) -> str:
+    """A value as TOML text, the inverse of `parse_value` (``2`` -> ``2``, ``"a"`` -> ``"a"``)."""
+    return _scalar(value)
 
 
 def _key(key: str) -> str:

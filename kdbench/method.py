@@ -84,6 +84,8 @@ class Method(nn.Module):
     #: False when the method keeps per-sample state (memory banks) that is not synchronised across
     #: torchrun processes; the engine then refuses data-parallel runs instead of training on stale rows.
     supports_data_parallel: ClassVar[bool] = True
+    #: Link to the method's paper (the leaderboard's "paper" column), e.g. "https://arxiv.org/abs/1503.02531".
+    paper: ClassVar[str | None] = None
 
     def __init__(self, config: StrictModel, setup: MethodSetup):
         super().__init__()

@@ -16,7 +16,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from stat import S_ISREG
@@ -42,11 +42,13 @@ __all__ = [
     "TeacherSection",
     "TrainSection",
     "apply_overrides",
+    "check_files",
     "eval_size",
     "load_recipe",
     "load_recipes",
     "read_raw",
     "resolve",
+    "teacher_overrides",
 ]
 
 #: Recipe names become folder names: letters, digits and ._+- only.
@@ -84,11 +86,18 @@ class TeacherSection(StrictModel):
     checkpoint: str | None = Field(None, description="weights file or run directory (relative to the recipe)")
     recipe: str | None = Field(None, description="recipe that trains the teacher; run first unless already done")
     options: dict[str, Any] = Field(default_factory=dict, description="the model's own options")
+    set: dict[str, Any] = Field(
+        default_factory=dict,
+        description='keys of the teacher recipe to override, e.g. {"train.epochs" = 2} '
+        "(--set teacher.set.train.epochs=2, or --teacher-set train.epochs=2)",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> TeacherSection:
         if (self.checkpoint is None) == (self.recipe is None):
             raise ValueError("give exactly one of teacher.checkpoint or teacher.recipe")
+        if self.set and self.recipe is None:
+            raise ValueError("teacher.set overrides keys of a teacher recipe; it needs teacher.recipe")
         if self.checkpoint is not None and self.model is None:
             raise ValueError("teacher.model is required with teacher.checkpoint")
         return self
@@ -259,6 +268,8 @@ class ResolvedRecipe:
         data["student"]["options"] = dump(self.student_config)
         if r.teacher is not None and self.teacher_config is not None:
             data["teacher"]["options"] = dump(self.teacher_config)
+            if not data["teacher"].get("set"):  # absent unless used: recipes without it keep their hash
+                data["teacher"].pop("set", None)
             if self.teacher_recipe is not None:
                 data["teacher"]["model"] = self.teacher_recipe.recipe.student.model
         for name, config in self.extra_teacher_configs.items():
@@ -520,7 +531,22 @@ def _sweep_axes(sweep: Any, file: str) -> dict[str, list[Any]]:
     return axes
 
 
-def _load(path: Path, overrides: list[str], stack: tuple[Path, ...]) -> ResolvedRecipe:
+def teacher_overrides(table: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """``teacher.set`` as ``(dotted key, value)`` pairs: ``{"train.epochs" = 2}`` and ``{train = {epochs = 2}}``
+    (what ``--set teacher.set.train.epochs=2`` builds) both give ``[("train.epochs", 2)]``."""
+    pairs: list[tuple[str, Any]] = []
+    for key, value in table.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict) and value:
+            pairs += teacher_overrides(value, dotted)
+        else:
+            pairs.append((dotted, value))
+    return pairs
+
+
+def _load(
+    path: Path, overrides: list[str], stack: tuple[Path, ...], typed: Sequence[tuple[str, Any]] = ()
+) -> ResolvedRecipe:
     file = str(path)
     key = path.resolve()
     if key in stack:
@@ -528,6 +554,9 @@ def _load(path: Path, overrides: list[str], stack: tuple[Path, ...]) -> Resolved
         raise RecipeError(f"teacher.recipe forms a cycle: {chain}", file=file, key="teacher.recipe")
     raw = read_raw(path)
     raw = apply_overrides(raw, overrides, file)
+    for dotted, value in typed:
+        _set_dotted(raw, dotted, value, file, "teacher.set")
+    overrides = overrides + [f"{dotted}={_toml.format_value(value)}" for dotted, value in typed]
     if raw.get("sweep"):
         raise RecipeError(
             "a recipe with a [sweep] table names several runs",
@@ -631,7 +660,7 @@ def _resolve_teacher(
     if teacher.recipe is not None:
         teacher_path = _valid_path(resolved.relative(teacher.recipe), file, f"{key}.recipe")
         try:
-            sub = _load(teacher_path, [], stack)
+            sub = _load(teacher_path, [], stack, teacher_overrides(teacher.set))
         except RecipeError as exc:
             if exc.file == str(teacher_path) and exc.problem == "file not found":
                 raise RecipeError(
@@ -705,6 +734,30 @@ def _check_eps_schedule(section: AttackSection, config: StrictModel, file: str) 
             )
 
 
+def check_files(resolved: ResolvedRecipe) -> None:
+    """Files the recipe names must exist: ``teacher.checkpoint`` (here and down the teacher chain).
+
+    Raises a `RecipeError` naming the key and the resolved path; called by ``kdbench validate`` and
+    before a run builds its teacher.
+    """
+    tables = {"teacher": resolved.recipe.teacher, **{f"teachers.{n}": t for n, t in resolved.recipe.teachers.items()}}
+    for key, teacher in tables.items():
+        if teacher is None or teacher.checkpoint is None:
+            continue
+        path = resolved.relative(teacher.checkpoint)
+        weights = path / "model.pt" if path.is_dir() else path
+        if not weights.is_file():
+            raise RecipeError(
+                f"file {str(weights)!r} not found" + (" (the run folder has no model.pt)" if path.is_dir() else ""),
+                file=resolved.file,
+                key=f"{key}.checkpoint",
+                hint="give the path of a weights file or a finished run folder, relative to the recipe",
+            )
+    for sub in [resolved.teacher_recipe, *resolved.extra_teacher_recipes.values()]:
+        if sub is not None:
+            check_files(sub)
+
+
 def _model_config(name: str, options: dict[str, Any], file: str, section: str) -> StrictModel:
     cls = _lookup(MODELS, name, file, f"{section}.model")
     return _validate(cls.Config, options, file, f"{section}.options")
@@ -762,6 +815,9 @@ def _as_recipe_error(exc: ValidationError, model: type[BaseModel], file: str, pr
         message = message[len("Value error, ") :]
     given = first.get("input")
     shown = "" if isinstance(given, dict) or given is None else f" (got {given!r})"
+    if isinstance(given, str) and kind in ("float_type", "int_type", "bool_type"):
+        # strict types: a quoted number is a string in TOML, never silently converted
+        return RecipeError(f"{message}{shown}{more}", file=file, key=key, hint=f"write it without quotes: {given}")
     return RecipeError(f"{message}{shown}{more}", file=file, key=key)
 
 

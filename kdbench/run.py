@@ -32,6 +32,7 @@ from kdbench import _toml
 from kdbench._errors import RecipeError, UserError
 from kdbench._registry import METHODS
 from kdbench.build import (
+    DataBundle,
     build_attack,
     build_data,
     build_network,
@@ -54,20 +55,18 @@ from kdbench.engine.checkpoint import (
 )
 from kdbench.engine.distributed import Distributed, setup_distributed
 from kdbench.engine.fingerprint import tensor_digests
-from kdbench.engine.hardware import resolve_hardware
-from kdbench.engine.progress import Progress, make_progress
+from kdbench.engine.hardware import Hardware, resolve_hardware
+from kdbench.engine.progress import Progress, make_progress, run_log
 from kdbench.engine.trainer import Trainer, freeze
-from kdbench.models.base import Network
-from kdbench.recipe import ResolvedRecipe
+from kdbench.locations import RUNS_DIR_ENV, default_runs_dir, remember_runs_dir
+from kdbench.models.base import Network, NetworkSpec
+from kdbench.recipe import ResolvedRecipe, check_files
 from kdbench.results import SCHEMA_VERSION, environment, eps_label, read_result, write_json
 
 __all__ = ["RUNS_DIR_ENV", "RunOutcome", "default_out_dir", "run_recipe", "status"]
 
 #: An evaluation kept after result.json hit a full disk (see `_write_result`).
 PENDING_FILE = "evaluation.pending.json"
-
-#: Where runs go when --out is not given (default: ./runs).
-RUNS_DIR_ENV = "KDBENCH_RUNS_DIR"
 
 
 @dataclass
@@ -78,8 +77,8 @@ class RunOutcome:
 
 
 def default_out_dir(resolved: ResolvedRecipe, runs_dir: Path | None = None) -> Path:
-    base = runs_dir or Path(os.environ.get(RUNS_DIR_ENV, "runs"))
-    return base / resolved.recipe.name / resolved.short_hash
+    """``<runs dir>/<name>/<hash10>``; the runs dir is `kdbench.locations.default_runs_dir`."""
+    return default_runs_dir(runs_dir) / resolved.recipe.name / resolved.short_hash
 
 
 def run_recipe(
@@ -97,6 +96,8 @@ def run_recipe(
         progress.message(f"{resolved.recipe.name}: already finished in {out} (hash {resolved.short_hash})")
         return RunOutcome(out, done, reused=True)
     out.mkdir(parents=True, exist_ok=True)
+    if out_dir is None:
+        remember_runs_dir(default_runs_dir(runs_dir))
     ddp = setup_distributed(resolved.recipe.train.device)
     if not ddp.is_main:  # rank 0 owns the folder; the others train beside it and write nothing
         return RunOutcome(out, _execute(resolved, out, runs_dir, progress, ddp), reused=False)
@@ -204,6 +205,7 @@ def _teacher(resolved: ResolvedRecipe, runs_dir: Path | None, progress: Progress
     else:
         assert r.teacher.checkpoint is not None
         assert r.teacher.model is not None
+        check_files(resolved)  # the message names teacher.checkpoint and the resolved path
         weights = resolved.relative(r.teacher.checkpoint)
         info = build_source(resolved).info()
         model_name = r.teacher.model
@@ -286,10 +288,35 @@ def _execute(
     extra_teachers = {
         name: place(_extra_teacher(resolved, name, runs_dir, progress, data.info), hw) for name in r.teachers
     }
+    close_log = _nothing
+    if ddp.is_main:  # from here on this run's lines also go to its train.log (the teacher's went to its own)
+        progress, close_log = run_log(progress, out, tensorboard=bool(getattr(progress, "tensorboard", False)))
     progress.message(
         f"{r.name}: {r.method.name} | student {r.student.model} | {r.data.dataset} "
         f"({data.train_size} train images) | {hw.describe()}, {hw.precision} -> {out}"
     )
+    try:
+        return _train_and_evaluate(resolved, out, progress, ddp, hw, data, spec, teacher, extra_teachers)
+    finally:
+        close_log()
+
+
+def _nothing() -> None:
+    pass
+
+
+def _train_and_evaluate(
+    resolved: ResolvedRecipe,
+    out: Path,
+    progress: Progress,
+    ddp: Distributed,
+    hw: Hardware,
+    data: DataBundle,
+    spec: NetworkSpec,
+    teacher: Network | None,
+    extra_teachers: dict[str, Network],
+) -> dict[str, Any]:
+    r = resolved.recipe
     student, method = build_student_and_method(
         resolved, spec, teacher, data.train_size, hw.device, extra_teachers=extra_teachers
     )
@@ -319,6 +346,7 @@ def _execute(
         method_name=r.method.name,
         teachers=extra_teachers,
         attack_schedule=r.attack.schedule(),
+        run_key=resolved.hash,
     )
     summary = trainer.fit()
     if not ddp.is_main:
@@ -472,6 +500,7 @@ def _evaluate(
         device=device,
         seed=r.seed,
         step_size=r.eval.step_size,
+        on_progress=progress.message,
     )
     report.flags += selection_flags(data.selection)
     for flag in report.flags:

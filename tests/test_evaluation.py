@@ -190,7 +190,7 @@ def test_parse_attacks_canonicalises():
     with pytest.raises(UserError):
         parse_attacks(["pgd0"])
     check_attack_names(["clean", "pgd7", "autoattack"])
-    with pytest.raises(UserError, match="choices: autoattack, clean, cw, fgsm, pgd20; or pgd<k>"):
+    with pytest.raises(UserError, match="choices: autoattack, autoattack_custom, clean, cw, fgsm, pgd20; or pgd<k>"):
         check_attack_names(["cw-inf"])
 
 

@@ -88,6 +88,7 @@ class Trainer:
         method_name: str | None = None,
         teachers: dict[str, Network] | None = None,
         attack_schedule: EpsSchedule | None = None,
+        run_key: str | None = None,
     ):
         self.student, self.method, self.teacher, self.attack = student, method, teacher, attack
         self.teachers = dict(teachers or {})  # the additional named teachers (Method.extra_teachers)
@@ -98,6 +99,7 @@ class Trainer:
         self.device = hardware.device
         self.dist = distributed or Distributed()
         self.method_name = method_name or type(method).__name__
+        self.run_key = run_key or self.method_name  # names the run to the progress clock (the recipe hash)
         params = [p for p in [*student.parameters(), *method.parameters()] if p.requires_grad]
         self.params = params
         self.optimizer = torch.optim.SGD(
@@ -207,6 +209,14 @@ class Trainer:
                 torch.manual_seed(global_seed(self.seed, start_epoch) + 7919 * start_batch + self.dist.rank)
             where = f"epoch {start_epoch + 1}" + (f", step {start_batch}" if start_batch else "")
             self.progress.message(f"resuming from {latest[0]} at {where}")
+        begin_run = getattr(self.progress, "begin_run", None)  # optional: elapsed, images/s, ETA
+        if begin_run is not None:
+            begin_run(
+                self.run_key,
+                total_steps=self.cfg.epochs * self.steps_per_epoch,
+                done_steps=start_epoch * self.steps_per_epoch + start_batch,
+                images_per_step=self.loader.batch_size * self.dist.world_size,
+            )
         self.student.train()
         self.method.train()
         with self._signals():
@@ -249,6 +259,9 @@ class Trainer:
         tic = time.perf_counter()
         batch = start_batch
         steps_since_sync = 0
+        # A sync point also every `sync_seconds` of wall time: slow CPU steps still show live values.
+        sync_seconds = getattr(self.progress, "sync_seconds", None)
+        last_sync = time.perf_counter()
         for x, y, index in self.loader.epoch(epoch, start_batch=start_batch):
             terms, logits, used_attack = self._step(x, y, index, epoch, batch)
             attacked = attacked or used_attack
@@ -266,10 +279,17 @@ class Trainer:
             batch += 1
             steps_since_sync += 1
             self.progress.advance()
-            if steps_since_sync >= self.cfg.log_every or (self._stop_signal is not None and not self.dist.enabled):
+            due = steps_since_sync >= self.cfg.log_every
+            if sync_seconds is not None and not self.dist.enabled and not due:
+                due = time.perf_counter() - last_sync >= sync_seconds  # a host clock read: no device sync
+            if due or (self._stop_signal is not None and not self.dist.enabled):
                 steps_since_sync = 0
+                last_sync = time.perf_counter()
                 self._check_finite(first_bad, bad_terms, epoch)
-                self.progress.show(self._means(sums, batch - counted_from))
+                values = self._means(sums, batch - counted_from)
+                if logits is not None:
+                    values["acc"] = (correct / seen.clamp(min=1)).item()  # this process's share of the epoch
+                self.progress.show(values)
                 if self._should_stop():
                     break
         if self.device.type == "cuda":

@@ -14,6 +14,8 @@ The attacks (eps default 8/255 L-inf):
 * ``cw``: PGD-30 with alpha, uniform start, on the CW margin ``max_{j!=y} z_j - z_y``
   (Carlini & Wagner 2017; the CW-inf of TRADES / RSLAD tables);
 * ``autoattack``: standard AutoAttack through pyautoattack (`kdbench.evaluation.autoattack`);
+* ``autoattack_custom``: AutoAttack's custom version with APGD-CE + APGD-T only (development; stored as
+  ``robust.autoattack_custom``, never as ``autoattack``);
 * ``clean`` is always evaluated.
 
 Step size. Unless pinned (``step_size``, the recipe's ``eval.step_size``), the step of PGD-k and CW-k
@@ -64,7 +66,7 @@ from kdbench.attacks.fgsm import FGSM, FGSMConfig
 from kdbench.attacks.objectives import cross_entropy, cw_margin
 from kdbench.attacks.pgd import PGD
 from kdbench.attacks.threat import Norm, ThreatModelConfig, check_eps
-from kdbench.evaluation.autoattack import require_autoattack, run_autoattack
+from kdbench.evaluation.autoattack import AUTOATTACK_VERSIONS, require_autoattack, run_autoattack
 from kdbench.evaluation.sanity import (
     Flag,
     as_flag,
@@ -97,7 +99,7 @@ __all__ = [
 #: Keys of `EvalReport.robust` that are always present (None when not run): result.json's contract.
 ROBUST_KEYS = ("fgsm", "pgd20", "cw", "autoattack")
 #: Attack names `evaluate` understands, besides ``pgd<k>`` for any k >= 1.
-ATTACK_NAMES = ("clean", "fgsm", "pgd20", "cw", "autoattack")
+ATTACK_NAMES = ("clean", "fgsm", "pgd20", "cw", "autoattack", "autoattack_custom")
 #: The L-inf step of PGD-20 and CW-30 at the CIFAR budget 8/255 (Madry et al. 2018; RSLAD eval): eps / 4.
 LINF_STEP = 2 / 255
 #: How the default step of PGD-k and CW-k follows from eps (`default_step_size`), as result.json states it.
@@ -108,6 +110,8 @@ SANITY_SAMPLE = 64
 BLACK_BOX_QUERIES = 200
 #: Steps of CW-inf (as in the RSLAD / ARD evaluation code).
 CW_STEPS = 30
+#: Seconds between the per-attack progress lines of `evaluate`.
+PROGRESS_SECONDS = 10.0
 _PGD_NAME = re.compile(r"pgd(\d+)")
 #: Beyond this an evaluation "attack" is a typo or a run that never ends (AutoAttack's APGD uses 100).
 MAX_PGD_STEPS = 10_000
@@ -194,8 +198,8 @@ def attack_settings(
             continue
         if name == "fgsm":
             settings[name] = {"steps": 1, "step_size": eps, "start": "none", "objective": "cross-entropy"}
-        elif name == "autoattack":
-            settings[name] = {"version": "standard", "package": "pyautoattack"}
+        elif name in AUTOATTACK_VERSIONS:
+            settings[name] = {"version": AUTOATTACK_VERSIONS[name], "package": "pyautoattack"}
         else:
             steps = _steps(name)
             settings[name] = {
@@ -331,6 +335,7 @@ def evaluate(
     step_size: float | None = None,
     sanity_sample: int = SANITY_SAMPLE,
     black_box_queries: int = BLACK_BOX_QUERIES,
+    on_progress: Callable[[str], None] | None = None,
 ) -> EvalReport:
     """Clean and robust accuracy of ``model`` on ``images: (N, C, H, W)`` (float in [0, 1] or uint8).
 
@@ -343,7 +348,8 @@ def evaluate(
     PGD and CW (default: `default_step_size`). With ``steps_check``
     (costly: PGD-10, -20 and -50 on every image), `check_steps_monotone` also runs, its
     flags join the others and its wall time is ``seconds["steps_check"]`` (that of the sampled checks
-    is ``seconds["sanity"]``).
+    is ``seconds["sanity"]``). ``on_progress`` receives a line per attack at least every
+    `PROGRESS_SECONDS` (examples done, robust accuracy so far, time) and AutoAttack's own log lines.
     """
     names = parse_attacks(attacks)
     if norm not in ("linf", "l2"):
@@ -372,9 +378,9 @@ def evaluate(
     gradient_attacks = {
         name: _build_attack(name, norm=norm, eps=eps, step_size=step_size)
         for name in names
-        if name not in ("clean", "autoattack")
+        if name != "clean" and name not in AUTOATTACK_VERSIONS
     }
-    if "autoattack" in names:
+    if any(name in AUTOATTACK_VERSIONS for name in names):
         require_autoattack()
 
     flags: list[Flag] = []
@@ -406,19 +412,34 @@ def evaluate(
                 continue
             _seed(device, seed)
             t0 = _clock(device)
-            if name == "autoattack":
+            if name in AUTOATTACK_VERSIONS:
                 result = run_autoattack(
-                    net, x_all, y_all, eps=eps, norm=norm, batch_size=batch_size, device=device, seed=seed
+                    net,
+                    x_all,
+                    y_all,
+                    eps=eps,
+                    norm=norm,
+                    batch_size=batch_size,
+                    device=device,
+                    seed=seed,
+                    version=AUTOATTACK_VERSIONS[name],
+                    log=on_progress,
                 )
                 robust_correct = result.correct.cpu()
                 flags += [as_flag(text, check="autoattack") for text in result.flags]
             else:
                 attack, objective = gradient_attacks[name]
                 robust_correct = torch.empty(n, dtype=torch.bool)
+                shown = t0
                 for a, b in batches:
                     xb, yb = x_all[a:b].to(device), y_all[a:b].to(device)
                     x_adv = attack.perturb(model_fn, xb, objective(yb))
                     robust_correct[a:b] = _predict_correct(net, x_adv, yb).cpu()
+                    now = time.perf_counter()
+                    if on_progress is not None and (now - shown >= PROGRESS_SECONDS or b == n):
+                        shown = now
+                        so_far = float((robust_correct[:b] & clean[:b]).float().mean())
+                        on_progress(f"{name}: {b}/{n} examples, robust accuracy {so_far:.4f}, {now - t0:.0f} s")
             correct[name] = robust_correct & clean
             seconds[name] = _clock(device) - t0
 

@@ -23,10 +23,16 @@ is marked unreliable, as RobustBench marks entries whose evaluation was broken: 
 but its numbers are not to be trusted.
 
 Variants are ranked by the mean of one accuracy, ``autoattack`` by default. When AutoAttack was not
-run for every variant of a setting, comparing AutoAttack with nothing would be meaningless, so that
-setting is ranked by PGD-20 instead and says so (`Board.ranked_by`, `Board.note`). Any other metric
-can be asked for; variants without it rank last. Ties go to the higher clean accuracy, then the
-label.
+run for some variants of a setting, the variants with AutoAttack are ranked by it and the others
+follow in a marked section of their own (`Variant.unranked`), ordered by PGD-20 but given no rank:
+PGD-20 overestimates robustness, so a PGD-20 number is never ranked against AutoAttack ones (as
+RobustBench lists only AutoAttack numbers). A setting where no variant has AutoAttack is ranked by
+PGD-20 and says so (`Board.ranked_by`, `Board.note`). Any other metric can be asked for; variants
+without it rank last. Ties go to the higher clean accuracy, then the label.
+
+Two variants with the same label (one recipe name, two hashes: a ``--set`` changes the hash, not the
+name) get the keys in which their resolved recipes differ appended to the label,
+``kd_cifar10 [train.epochs=5]`` (`disambiguate`).
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ __all__ = [
     "Stat",
     "Variant",
     "build_boards",
+    "disambiguate",
     "run_metrics",
     "serious_flags",
 ]
@@ -156,6 +163,8 @@ class Variant:
     n_eval: list[int]
     rank: int = 0
     serious: list[str] = field(default_factory=list)  # distinct texts of the serious flags
+    #: True for a variant listed after the ranked ones, without a rank (no AutoAttack; module doc).
+    unranked: bool = False
 
     @property
     def unreliable(self) -> bool:
@@ -329,6 +338,52 @@ def _variant(key: str, runs: list[RunRecord]) -> Variant:
     )
 
 
+def _flat(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            out.update(_flat(value, dotted))
+        else:
+            out[dotted] = value
+    return out
+
+
+def _recipe_of(variant: Variant) -> dict[str, Any]:
+    """The resolved recipe of a variant's first run (its recipe.toml), flattened to dotted keys."""
+    from kdbench import _toml
+    from kdbench._errors import UserError
+
+    run = variant.runs[0]
+    if run.recipe_file is None:
+        return {}
+    try:
+        return _flat(_toml.load_file(run.recipe_file))
+    except UserError:
+        return {}
+
+
+def disambiguate(variants: list[Variant], most: int = 3) -> None:
+    """Append ``[key=value, ...]`` (the recipe keys that differ, at most ``most``) to labels that repeat;
+    without recipe files, the recipe hash."""
+    by_label: dict[str, list[Variant]] = {}
+    for v in variants:
+        by_label.setdefault(v.label, []).append(v)
+    for same in by_label.values():
+        if len(same) < 2:
+            continue
+        recipes = [_recipe_of(v) for v in same]
+        keys = sorted({k for r in recipes for k in r} - {"name", "seed", "description"})
+        differing = [k for k in keys if len({repr(r.get(k)) for r in recipes}) > 1]
+        for v, recipe in zip(same, recipes, strict=True):
+            if differing and recipe:
+                shown = [f"{k}={recipe.get(k, '-')}" for k in differing[:most]]
+                more = f", +{len(differing) - most}" if len(differing) > most else ""
+                v.label = f"{v.label} [{', '.join(shown)}{more}]"
+            else:
+                v.label = f"{v.label} [{str(v.runs[0].result.get('recipe_hash', ''))[:10]}]"
+
+
 def _split(key: str, runs: list[RunRecord]) -> list[tuple[str, list[RunRecord]]]:
     """Runs of one recipe that repeat a seed are not independent seeds: keep them apart by run name."""
     seeds = [r.seed for r in runs if r.seed is not None]
@@ -365,20 +420,30 @@ def build_boards(runs: Iterable[RunRecord], sort: str = "autoattack") -> list[Bo
         key=lambda s: (s.dataset, s.norm, s.eps_value, s.eps, s.teacher or "", s.student, s.eval_set, s.protocol),
     ):
         variants = [_variant(key, group) for k, runs_ in by_setting[setting].items() for key, group in _split(k, runs_)]
+        disambiguate(variants)
         ranked_by, note = sort, ""
-        if sort == "autoattack" and any(v.mean("autoattack") is None for v in variants):
-            ranked_by = "pgd20"
-            missing = sum(v.mean("autoattack") is None for v in variants)
+        without = [v for v in variants if v.mean("autoattack") is None]
+        ordered: list[Variant] | None = None
+        if sort == "autoattack" and without and len(without) < len(variants):
+            ordered = _rank([v for v in variants if v.mean("autoattack") is not None], "autoattack")
+            for v in _rank(without, "pgd20"):
+                v.unranked = True
+                ordered.append(v)
+            for i, v in enumerate(ordered, 1):
+                v.rank = i
             note = (
-                f"AutoAttack was not run for {missing} of {len(variants)} variants: ranked by PGD-20, "
-                "which overestimates robustness"
+                f"AutoAttack was not run for {len(without)} of {len(variants)} variants: they follow the ranked "
+                "ones, marked † and unranked, ordered by PGD-20 (which overestimates robustness)"
             )
+        elif sort == "autoattack" and without:
+            ranked_by = "pgd20"
+            note = "AutoAttack was not run for any variant: ranked by PGD-20, which overestimates robustness"
         elif any(v.mean(sort) is None for v in variants):
             note = f"{METRIC_LABELS[sort]} missing for some variants: they rank last"
         boards.append(
             Board(
                 setting=setting,
-                variants=_rank(variants, ranked_by),
+                variants=ordered if ordered is not None else _rank(variants, ranked_by),
                 requested=sort,
                 ranked_by=ranked_by,
                 note=note,

@@ -48,24 +48,36 @@ COLUMNS: dict[str, str] = {
     "time": "train time",
     "flags": "flags",
     "seeds": "seeds",
+    "teacher_acc": "teacher clean %",
+    "arch": "architecture",
+    "paper": "paper",
     **ANALYSIS_KEYS,
 }
 DEFAULT_COLUMNS = (*METRICS, "params", "time", "flags", "seeds")
+#: RobustBench-style columns added by default to the formats read in a browser or a program (a terminal
+#: table has no room for them: its title already names the student architecture).
+WIDE_COLUMNS = ("teacher_acc", "arch", "paper")
+#: Marks a variant listed without a rank (no AutoAttack where others have it; `kdbench.leaderboard.group`).
+UNRANKED_MARK = "†"
 RANK_MARK = " ▼"
 #: Appended to the label of a variant with a serious flag (its numbers are not to be trusted).
 UNRELIABLE_MARK = "⚠ unreliable"
 JSON_KIND = "kdbench-leaderboard"
 
 
-def choose_columns(boards: Sequence[Board], requested: Sequence[str] | None = None) -> list[str]:
-    """The columns to show: ``requested`` (validated), else the defaults plus analysis columns in use."""
+def choose_columns(boards: Sequence[Board], requested: Sequence[str] | None = None, fmt: str = "table") -> list[str]:
+    """The columns to show: ``requested`` (validated), else the defaults plus analysis columns in use;
+    for ``fmt`` other than "table" also `WIDE_COLUMNS` (teacher accuracy, architecture, paper link)."""
     if requested:
         for name in requested:
             if name not in COLUMNS:
                 raise UserError(f"--columns: unknown column {name!r}; {did_you_mean(name, COLUMNS)}")
         return list(dict.fromkeys(requested))
     present = [k for k in ANALYSIS_KEYS if any(k in v.analysis for b in boards for v in b.variants)]
-    return [*DEFAULT_COLUMNS, *present]
+    if fmt == "table":
+        teacher = any(_teacher_acc(v) for b in boards for v in b.variants)
+        return [*DEFAULT_COLUMNS[:6], *(["teacher_acc"] if teacher else []), *DEFAULT_COLUMNS[6:], *present]
+    return [*DEFAULT_COLUMNS[:6], *WIDE_COLUMNS, *DEFAULT_COLUMNS[6:], *present]
 
 
 # ------------------------------------------------------------------------------------ formatting
@@ -123,7 +135,42 @@ def cell(variant: Variant, column: str) -> str:
         return str(len(variant.flag_texts))
     if column == "seeds":
         return format_seeds(variant.seeds)
+    if column == "teacher_acc":
+        return _teacher_acc(variant)
+    if column == "arch":
+        return str(variant.runs[0].result.get("student", "-"))
+    if column == "paper":
+        return method_paper(variant.method) or "-"
     raise KeyError(column)
+
+
+def _teacher_acc(variant: Variant) -> str:
+    """The teacher's clean accuracy from result.json's ``teacher_metrics`` (blank when not recorded)."""
+    values = []
+    for run in variant.runs:
+        metrics = run.result.get("teacher_metrics")
+        value = metrics.get("clean_acc") if isinstance(metrics, dict) else None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            values.append(float(value))
+    return _pct(Stat(tuple(values))) if values else ""
+
+
+def method_paper(method: str) -> str | None:
+    """The paper link a method class declares (``paper = "https://..."``), else the first URL in its docstring."""
+    import inspect
+    import re
+
+    from kdbench._registry import METHODS
+
+    try:
+        cls = METHODS.get(method)
+    except Exception:  # a method not installed here: the board still renders
+        return None
+    link = getattr(cls, "paper", None)
+    if isinstance(link, str) and link:
+        return link
+    match = re.search(r"https?://\S+", inspect.getdoc(cls) or "")
+    return match.group(0).rstrip(".,);") if match else None
 
 
 def header(board: Board, column: str) -> str:
@@ -150,8 +197,12 @@ def subtitle(board: Board, *, with_note: bool = True) -> str:
     return text + (f". {board.note}" if board.note and with_note else "")
 
 
+def rank_text(v: Variant) -> str:
+    return UNRANKED_MARK if v.unranked else str(v.rank)
+
+
 def _rows(board: Board, columns: Sequence[str]) -> list[list[str]]:
-    return [[str(v.rank), display_label(v), v.method, *(cell(v, c) for c in columns)] for v in board.variants]
+    return [[rank_text(v), display_label(v), v.method, *(cell(v, c) for c in columns)] for v in board.variants]
 
 
 def display_label(variant: Variant) -> str:
@@ -262,6 +313,8 @@ def _csv_columns(columns: Sequence[str]) -> list[str]:
             names += ["n_flags", "flags", "unreliable"]
         elif c == "seeds":
             names += ["n_seeds", "seeds"]
+        elif c in ("teacher_acc", "arch", "paper"):
+            names.append(c)
     return [*names, "runs"]
 
 
@@ -273,7 +326,8 @@ def render_csv(boards: Sequence[Board], columns: Sequence[str]) -> str:
     for board in boards:
         s = board.setting
         for v in board.variants:
-            row: list[Any] = [s.dataset, s.norm, s.eps, s.teacher or "", s.student, v.rank, board.ranked_by]
+            rank = "" if v.unranked else v.rank  # listed without a rank: no AutoAttack (group module doc)
+            row: list[Any] = [s.dataset, s.norm, s.eps, s.teacher or "", s.student, rank, board.ranked_by]
             row += [v.label, v.method]
             for c in columns:
                 if c in METRIC_LABELS or c in ANALYSIS_KEYS:
@@ -288,6 +342,10 @@ def render_csv(boards: Sequence[Board], columns: Sequence[str]) -> str:
                     row += [len(v.flag_texts), " | ".join(v.flag_texts), v.unreliable]
                 elif c == "seeds":
                     row += [len(v.runs), ";".join("" if x is None else str(x) for x in v.seeds)]
+                elif c == "teacher_acc":
+                    row.append(cell(v, c).replace("-", ""))
+                elif c in ("arch", "paper"):
+                    row.append(cell(v, c))
             row.append(";".join(str(r.result_file.parent) for r in v.runs))
             writer.writerow(row)
     return buffer.getvalue()
@@ -303,6 +361,7 @@ def board_to_dict(board: Board) -> dict[str, Any]:
         "variants": [
             {
                 "rank": v.rank,
+                "ranked": not v.unranked,
                 "label": v.label,
                 "method": v.method,
                 "variant_key": v.key,

@@ -60,6 +60,8 @@ def ard_divergence(student_logits: Tensor, teacher_logits: Tensor, temperature: 
 class ARD(Method):
     """ARD: the student on PGD examples (CE attack) matches the teacher's softened clean prediction."""
 
+    paper = "https://arxiv.org/abs/1905.09747"
+
     Config = ARDConfig
     config: ARDConfig
     needs_teacher: ClassVar[bool] = True

@@ -54,6 +54,8 @@ class CRDConfig(ContrastiveConfig):
 class CRD(Method):
     """Contrastive representation distillation: CE plus symmetric NCE between embedded features."""
 
+    paper = "https://arxiv.org/abs/1910.10699"
+
     Config = CRDConfig
     config: CRDConfig
     needs_teacher: ClassVar[bool] = True

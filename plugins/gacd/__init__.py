@@ -144,6 +144,8 @@ def confidence_weights(source: WeightSource, teacher_logits: Tensor | None, y: T
 class GACD(Method):
     """Teacher-anchored contrastive distillation onto adversarial student features, confidence-weighted."""
 
+    paper = "https://arxiv.org/abs/2009.09922"
+
     Config = GACDConfig
     config: GACDConfig
     needs_teacher: ClassVar[bool] = True

@@ -38,6 +38,8 @@ def kd_divergence(student_logits: Tensor, teacher_logits: Tensor, temperature: f
 class KD(Method):
     """Hinton distillation on clean inputs from the (robust) teacher."""
 
+    paper = "https://arxiv.org/abs/1503.02531"
+
     Config = KDConfig
     config: KDConfig
     needs_teacher: ClassVar[bool] = True

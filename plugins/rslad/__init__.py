@@ -66,6 +66,8 @@ def rslad_kl(student_logits: Tensor, teacher_probs: Tensor, reduction: Reduction
 class RSLAD(Method):
     """RSLAD: the teacher's clean soft labels supervise the student on clean and PGD inputs alike."""
 
+    paper = "https://arxiv.org/abs/2108.07969"
+
     Config = RSLADConfig
     config: RSLADConfig
     needs_teacher: ClassVar[bool] = True

@@ -37,6 +37,8 @@ def trades_kl(clean_logits: Tensor, adv_logits: Tensor) -> Tensor:
 class TRADES(Method):
     """TRADES: clean cross-entropy plus beta times the clean-to-adversarial KL of the student."""
 
+    paper = "https://arxiv.org/abs/1901.08573"
+
     Config = TRADESConfig
     config: TRADESConfig
     needs_teacher: ClassVar[bool] = False
