@@ -146,7 +146,6 @@ CPU = Profile(
         "teacher.recipe=smoke/teacher.toml",
         'data.dataset="fake"',
         "data.options={train_size = 64, test_size = 16, image_size = 16}",
-        "data.test_subset=16",
         "eval.n_examples=16",
         'student.model="resnet8"',
         "train.epochs=1",
