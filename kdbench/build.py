@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from kdbench.evaluation.selection import (
     read_examples,
     select_examples,
 )
-from kdbench.method import Method, MethodSetup
+from kdbench.method import Method, MethodSetup, TeacherSetup
 from kdbench.models.base import Network, NetworkSpec
 from kdbench.recipe import ResolvedRecipe, eval_size
 
@@ -224,10 +225,15 @@ def check_label_spaces(resolved: ResolvedRecipe, teacher_classes: int, student_c
 
 
 def build_student_and_method(
-    resolved: ResolvedRecipe, spec: NetworkSpec, teacher: Network | None, dataset_size: int, device: torch.device
+    resolved: ResolvedRecipe,
+    spec: NetworkSpec,
+    teacher: Network | None,
+    dataset_size: int,
+    device: torch.device,
+    extra_teachers: Mapping[str, Network] | None = None,
 ) -> tuple[Network, Method]:
     """The student, initialised from the recipe's seed (whether or not a teacher was built before it),
-    and the method sized for it, the teacher and the training set."""
+    and the method sized for it, the teachers and the training set."""
     torch.manual_seed(resolved.recipe.seed)
     student = build_network(resolved.recipe.student.model, resolved.student_config, spec)
     setup = MethodSetup(
@@ -237,6 +243,7 @@ def build_student_and_method(
         teacher_num_classes=teacher.num_classes if teacher is not None else None,
         dataset_size=dataset_size,
         device=device,
+        teachers={n: TeacherSetup(t.feature_dim, t.num_classes) for n, t in (extra_teachers or {}).items()},
     )
     return student, build_method(resolved, setup)
 

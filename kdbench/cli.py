@@ -312,6 +312,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
     extra = {k: v for k, v in getattr(obj, "attack_defaults", {}).items()}
     if extra:
         print(f"training-attack defaults: {extra}")
+    for teacher, purpose in getattr(obj, "extra_teachers", {}).items():
+        print(f"additional teacher [teachers.{teacher}]: {purpose}")
     return 0
 
 

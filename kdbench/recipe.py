@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from kdbench import _toml
 from kdbench._errors import RecipeError, UserError, did_you_mean
 from kdbench._registry import ATTACKS, DATASETS, METHODS, MODELS, Registry
+from kdbench.attacks.schedule import EpsPoint, EpsSchedule
 from kdbench.config import Number, StrictModel, hash_payload, introduced
 from kdbench.engine.checkpoint import MAX_WEIGHTS_BYTES_ENV, max_weights_bytes
 
@@ -108,6 +109,25 @@ class MethodSection(_OpenSection):
 
 class AttackSection(_OpenSection):
     name: str = Field("pgd", description="registered attack used during training (when the method attacks)")
+    eps_schedule: list[EpsPoint] = introduced(
+        [],
+        since="0.2",
+        description='per-epoch budget of the training attack: [{epoch = 0, eps = "2/255"}, ...] (0-based epochs)',
+    )
+    eps_schedule_interpolation: Literal["step", "linear"] = introduced(
+        "step", since="0.2", description="between schedule points: hold each point's budget (step) or interpolate"
+    )
+
+    def options(self) -> dict[str, Any]:
+        """The attack's own options (the schedule keys belong to the engine)."""
+        return dict(self.model_extra or {})
+
+    def schedule(self) -> EpsSchedule:
+        return EpsSchedule(points=list(self.eps_schedule), interpolation=self.eps_schedule_interpolation)
+
+
+#: Keys of [attack] that the engine reads (the schedule), not the attack's own options.
+_ATTACK_ENGINE_KEYS = ("eps_schedule", "eps_schedule_interpolation")
 
 
 class TrainSection(StrictModel):
@@ -190,6 +210,11 @@ class Recipe(StrictModel):
     seed: int = Field(0, ge=0, le=2**63 - 1)
     data: DataSection
     teacher: TeacherSection | None = None
+    teachers: dict[str, TeacherSection] = introduced(
+        {},
+        since="0.2",
+        description="additional named teachers a method reads (e.g. [teachers.natural] for mtard); keys as [teacher]",
+    )
     student: StudentSection
     method: MethodSection
     attack: AttackSection = Field(default_factory=lambda: AttackSection.model_validate({}))
@@ -213,6 +238,9 @@ class ResolvedRecipe:
     data_config: StrictModel
     teacher_recipe: ResolvedRecipe | None = None
     overrides: list[str] = field(default_factory=list)
+    #: The additional teachers of ``[teachers.<name>]``: model config and, when trained by a recipe, that recipe.
+    extra_teacher_configs: dict[str, StrictModel] = field(default_factory=dict)
+    extra_teacher_recipes: dict[str, ResolvedRecipe] = field(default_factory=dict)
 
     @property
     def file(self) -> str:
@@ -233,8 +261,15 @@ class ResolvedRecipe:
             data["teacher"]["options"] = dump(self.teacher_config)
             if self.teacher_recipe is not None:
                 data["teacher"]["model"] = self.teacher_recipe.recipe.student.model
+        for name, config in self.extra_teacher_configs.items():
+            data["teachers"][name]["options"] = dump(config)
+            if name in self.extra_teacher_recipes:
+                data["teachers"][name]["model"] = self.extra_teacher_recipes[name].recipe.student.model
         data["method"] = {"name": r.method.name, **dump(self.method_config)}
         data["attack"] = {"name": r.attack.name, **dump(self.attack_config)}
+        # The engine's schedule keys of [attack] (hash-neutral while unused, like `teachers`).
+        section = dump(r.attack)
+        data["attack"].update({k: section[k] for k in _ATTACK_ENGINE_KEYS if k in section})
         ordered: dict[str, Any] = {k: data[k] for k in ("name", "description", "seed") if k in data}
         ordered.update({k: v for k, v in data.items() if k not in ordered})
         return ordered
@@ -256,6 +291,14 @@ class ResolvedRecipe:
                 data["teacher"]["checkpoint"] = _file_digest(self.relative(self.recipe.teacher.checkpoint))
             except RecipeError as exc:
                 raise exc.located(file=self.file) from None
+        for name, section in self.recipe.teachers.items():
+            if name in self.extra_teacher_recipes:
+                data["teachers"][name]["recipe"] = self.extra_teacher_recipes[name].hash
+            elif section.checkpoint is not None:
+                try:
+                    data["teachers"][name]["checkpoint"] = _file_digest(self.relative(section.checkpoint))
+                except RecipeError as exc:
+                    raise exc.located(file=self.file) from None
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -342,6 +385,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], file: str) -> dic
 
 #: Keys holding paths relative to the recipe file; rebased when a recipe `extends` one elsewhere.
 _PATH_KEYS = (("teacher", "recipe"), ("teacher", "checkpoint"), ("data", "root"))
+#: Keys of each ``[teachers.<name>]`` table holding paths, rebased like `_PATH_KEYS`.
+_TEACHER_PATH_KEYS = ("recipe", "checkpoint")
 
 
 def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
@@ -386,6 +431,12 @@ def read_raw(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         value = base.get(section, {}).get(key) if isinstance(base.get(section), dict) else None
         if isinstance(value, str) and not Path(value).expanduser().is_absolute():
             base[section][key] = os.path.relpath(base_path.parent / value, path.parent)
+    extra = base.get("teachers")
+    for table in extra.values() if isinstance(extra, dict) else ():
+        for key in _TEACHER_PATH_KEYS:
+            value = table.get(key) if isinstance(table, dict) else None
+            if isinstance(value, str) and not Path(value).expanduser().is_absolute():
+                table[key] = os.path.relpath(base_path.parent / value, path.parent)
     return _merge(base, raw)
 
 
@@ -518,10 +569,13 @@ def resolve(
 
     method_cls = _lookup(METHODS, recipe.method.name, file, "method.name")
     method_config = _validate(method_cls.Config, recipe.method.options(), file, "method")
+    for option, problem in method_cls.run_problems(method_config, epochs=recipe.train.epochs).items():
+        raise RecipeError(problem, file=file, key=f"method.{option}")
 
     attack_cls = _lookup(ATTACKS, recipe.attack.name, file, "attack.name")
     attack_options = {**method_cls.attack_defaults, **recipe.attack.options()}
     attack_config = _validate(attack_cls.Config, attack_options, file, "attack")
+    _check_eps_schedule(recipe.attack, attack_config, file)
 
     student_config = _model_config(recipe.student.model, recipe.student.options, file, "student")
     data_cls = _lookup(DATASETS, recipe.data.dataset, file, "data.dataset")
@@ -557,32 +611,98 @@ def resolve(
             hint="remove the [teacher] table",
         )
     if teacher is not None:
-        teacher_model = teacher.model
-        if teacher.recipe is not None:
-            teacher_path = _valid_path(resolved.relative(teacher.recipe), file, "teacher.recipe")
-            try:
-                sub = _load(teacher_path, [], _stack)
-            except RecipeError as exc:
-                if exc.file == str(teacher_path) and exc.problem == "file not found":
-                    raise RecipeError(
-                        f"teacher recipe {str(teacher_path)!r} not found", file=file, key="teacher.recipe"
-                    ) from None
-                raise
-            resolved.teacher_recipe = sub
-            if teacher_model is not None and teacher_model != sub.recipe.student.model:
-                raise RecipeError(
-                    f"teacher.model is {teacher_model!r} but the teacher recipe trains {sub.recipe.student.model!r}",
-                    file=file,
-                    key="teacher.model",
-                    hint="remove teacher.model or make them agree",
-                )
-            teacher_model = sub.recipe.student.model
-            teacher_options = teacher.options or sub.recipe.student.options
-        else:
-            teacher_options = teacher.options
-        assert teacher_model is not None
-        resolved.teacher_config = _model_config(teacher_model, teacher_options, file, "teacher")
+        resolved.teacher_config, resolved.teacher_recipe = _resolve_teacher(teacher, resolved, "teacher", _stack)
+    _check_extra_teacher_names(method_cls, recipe, file)
+    for name, section in recipe.teachers.items():
+        config, sub = _resolve_teacher(section, resolved, f"teachers.{name}", _stack)
+        resolved.extra_teacher_configs[name] = config
+        if sub is not None:
+            resolved.extra_teacher_recipes[name] = sub
     return resolved
+
+
+def _resolve_teacher(
+    teacher: TeacherSection, resolved: ResolvedRecipe, key: str, stack: tuple[Path, ...]
+) -> tuple[StrictModel, ResolvedRecipe | None]:
+    """A teacher table's model config and, when a recipe trains it, that recipe (loaded recursively)."""
+    file = resolved.file
+    teacher_model = teacher.model
+    sub: ResolvedRecipe | None = None
+    if teacher.recipe is not None:
+        teacher_path = _valid_path(resolved.relative(teacher.recipe), file, f"{key}.recipe")
+        try:
+            sub = _load(teacher_path, [], stack)
+        except RecipeError as exc:
+            if exc.file == str(teacher_path) and exc.problem == "file not found":
+                raise RecipeError(
+                    f"teacher recipe {str(teacher_path)!r} not found", file=file, key=f"{key}.recipe"
+                ) from None
+            raise
+        if teacher_model is not None and teacher_model != sub.recipe.student.model:
+            raise RecipeError(
+                f"{key}.model is {teacher_model!r} but the teacher recipe trains {sub.recipe.student.model!r}",
+                file=file,
+                key=f"{key}.model",
+                hint=f"remove {key}.model or make them agree",
+            )
+        teacher_model = sub.recipe.student.model
+        teacher_options = teacher.options or sub.recipe.student.options
+    else:
+        teacher_options = teacher.options
+    assert teacher_model is not None
+    return _model_config(teacher_model, teacher_options, file, key), sub
+
+
+def _check_extra_teacher_names(method_cls: Any, recipe: Recipe, file: str) -> None:
+    """Every teacher the method lists in ``extra_teachers`` is given, and no other one."""
+    wanted: dict[str, str] = dict(method_cls.extra_teachers)
+    for name in recipe.teachers:
+        if name not in wanted:
+            listing = did_you_mean(name, wanted) if wanted else f"method {recipe.method.name!r} reads no other teacher"
+            raise RecipeError(
+                f"method {recipe.method.name!r} reads no teacher named {name!r}",
+                file=file,
+                key=f"teachers.{name}",
+                hint=f"{listing}; remove the table",
+            )
+    for name, purpose in wanted.items():
+        if name not in recipe.teachers:
+            raise RecipeError(
+                f"method {recipe.method.name!r} needs a second teacher {name!r} ({purpose})",
+                file=file,
+                key=f"teachers.{name}",
+                hint=f'add [teachers.{name}] with model and checkpoint, or recipe = "<teacher recipe>.toml"',
+            )
+
+
+def _check_eps_schedule(section: AttackSection, config: StrictModel, file: str) -> None:
+    """Schedule points: strictly increasing epochs, each budget inside the attack's own eps."""
+    points = section.eps_schedule
+    if not points:
+        return
+    eps = getattr(config, "eps", None)
+    if not isinstance(eps, float) or not isinstance(getattr(config, "step_size", None), float):
+        raise RecipeError(
+            f"attack {section.name!r} has no eps and step_size options to schedule",
+            file=file,
+            key="attack.eps_schedule",
+            hint="use a gradient attack such as pgd, or remove eps_schedule",
+        )
+    for i, point in enumerate(points):
+        if i and point.epoch <= points[i - 1].epoch:
+            raise RecipeError(
+                f"epoch {point.epoch} does not come after the previous point's {points[i - 1].epoch}",
+                file=file,
+                key=f"attack.eps_schedule.{i}.epoch",
+                hint="list the points in increasing epoch order",
+            )
+        if point.eps > eps:
+            raise RecipeError(
+                f"eps {point.eps:.6g} exceeds the threat model's attack.eps {eps:.6g}",
+                file=file,
+                key=f"attack.eps_schedule.{i}.eps",
+                hint="keep every scheduled eps <= attack.eps (raise attack.eps if the threat model is larger)",
+            )
 
 
 def _model_config(name: str, options: dict[str, Any], file: str, section: str) -> StrictModel:

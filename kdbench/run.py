@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from kdbench import _toml
-from kdbench._errors import UserError
+from kdbench._errors import RecipeError, UserError
 from kdbench._registry import METHODS
 from kdbench.build import (
     build_attack,
@@ -43,6 +43,7 @@ from kdbench.build import (
     network_spec,
     place,
 )
+from kdbench.data.base import DatasetInfo
 from kdbench.engine.checkpoint import (
     CheckpointStore,
     DiskFullError,
@@ -214,6 +215,57 @@ def _teacher(resolved: ResolvedRecipe, runs_dir: Path | None, progress: Progress
     return teacher
 
 
+def _extra_teacher(
+    resolved: ResolvedRecipe, name: str, runs_dir: Path | None, progress: Progress, student: DatasetInfo
+) -> Network:
+    """The additional teacher ``[teachers.<name>]``, frozen; refused when its classes or input size differ.
+
+    It sees the student's batches, so its input size must be the student's; its label space must be the
+    student's whenever the method reads teacher logits (`Method.teacher_logit_readers`).
+    """
+    section = resolved.recipe.teachers[name]
+    key = f"teachers.{name}"
+    sub = resolved.extra_teacher_recipes.get(name)
+    if sub is not None:
+        info = build_source(sub).info()
+        _check_extra_teacher_fits(resolved, key, "recipe", info.num_classes, info.image_size, student)
+        progress.message(f"teacher {name!r}: recipe {os.path.normpath(sub.file)} (hash {sub.short_hash})")
+        outcome = run_recipe(sub, runs_dir=runs_dir, progress=progress)
+        setup_distributed(sub.recipe.train.device).barrier()
+        weights, model_name = outcome.out_dir / "model.pt", sub.recipe.student.model
+    else:
+        assert section.checkpoint is not None and section.model is not None
+        info = student
+        weights, model_name = resolved.relative(section.checkpoint), section.model
+    classes = checkpoint_num_classes(weights) or info.num_classes
+    _check_extra_teacher_fits(resolved, key, "model", classes, info.image_size, student)
+    teacher = build_network(model_name, resolved.extra_teacher_configs[name], network_spec(info, classes))
+    load_network_weights(teacher, weights, what=f"teacher {name!r}")
+    freeze(teacher)
+    return teacher
+
+
+def _check_extra_teacher_fits(
+    resolved: ResolvedRecipe, key: str, field: str, classes: int, image_size: int, student: DatasetInfo
+) -> None:
+    readers = METHODS.get(resolved.recipe.method.name).teacher_logit_readers(resolved.method_config)
+    if readers and classes != student.num_classes:
+        raise RecipeError(
+            f"method {resolved.recipe.method.name!r} compares this teacher's logits with the student's "
+            f"({', '.join(readers)}), but it has {classes} classes and the student {student.num_classes}",
+            file=resolved.file,
+            key=f"{key}.{field}",
+            hint="use a teacher of the student's dataset",
+        )
+    if image_size != student.image_size:
+        raise RecipeError(
+            f"this teacher takes {image_size}-pixel inputs but the student's images are {student.image_size} pixels",
+            file=resolved.file,
+            key=f"{key}.{field}",
+            hint="use a teacher trained on images of the student's size",
+        )
+
+
 def _execute(
     resolved: ResolvedRecipe, out: Path, runs_dir: Path | None, progress: Progress, ddp: Distributed
 ) -> dict[str, Any]:
@@ -231,11 +283,16 @@ def _execute(
     data = build_data(resolved, hw, ddp.rank, ddp.world_size)
     spec = network_spec(data.info)
     teacher = _teacher(resolved, runs_dir, progress, spec.num_classes) if r.teacher is not None else None
+    extra_teachers = {
+        name: place(_extra_teacher(resolved, name, runs_dir, progress, data.info), hw) for name in r.teachers
+    }
     progress.message(
         f"{r.name}: {r.method.name} | student {r.student.model} | {r.data.dataset} "
         f"({data.train_size} train images) | {hw.describe()}, {hw.precision} -> {out}"
     )
-    student, method = build_student_and_method(resolved, spec, teacher, data.train_size, hw.device)
+    student, method = build_student_and_method(
+        resolved, spec, teacher, data.train_size, hw.device, extra_teachers=extra_teachers
+    )
     student = place(student, hw)
     if teacher is not None:
         teacher = place(teacher, hw)
@@ -243,8 +300,9 @@ def _execute(
     ddp.broadcast_module(method)
     if r.train.compile:
         _compile(student, r.train.compile_mode)
-        if teacher is not None:
-            _compile(teacher, r.train.compile_mode)
+        for net in [teacher, *extra_teachers.values()]:
+            if net is not None:
+                _compile(net, r.train.compile_mode)
     trainer = Trainer(
         student=student,
         method=method,
@@ -259,6 +317,8 @@ def _execute(
         progress=progress,
         distributed=ddp,
         method_name=r.method.name,
+        teachers=extra_teachers,
+        attack_schedule=r.attack.schedule(),
     )
     summary = trainer.fit()
     if not ddp.is_main:

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from kdbench._errors import PluginError, UserError
 from kdbench.attacks.base import Attack
+from kdbench.attacks.schedule import EpsSchedule, budget_at
 from kdbench.engine.checkpoint import CheckpointStore, atomic_write_bytes
 from kdbench.engine.distributed import Distributed
 from kdbench.engine.fingerprint import TeacherModifiedError, changed_tensors, tensor_digests
@@ -85,8 +86,13 @@ class Trainer:
         attack: Attack | None = None,
         distributed: Distributed | None = None,
         method_name: str | None = None,
+        teachers: dict[str, Network] | None = None,
+        attack_schedule: EpsSchedule | None = None,
     ):
         self.student, self.method, self.teacher, self.attack = student, method, teacher, attack
+        self.teachers = dict(teachers or {})  # the additional named teachers (Method.extra_teachers)
+        self.attack_schedule = attack_schedule or EpsSchedule()
+        self._epoch_attack: Attack | None = attack
         self.loader, self.cfg, self.hw, self.seed = loader, train, hardware, seed
         self.store, self.metrics_path, self.progress = store, metrics_path, progress
         self.device = hardware.device
@@ -117,8 +123,12 @@ class Trainer:
         # resume), so the epoch's row reports the mean over all its steps, as in an uninterrupted run.
         self._partial: dict[str, Any] | None = None
         self._terms_checked = False
-        # Checked before every checkpoint (never per step): a method must leave the teacher untouched.
-        self._teacher_digests = tensor_digests(teacher) if teacher is not None else None
+        # Checked before every checkpoint (never per step): a method must leave every teacher untouched.
+        self._watched_teachers: dict[str, Network] = {
+            **({"teacher": teacher} if teacher is not None else {}),
+            **{f"teachers.{name}": net for name, net in self.teachers.items()},
+        }
+        self._teacher_digests = {name: tensor_digests(net) for name, net in self._watched_teachers.items()}
 
     # ------------------------------------------------------------------------------ checkpointing
 
@@ -166,17 +176,18 @@ class Trainer:
 
     def _check_teacher_unchanged(self, epoch: int, batch: int) -> None:
         """Stop (before writing the checkpoint) when the method changed the teacher's tensors."""
-        if self._teacher_digests is None or self.teacher is None:
-            return
-        changed = changed_tensors(self._teacher_digests, self.teacher)
-        if changed:
+        for name, net in self._watched_teachers.items():
+            changed = changed_tensors(self._teacher_digests[name], net)
+            if not changed:
+                continue
             last = self.store.positions()
             good = f"last good checkpoint: {self.store.path(last[0])}" if last else "no checkpoint was written yet"
             shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
             when = f"epoch {epoch + 1}, step {batch}" if batch else f"the end of epoch {epoch}"
+            who = "the teacher" if name == "teacher" else f"the teacher {name}"
             raise TeacherModifiedError(
-                f"method {self.method_name} modified the teacher's weights ({shown} changed by {when}); "
-                "a method must never change the teacher (read it through the step context, leave it in eval mode); "
+                f"method {self.method_name} modified the weights of {who} ({shown} changed by {when}); "
+                "a method must never change a teacher (read it through the step context, leave it in eval mode); "
                 f"stopped without saving; {good}"
             )
 
@@ -210,9 +221,19 @@ class Trainer:
             history=self.history,
         )
 
+    def attack_for_epoch(self, epoch: int) -> Attack | None:
+        """The training attack of ``epoch``: the recipe's, with eps and step size from ``eps_schedule``."""
+        if self.attack is None or not self.attack_schedule.points:
+            return self.attack
+        config: Any = self.attack.config
+        eps, step = budget_at(self.attack_schedule, epoch, config.eps, config.step_size)
+        return type(self.attack)(config.model_copy(update={"eps": eps, "step_size": step}))
+
     def _run_epoch(self, epoch: int, start_batch: int) -> None:
         if start_batch == 0:  # attack starts differ between processes, as their data does
             torch.manual_seed(global_seed(self.seed, epoch) + self.dist.rank)
+        self._epoch_attack = self.attack_for_epoch(epoch)
+        attacked = False
         steps = self.steps_per_epoch
         self.progress.start_epoch(epoch, self.cfg.epochs, steps, start_batch)
         sums: dict[str, Tensor] = {}
@@ -231,7 +252,8 @@ class Trainer:
         batch = start_batch
         steps_since_sync = 0
         for x, y, index in self.loader.epoch(epoch, start_batch=start_batch):
-            terms, logits = self._step(x, y, index, epoch, batch)
+            terms, logits, used_attack = self._step(x, y, index, epoch, batch)
+            attacked = attacked or used_attack
             # Only the terms of the first bad step are reported: once the weights are NaN every term is.
             fresh = first_bad < 0
             for name, value in terms.items():
@@ -276,6 +298,11 @@ class Trainer:
         if seen.item() > 0:
             row["train_acc"] = (correct / seen).item()
         row["lr"] = self.optimizer.param_groups[0]["lr"]
+        budget = self._epoch_attack.config if attacked and self._epoch_attack is not None else None
+        if budget is not None and hasattr(budget, "eps"):  # the training attack's budget this epoch
+            row["attack_eps"] = float(budget.eps)
+            if hasattr(budget, "step_size"):
+                row["attack_step_size"] = float(budget.step_size)
         row["seconds"] = self.seconds
         if counted_from:  # resumed from an old checkpoint without the sums: the means cover fewer steps
             row["resumed_at_step"] = counted_from
@@ -285,18 +312,21 @@ class Trainer:
         if self._stop_signal is not None:
             raise Interrupted(f"stopped by signal {self._stop_signal} after epoch {epoch + 1}; checkpoint saved")
 
-    def _step(self, x: Tensor, y: Tensor, index: Tensor, epoch: int, batch: int) -> tuple[dict[str, Tensor], Any]:
+    def _step(self, x: Tensor, y: Tensor, index: Tensor, epoch: int, batch: int) -> tuple[dict[str, Tensor], Any, bool]:
         ctx = StepContext(
             x=x,
             y=y,
             index=index,
             student=self.student,
             teacher=self.teacher,
+            teachers=self.teachers,
             method=self.method,
-            attack=self.attack,
+            method_name=self.method_name,
+            attack=self._epoch_attack,
             autocast=self.hw.autocast(),
             epoch=epoch,
             step=batch,
+            lr_scale=self.optimizer.param_groups[0]["lr"] / self.cfg.lr,
         )
         terms = self.method.loss(ctx)
         if not self._terms_checked:  # once, at the first step, before any optimiser step
@@ -309,7 +339,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         view = ctx.computed("student_adv") or ctx.computed("student_clean")
-        return terms, (view.logits.detach() if view is not None else None)
+        return terms, (view.logits.detach() if view is not None else None), ctx.computed("x_adv") is not None
 
     def _means(self, sums: dict[str, Tensor], count: int) -> dict[str, float]:
         if not sums:
