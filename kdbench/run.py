@@ -367,7 +367,7 @@ def _train_and_evaluate(
         "threat_model": {"norm": "Linf" if r.eval.norm == "linf" else "L2", "eps": eps_label(r.eval.eps)},
         "metrics": report["metrics"],
         "flags": report["flags"],
-        **report["record"],
+        **report.get("record", {}),  # absent from an evaluation kept by an older kdbench
         "train": {
             "epochs": summary.epochs,
             "seconds": round(summary.seconds, 3),
