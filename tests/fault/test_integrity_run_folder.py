@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import shutil
 import subprocess
@@ -18,7 +19,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import kdbench.run as run_module
 from kdbench.data.cache import load_split_cached
 from kdbench.data.sources import FakeSource
 from kdbench.recipe import load_recipe
@@ -26,6 +26,8 @@ from kdbench.run import run_recipe
 
 from ..conftest import write
 from .conftest import TINY_RECIPE
+
+run_module = importlib.import_module("kdbench.run")  # the module: `kdbench.run` is the API function
 
 
 def test_finished_is_checked_again_under_the_lock(tmp_path, monkeypatch):
