@@ -25,6 +25,7 @@ from kdbench import _toml
 from kdbench._errors import RecipeError, UserError, did_you_mean
 from kdbench._registry import ATTACKS, DATASETS, METHODS, MODELS, Registry
 from kdbench.config import Number, StrictModel
+from kdbench.models.normalization import NormalizeSetting
 
 __all__ = [
     "AttackSection",
@@ -58,6 +59,9 @@ class DataSection(StrictModel):
     download: bool = Field(False, description="allow downloading the dataset into root when it is missing")
     train_subset: int | None = Field(None, gt=0, description="train on a class-balanced subset of this size")
     test_subset: int | None = Field(None, gt=0, description="evaluate on a class-balanced subset of this size")
+    val_size: int | None = Field(
+        None, gt=0, description="hold out this many training images (stratified, seeded) for checkpoint selection"
+    )
     augment: bool = Field(True, description="random crop (4-pixel zero padding) and horizontal flip")
     options: dict[str, Any] = Field(default_factory=dict, description="the dataset's own options")
 
@@ -66,21 +70,64 @@ class StudentSection(StrictModel):
     """The network being trained."""
 
     model: str = Field(description="registered model name, e.g. resnet18, mobilenet_v2, timm:<name>")
+    normalize: NormalizeSetting | None = Field(
+        None, description='input normalisation: "dataset" (default), "none" (raw [0, 1] pixels) or {mean, std}'
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="the model's own options")
+
+
+#: ``teacher.model = "robustbench:<name>"`` takes the teacher from the RobustBench model zoo.
+ZOO_PREFIX = "robustbench:"
 
 
 class TeacherSection(StrictModel):
-    """The frozen network distilled from: a checkpoint, or the result of another recipe."""
+    """The frozen network distilled from: a checkpoint, the result of another recipe, or a zoo model."""
 
-    model: str | None = Field(None, description="registered model name (default: the teacher recipe's student)")
+    model: str | None = Field(
+        None, description="registered model name or robustbench:<zoo name> (default: the teacher recipe's student)"
+    )
     checkpoint: str | None = Field(None, description="weights file or run directory (relative to the recipe)")
     recipe: str | None = Field(None, description="recipe that trains the teacher; run first unless already done")
+    normalize: NormalizeSetting | None = Field(
+        None,
+        description='input normalisation: "dataset", "none" (official ARD/RSLAD/TRADES checkpoints) or {mean, std}; '
+        'default: the teacher recipe\'s, else "dataset" (zoo models normalise inside themselves)',
+    )
+    model_dir: str | None = Field(
+        None,
+        description="folder of RobustBench weights (<dir>/<dataset>/<threat>/<name>.pt); default $KDBENCH_MODEL_DIR",
+    )
+    download: bool = Field(False, description="allow downloading missing RobustBench weights into model_dir")
     options: dict[str, Any] = Field(default_factory=dict, description="the model's own options")
+
+    @property
+    def zoo_name(self) -> str | None:
+        """The RobustBench model name of a zoo teacher, else None."""
+        if self.model is not None and self.model.startswith(ZOO_PREFIX):
+            return self.model[len(ZOO_PREFIX) :]
+        return None
 
     @model_validator(mode="after")
     def _one_source(self) -> TeacherSection:
+        if self.zoo_name is not None:
+            if self.checkpoint is not None or self.recipe is not None:
+                raise ValueError("a robustbench: teacher brings its own weights; remove teacher.checkpoint/recipe")
+            if not self.zoo_name:
+                raise ValueError(
+                    'write teacher.model = "robustbench:<model name>", e.g. "robustbench:Zhang2019Theoretically"'
+                )
+            if self.normalize not in (None, "none"):
+                raise ValueError(
+                    "RobustBench zoo models take [0, 1] inputs and normalise inside themselves; "
+                    "remove teacher.normalize"
+                )
+            if self.options:
+                raise ValueError("a robustbench: teacher takes no options")
+            return self
+        if self.model_dir is not None or self.download:
+            raise ValueError("teacher.model_dir and teacher.download are for robustbench: teachers only")
         if (self.checkpoint is None) == (self.recipe is None):
-            raise ValueError("give exactly one of teacher.checkpoint or teacher.recipe")
+            raise ValueError("give exactly one of teacher.checkpoint, teacher.recipe or a robustbench: teacher.model")
         if self.checkpoint is not None and self.model is None:
             raise ValueError("teacher.model is required with teacher.checkpoint")
         return self
@@ -130,6 +177,12 @@ class TrainSection(StrictModel):
     )
     deterministic: bool = Field(False, description="deterministic algorithms (bitwise-reproducible on CPU)")
     log_every: int = Field(50, gt=0, description="steps between progress updates that read values from the device")
+    val_every: int = Field(
+        1, gt=0, description="with data.val_size: epochs between robust checks on the held-out images"
+    )
+    val_attack: str = Field(
+        "pgd10", pattern=r"^(clean|fgsm|pgd[1-9][0-9]*)$", description="the held-out check's attack"
+    )
 
     @model_validator(mode="after")
     def _check_milestones(self) -> TrainSection:
@@ -146,6 +199,9 @@ class EvalSection(StrictModel):
     batch_size: int = Field(256, gt=0)
     norm: Literal["linf", "l2"] = "linf"
     eps: Number = Field(8 / 255, ge=0, description='evaluation budget, e.g. "8/255"')
+    teacher: bool = Field(
+        True, description="also evaluate the teacher on the same examples (cached per teacher in <runs>/.teacher-evals)"
+    )
 
     @field_validator("eps")
     @classmethod
@@ -216,9 +272,13 @@ class ResolvedRecipe:
     @property
     def hash(self) -> str:
         """sha256 over what determines the result: the resolved recipe (minus its description) and,
-        for a teacher trained by another recipe, that recipe's hash instead of its path."""
+        for a teacher trained by another recipe, that recipe's hash instead of its path.
+
+        Keys added after the first release are left out while they hold their default, so the hash of
+        a recipe that does not use them (and the run folder named after it) stays what it was."""
         data = self.to_dict()
         data.pop("description", None)
+        _drop_defaults(data)
         if self.teacher_recipe is not None:
             data["teacher"]["recipe"] = self.teacher_recipe.hash
         elif self.recipe.teacher is not None and self.recipe.teacher.checkpoint is not None:
@@ -237,6 +297,33 @@ class ResolvedRecipe:
         if p.is_absolute() or self.path is None:
             return p
         return self.path.parent / p
+
+
+#: (section, key, default): keys newer than the first release, left out of the hash at their default.
+_LATE_KEYS: tuple[tuple[str, str, Any], ...] = (
+    ("student", "normalize", None),
+    ("teacher", "normalize", None),
+    ("teacher", "download", False),
+    ("data", "val_size", None),
+    ("eval", "teacher", True),
+)
+
+
+def _drop_defaults(data: dict[str, Any]) -> None:
+    for section, key, default in _LATE_KEYS:
+        table = data.get(section)
+        if isinstance(table, dict) and key in table and table[key] == default:
+            del table[key]
+    for section in ("student", "teacher"):  # "dataset" is what the absent key means
+        table = data.get(section)
+        if isinstance(table, dict) and table.get("normalize") == "dataset":
+            del table["normalize"]
+    teacher = data.get("teacher")
+    if isinstance(teacher, dict):
+        teacher.pop("model_dir", None)  # where the zoo file lies does not change it; its name pins it
+    if data.get("data", {}).get("val_size") is None:
+        for key in ("val_every", "val_attack"):
+            data.get("train", {}).pop(key, None)
 
 
 def _set_dotted(raw: dict[str, Any], key: str, value: Any, file: str, origin: str) -> None:
@@ -295,7 +382,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], file: str) -> dic
 
 
 #: Keys holding paths relative to the recipe file; rebased when a recipe `extends` one elsewhere.
-_PATH_KEYS = (("teacher", "recipe"), ("teacher", "checkpoint"), ("data", "root"))
+_PATH_KEYS = (("teacher", "recipe"), ("teacher", "checkpoint"), ("teacher", "model_dir"), ("data", "root"))
 
 
 def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
@@ -463,7 +550,11 @@ def resolve(
             key="teacher",
             hint="remove the [teacher] table",
         )
-    if teacher is not None:
+    if teacher is not None and teacher.zoo_name is not None:
+        from kdbench.config import EmptyConfig
+
+        resolved.teacher_config = EmptyConfig()  # the zoo entry fixes the architecture and the weights
+    elif teacher is not None:
         teacher_model = teacher.model
         if teacher.recipe is not None:
             teacher_path = _valid_path(resolved.relative(teacher.recipe), file, "teacher.recipe")
@@ -485,11 +576,25 @@ def resolve(
                 )
             teacher_model = sub.recipe.student.model
             teacher_options = teacher.options or sub.recipe.student.options
+            _check_teacher_normalize(teacher.normalize, sub.recipe.student.normalize, file)
         else:
             teacher_options = teacher.options
         assert teacher_model is not None
         resolved.teacher_config = _model_config(teacher_model, teacher_options, file, "teacher")
     return resolved
+
+
+def _check_teacher_normalize(given: Any, trained: Any, file: str) -> None:
+    """A teacher trained by a recipe normalises as that recipe's student did; another setting is an error."""
+    if given is not None and (given or "dataset") != (trained or "dataset"):
+        shown = trained if isinstance(trained, str) or trained is None else trained.model_dump()
+        raise RecipeError(
+            f"teacher.normalize is {given if isinstance(given, str) else given.model_dump()!r} but the teacher recipe "
+            f"trains its student with normalize = {shown or 'dataset'!r}",
+            file=file,
+            key="teacher.normalize",
+            hint="remove teacher.normalize (it follows the teacher recipe) or make them agree",
+        )
 
 
 def _model_config(name: str, options: dict[str, Any], file: str, section: str) -> StrictModel:

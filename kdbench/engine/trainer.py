@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +84,8 @@ class Trainer:
         attack: Attack | None = None,
         distributed: Distributed | None = None,
         method_name: str | None = None,
+        validator: Callable[[Network], dict[str, float]] | None = None,
+        val_every: int = 1,
     ):
         self.student, self.method, self.teacher, self.attack = student, method, teacher, attack
         self.loader, self.cfg, self.hw, self.seed = loader, train, hardware, seed
@@ -112,6 +114,12 @@ class Trainer:
         self.seconds = 0.0
         self.images = 0
         self._stop_signal: int | None = None
+        # Checkpoint selection on held-out training images (data.val_size): every ``val_every`` epochs and
+        # after the last one, ``validator`` scores the student ({"score": robust accuracy, ...}); the best
+        # weights are kept (in the checkpoints too, so a resumed run selects as an uninterrupted one would).
+        self.validator, self.val_every = validator, val_every
+        self.best: dict[str, Any] | None = None  # {"epoch", "score", "metrics", "student"}
+        self.val_seconds = 0.0
 
     # ------------------------------------------------------------------------------ checkpointing
 
@@ -131,6 +139,7 @@ class Trainer:
             "history": self.history,
             "seconds": self.seconds,
             "images": self.images,
+            **({"best": self.best, "val_seconds": self.val_seconds} if self.validator is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> tuple[int, int]:
@@ -144,6 +153,9 @@ class Trainer:
         self.history = list(state["history"])
         self.seconds = float(state["seconds"])
         self.images = int(state["images"])
+        if self.validator is not None:
+            self.best = state.get("best")
+            self.val_seconds = float(state.get("val_seconds", 0.0))
         return int(state["epoch"]), int(state["batch"])
 
     def _checkpoint(self, epoch: int, batch: int) -> Path:
@@ -239,11 +251,30 @@ class Trainer:
         row["seconds"] = self.seconds
         if start_batch:
             row["resumed_at_step"] = start_batch
+        if self.validator is not None and ((epoch + 1) % self.val_every == 0 or epoch + 1 == self.cfg.epochs):
+            row.update(self._validate(epoch + 1))
         self.history.append(row)
         self.progress.end_epoch({k: v for k, v in row.items() if k in ("loss", "train_acc", "lr")})
         self._checkpoint(epoch + 1, 0)
         if self._stop_signal is not None:
             raise Interrupted(f"stopped by signal {self._stop_signal} after epoch {epoch + 1}; checkpoint saved")
+
+    def _validate(self, epoch: int) -> dict[str, float]:
+        """Score the student on the held-out images; keep its weights when the score is the best so far
+        (ties keep the earlier epoch)."""
+        assert self.validator is not None
+        tic = time.perf_counter()
+        self.student.eval()
+        try:
+            metrics = self.validator(self.student)
+        finally:
+            self.student.train()
+        self.val_seconds += time.perf_counter() - tic
+        score = float(metrics["score"])
+        if self.best is None or score > float(self.best["score"]):
+            state = {k: v.detach().to("cpu", copy=True) for k, v in self.student.state_dict().items()}
+            self.best = {"epoch": epoch, "score": score, "metrics": metrics, "student": state}
+        return {f"val/{k}": v for k, v in metrics.items()}
 
     def _step(self, x: Tensor, y: Tensor, index: Tensor, epoch: int, batch: int) -> tuple[dict[str, Tensor], Any]:
         ctx = StepContext(
