@@ -233,15 +233,7 @@ def _execute(
             "final": summary.history[-1] if summary.history else {},
         },
         "params": {"student": _count(student), "teacher": _count(teacher) if teacher is not None else None},
-        "env": environment(
-            hw.describe(),
-            {
-                "models": [r.student.model] + ([resolved.to_dict()["teacher"]["model"]] if r.teacher else []),
-                "datasets": [r.data.dataset],
-                "attacks": [r.attack.name],
-                "methods": [r.method.name],
-            },
-        ),
+        "env": _environment(resolved, hw.describe()),
         "normalize": {
             "student": normalization.model_dump(mode="json"),
             "teacher": (
@@ -372,6 +364,25 @@ def _teacher_record(
     record["metrics"], record["flags"] = report["metrics"], report["flags"]
     record["identity"]["metrics_cached"] = cached
     return record
+
+
+def _environment(resolved: ResolvedRecipe, device: str) -> dict[str, Any]:
+    """result.json's ``env``; a zoo teacher adds the robustbench version instead of a registered model."""
+    r = resolved.recipe
+    zoo = r.teacher is not None and r.teacher.zoo_name is not None
+    teacher_models = [resolved.to_dict()["teacher"]["model"]] if r.teacher is not None and not zoo else []
+    names = {
+        "models": [r.student.model, *teacher_models],
+        "datasets": [r.data.dataset],
+        "attacks": [r.attack.name],
+        "methods": [r.method.name],
+    }
+    env = environment(device, names)
+    if zoo:
+        from importlib.metadata import version
+
+        env["plugins"]["robustbench"] = version("robustbench")
+    return env
 
 
 def _compile(net: Network, mode: str) -> None:
