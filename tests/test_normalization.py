@@ -133,3 +133,44 @@ def test_recipe_accepts_the_three_forms_and_keeps_old_hashes():
 def test_bad_normalize_values_name_the_key(student, fragment):
     with pytest.raises(UserError, match=re.escape(fragment)):
         resolve({**BASE, "student": student})
+
+
+def test_eval_rebuilds_a_run_with_its_recorded_normalisation(tmp_path, capsys):
+    """`kdbench eval RUN` of a normalize = "none" run reproduces its result (the network is rebuilt raw)."""
+    import json
+
+    from kdbench.cli import main
+
+    from .conftest import write
+
+    recipe = write(
+        tmp_path / "r.toml",
+        """
+        name = "raw"
+        [data]
+        dataset = "fake"
+        options = {train_size = 64, test_size = 32, image_size = 16}
+        [student]
+        model = "resnet8"
+        normalize = "none"
+        [method]
+        name = "natural"
+        [train]
+        epochs = 1
+        batch_size = 32
+        [eval]
+        attacks = ["clean", "pgd2"]
+        """,
+    )
+    out = tmp_path / "out"
+    assert main(["run", str(recipe), "--out", str(out), "--quiet"]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["normalize"]["student"] == {"setting": "none", "mean": [0.0] * 3, "std": [1.0] * 3}
+    assert main(["eval", str(out)]) == 0
+    evaluated = json.loads((out / "eval.json").read_text())
+    assert evaluated["metrics"]["clean_acc"] == result["metrics"]["clean_acc"]
+    assert evaluated["metrics"]["robust"]["pgd2"] == result["metrics"]["robust"]["pgd2"]
+    # as a weights file: the file records "none", so asking for "dataset" is refused
+    capsys.readouterr()
+    assert main(["eval", str(out / "model.pt"), "--dataset", "fake", "--normalize", "dataset"]) == 2
+    assert "was trained with normalize = \"none\"" in capsys.readouterr().err
