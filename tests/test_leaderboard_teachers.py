@@ -50,6 +50,10 @@ def test_students_of_different_teacher_weights_are_different_settings(tmp_path):
     assert teacher_line < min(student_lines)  # the teacher's row above its students
     assert "84.00" in lines[teacher_line] and "(teacher)" in lines[teacher_line]
     assert "[sha256:aaaa]" in block
+    from kdbench.leaderboard.html import render_html
+
+    page = render_html(boards, choose_columns(boards), out_file=None, skipped=[], sources=[runs], page_title="t")
+    assert page.index('class="teacher"') < page.index('id="table-0"') and "Clean % 84.00" in page
 
 
 def test_cost_column_and_best_on_validation_ranking(tmp_path):
