@@ -173,4 +173,4 @@ def test_eval_rebuilds_a_run_with_its_recorded_normalisation(tmp_path, capsys):
     # as a weights file: the file records "none", so asking for "dataset" is refused
     capsys.readouterr()
     assert main(["eval", str(out / "model.pt"), "--dataset", "fake", "--normalize", "dataset"]) == 2
-    assert "was trained with normalize = \"none\"" in capsys.readouterr().err
+    assert 'was trained with normalize = "none"' in capsys.readouterr().err
