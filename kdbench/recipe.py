@@ -552,7 +552,9 @@ def resolve(
         )
     if teacher is not None and teacher.zoo_name is not None:
         from kdbench.config import EmptyConfig
+        from kdbench.models.zoo import check_zoo_name
 
+        check_zoo_name(teacher.zoo_name, dataset=recipe.data.dataset, norm=recipe.eval.norm, file=file)
         resolved.teacher_config = EmptyConfig()  # the zoo entry fixes the architecture and the weights
     elif teacher is not None:
         teacher_model = teacher.model

@@ -250,3 +250,28 @@ def test_missing_robustbench_says_how_to_install(monkeypatch):
 
     with pytest.raises(UserError, match=r'pip install -e "\.\[robustbench\]"'):
         import_robustbench()
+
+
+def test_zoo_names_are_checked_when_the_recipe_is_validated():
+    _robustbench()
+    base = {"name": "z", "data": {"dataset": "cifar10"}, "student": {"model": "resnet18"}, "method": {"name": "kd"}}
+    with pytest.raises(RecipeError, match=r"teacher\.model: RobustBench has no cifar10 Linf model 'Zhang2019'"):
+        resolve({**base, "teacher": {"model": "robustbench:Zhang2019"}})
+    with pytest.raises(RecipeError, match=r"teacher\.model: the RobustBench zoo has no 'stl10' models"):
+        resolve({**base, "data": {"dataset": "stl10"}, "teacher": {"model": "robustbench:Standard"}})
+
+
+def test_failed_download_is_one_line_naming_the_key(tmp_path, monkeypatch):
+    rb = _robustbench()
+
+    def offline(gdrive_id, path):
+        raise ConnectionError("Failed to resolve 'drive.google.com'")
+
+    monkeypatch.setattr(rb.utils, "download_gdrive_new", offline)
+    with pytest.raises(RecipeError) as err:
+        load_zoo_teacher(
+            "Wong2020Fast", dataset="cifar10", norm="linf", model_dir=tmp_path, download=True, image_size=32, file="r"
+        )
+    text = str(err.value)
+    assert text.startswith("r: teacher.download: downloading Wong2020Fast into ") and "ConnectionError" in text
+    assert str(tmp_path / "cifar10" / "Linf" / "Wong2020Fast.pt") in text and "\n" not in text

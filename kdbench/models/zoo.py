@@ -33,6 +33,7 @@ import hashlib
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -49,12 +50,14 @@ __all__ = [
     "MODEL_DIR_ENV",
     "ZooNetwork",
     "ZooTeacher",
+    "check_zoo_name",
     "default_model_dir",
     "file_sha256",
     "find_final_linear",
     "import_robustbench",
     "load_zoo_teacher",
     "zoo_dataset",
+    "zoo_names",
     "zoo_threat_model",
     "zoo_weights_path",
 ]
@@ -80,8 +83,11 @@ def import_robustbench() -> ModuleType:
             sys.modules["autoattack"] = pyautoattack
             sys.modules["autoattack.state"] = state
     try:
-        module = importlib.import_module("robustbench")
-        importlib.import_module("robustbench.utils")
+        with warnings.catch_warnings():  # robustbench imports timm's deprecated paths: not the user's concern
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = importlib.import_module("robustbench")
+            importlib.import_module("robustbench.utils")
     except ImportError as exc:
         raise UserError(f"RobustBench teachers need the robustbench package ({exc}); {INSTALL_HINT}") from None
     return module
@@ -141,9 +147,28 @@ def _zoo_entry(rb: ModuleType, name: str, dataset: str, threat: str, file: str) 
         f"RobustBench has no {dataset} {threat} model {name!r}{where}",
         file=file,
         key="teacher.model",
-        hint=f'{hint} (list them: python -c "from robustbench.model_zoo import model_dicts as m; '
-        f"print(sorted(m['{dataset}']['{threat}']))\")",
+        hint=f'{hint} (list them: python -c "from kdbench.models.zoo import zoo_names; '
+        f"print(zoo_names('{dataset}', '{threat}'))\")",
     )
+
+
+def zoo_names(dataset: str, threat_model: str) -> list[str]:
+    """The names of RobustBench's ``dataset`` (``cifar10``, ``cifar100``) ``threat_model`` (``Linf``, ``L2``) models."""
+    import_robustbench()
+    from robustbench.model_zoo import model_dicts
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+
+    return sorted(model_dicts[BenchmarkDataset(dataset)].get(ThreatModel(threat_model), {}))
+
+
+def check_zoo_name(name: str, *, dataset: str, norm: str, file: str) -> None:
+    """At validation time, when robustbench is installed: the entry exists for the recipe's dataset and
+    threat model (a `RecipeError` on ``teacher.model`` otherwise). Without robustbench the check waits for
+    the run, which then says how to install it."""
+    if importlib.util.find_spec("robustbench") is None:
+        return
+    rb = import_robustbench()
+    _zoo_entry(rb, name, zoo_dataset(dataset, file=file), zoo_threat_model(norm), file)
 
 
 def file_sha256(path: Path) -> str:
