@@ -7,7 +7,7 @@ the functions that run a recipe.
 from kdbench._errors import PluginError, RecipeError, UserError
 from kdbench._registry import ATTACKS, DATASETS, METHODS, MODELS, Registry
 from kdbench.attacks.base import Attack, ModelFn, Objective
-from kdbench.config import EmptyConfig, Number, StrictModel
+from kdbench.config import EmptyConfig, Number, StrictModel, introduced
 from kdbench.data.base import DatasetInfo, DatasetSource, SplitData
 from kdbench.method import Method, MethodSetup, StepContext
 from kdbench.models.base import ModelOutput, Network, NetworkSpec
@@ -39,4 +39,5 @@ __all__ = [
     "StrictModel",
     "UserError",
     "__version__",
+    "introduced",
 ]

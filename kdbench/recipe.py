@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from kdbench import _toml
 from kdbench._errors import RecipeError, UserError, did_you_mean
 from kdbench._registry import ATTACKS, DATASETS, METHODS, MODELS, Registry
-from kdbench.config import Number, StrictModel
+from kdbench.config import Number, StrictModel, hash_payload, introduced
 from kdbench.models.normalization import NormalizeSetting
 
 __all__ = [
@@ -59,8 +60,11 @@ class DataSection(StrictModel):
     download: bool = Field(False, description="allow downloading the dataset into root when it is missing")
     train_subset: int | None = Field(None, gt=0, description="train on a class-balanced subset of this size")
     test_subset: int | None = Field(None, gt=0, description="evaluate on a class-balanced subset of this size")
-    val_size: int | None = Field(
-        None, gt=0, description="hold out this many training images (stratified, seeded) for checkpoint selection"
+    val_size: int | None = introduced(
+        None,
+        since="0.2",
+        gt=0,
+        description="hold out this many training images (stratified, seeded) for checkpoint selection",
     )
     augment: bool = Field(True, description="random crop (4-pixel zero padding) and horizontal flip")
     options: dict[str, Any] = Field(default_factory=dict, description="the dataset's own options")
@@ -70,8 +74,10 @@ class StudentSection(StrictModel):
     """The network being trained."""
 
     model: str = Field(description="registered model name, e.g. resnet18, mobilenet_v2, timm:<name>")
-    normalize: NormalizeSetting | None = Field(
-        None, description='input normalisation: "dataset" (default), "none" (raw [0, 1] pixels) or {mean, std}'
+    normalize: NormalizeSetting | None = introduced(
+        None,
+        since="0.2",
+        description='input normalisation: "dataset" (default), "none" (raw [0, 1] pixels) or {mean, std}',
     )
     options: dict[str, Any] = Field(default_factory=dict, description="the model's own options")
 
@@ -88,16 +94,20 @@ class TeacherSection(StrictModel):
     )
     checkpoint: str | None = Field(None, description="weights file or run directory (relative to the recipe)")
     recipe: str | None = Field(None, description="recipe that trains the teacher; run first unless already done")
-    normalize: NormalizeSetting | None = Field(
+    normalize: NormalizeSetting | None = introduced(
         None,
+        since="0.2",
         description='input normalisation: "dataset", "none" (official ARD/RSLAD/TRADES checkpoints) or {mean, std}; '
         'default: the teacher recipe\'s, else "dataset" (zoo models normalise inside themselves)',
     )
-    model_dir: str | None = Field(
+    model_dir: str | None = introduced(
         None,
+        since="0.2",
         description="folder of RobustBench weights (<dir>/<dataset>/<threat>/<name>.pt); default $KDBENCH_MODEL_DIR",
     )
-    download: bool = Field(False, description="allow downloading missing RobustBench weights into model_dir")
+    download: bool = introduced(
+        False, since="0.2", description="allow downloading missing RobustBench weights into model_dir"
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="the model's own options")
 
     @property
@@ -177,11 +187,11 @@ class TrainSection(StrictModel):
     )
     deterministic: bool = Field(False, description="deterministic algorithms (bitwise-reproducible on CPU)")
     log_every: int = Field(50, gt=0, description="steps between progress updates that read values from the device")
-    val_every: int = Field(
-        1, gt=0, description="with data.val_size: epochs between robust checks on the held-out images"
+    val_every: int = introduced(
+        1, since="0.2", gt=0, description="with data.val_size: epochs between robust checks on the held-out images"
     )
-    val_attack: str = Field(
-        "pgd10", pattern=r"^(clean|fgsm|pgd[1-9][0-9]*)$", description="the held-out check's attack"
+    val_attack: str = introduced(
+        "pgd10", since="0.2", pattern=r"^(clean|fgsm|pgd[1-9][0-9]*)$", description="the held-out check's attack"
     )
 
     @model_validator(mode="after")
@@ -199,8 +209,10 @@ class EvalSection(StrictModel):
     batch_size: int = Field(256, gt=0)
     norm: Literal["linf", "l2"] = "linf"
     eps: Number = Field(8 / 255, ge=0, description='evaluation budget, e.g. "8/255"')
-    teacher: bool = Field(
-        True, description="also evaluate the teacher on the same examples (cached per teacher in <runs>/.teacher-evals)"
+    teacher: bool = introduced(
+        True,
+        since="0.2",
+        description="also evaluate the teacher on the same examples (cached per teacher in <runs>/.teacher-evals)",
     )
 
     @field_validator("eps")
@@ -255,16 +267,21 @@ class ResolvedRecipe:
 
     def to_dict(self) -> dict[str, Any]:
         """The recipe with every default and component option filled in (what recipe.toml holds)."""
+        return self._as_dict(lambda model: model.model_dump(mode="json"))
+
+    def _as_dict(self, dump: Callable[[BaseModel], dict[str, Any]]) -> dict[str, Any]:
         r = self.recipe
-        data = r.model_dump(mode="json", exclude={"method", "attack"})
-        data["data"]["options"] = self.data_config.model_dump(mode="json")
-        data["student"]["options"] = self.student_config.model_dump(mode="json")
+        data = dump(r)
+        data.pop("method", None)
+        data.pop("attack", None)
+        data["data"]["options"] = dump(self.data_config)
+        data["student"]["options"] = dump(self.student_config)
         if r.teacher is not None and self.teacher_config is not None:
-            data["teacher"]["options"] = self.teacher_config.model_dump(mode="json")
+            data["teacher"]["options"] = dump(self.teacher_config)
             if self.teacher_recipe is not None:
                 data["teacher"]["model"] = self.teacher_recipe.recipe.student.model
-        data["method"] = {"name": r.method.name, **self.method_config.model_dump(mode="json")}
-        data["attack"] = {"name": r.attack.name, **self.attack_config.model_dump(mode="json")}
+        data["method"] = {"name": r.method.name, **dump(self.method_config)}
+        data["attack"] = {"name": r.attack.name, **dump(self.attack_config)}
         ordered: dict[str, Any] = {k: data[k] for k in ("name", "description", "seed") if k in data}
         ordered.update({k: v for k, v in data.items() if k not in ordered})
         return ordered
@@ -274,9 +291,10 @@ class ResolvedRecipe:
         """sha256 over what determines the result: the resolved recipe (minus its description) and,
         for a teacher trained by another recipe, that recipe's hash instead of its path.
 
-        Keys added after the first release are left out while they hold their default, so the hash of
-        a recipe that does not use them (and the run folder named after it) stays what it was."""
-        data = self.to_dict()
+        Options declared with `kdbench.config.introduced` are left out while they hold the default
+        they were introduced with, so adding such an option keeps every existing recipe's hash; see
+        `_drop_defaults` for the few keys that need more than that."""
+        data = self._as_dict(hash_payload)
         data.pop("description", None)
         _drop_defaults(data)
         if self.teacher_recipe is not None:
@@ -299,31 +317,17 @@ class ResolvedRecipe:
         return self.path.parent / p
 
 
-#: (section, key, default): keys newer than the first release, left out of the hash at their default.
-_LATE_KEYS: tuple[tuple[str, str, Any], ...] = (
-    ("student", "normalize", None),
-    ("teacher", "normalize", None),
-    ("teacher", "download", False),
-    ("data", "val_size", None),
-    ("eval", "teacher", True),
-)
-
-
 def _drop_defaults(data: dict[str, Any]) -> None:
-    for section, key, default in _LATE_KEYS:
-        table = data.get(section)
-        if isinstance(table, dict) and key in table and table[key] == default:
-            del table[key]
-    for section in ("student", "teacher"):  # "dataset" is what the absent key means
+    """What `introduced` cannot express: ``normalize = "dataset"`` means what the absent key means, and
+    ``teacher.model_dir`` never changes a run (a zoo teacher is pinned by its name; result.json records
+    its file's SHA-256)."""
+    for section in ("student", "teacher"):
         table = data.get(section)
         if isinstance(table, dict) and table.get("normalize") == "dataset":
             del table["normalize"]
     teacher = data.get("teacher")
     if isinstance(teacher, dict):
-        teacher.pop("model_dir", None)  # where the zoo file lies does not change it; its name pins it
-    if data.get("data", {}).get("val_size") is None:
-        for key in ("val_every", "val_attack"):
-            data.get("train", {}).pop(key, None)
+        teacher.pop("model_dir", None)
 
 
 def _set_dotted(raw: dict[str, Any], key: str, value: Any, file: str, origin: str) -> None:
