@@ -137,7 +137,9 @@ class TeacherSection(StrictModel):
         if self.model_dir is not None or self.download:
             raise ValueError("teacher.model_dir and teacher.download are for robustbench: teachers only")
         if (self.checkpoint is None) == (self.recipe is None):
-            raise ValueError("give exactly one of teacher.checkpoint, teacher.recipe or a robustbench: teacher.model")
+            raise ValueError(
+                "give exactly one of teacher.checkpoint or teacher.recipe (or a robustbench: teacher.model, alone)"
+            )
         if self.checkpoint is not None and self.model is None:
             raise ValueError("teacher.model is required with teacher.checkpoint")
         return self
