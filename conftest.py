@@ -9,4 +9,5 @@ import pytest
 def _isolated_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Runs and decode caches of a test never land in the checkout or the user's home."""
     monkeypatch.setenv("KDBENCH_RUNS_DIR", str(tmp_path_factory.mktemp("runs")))
+    monkeypatch.setenv("KDBENCH_HOME", str(tmp_path_factory.mktemp("kdbench-home")))
     monkeypatch.setenv("KDBENCH_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "decode-cache"))

@@ -3,7 +3,9 @@
 Built-in and third-party components are found the same way: an entry point in one of the groups
 ``kdbench.models``, ``kdbench.datasets``, ``kdbench.attacks`` and ``kdbench.methods`` (see
 pyproject.toml). Nothing is imported until a recipe or a command names it, so a broken plugin breaks
-only the recipes that use it; the error names its distribution, version and entry point.
+only the recipes that use it; the error names its distribution, version and entry point. A loaded
+component is validated before it is used (`kdbench._plugin_checks`: strict Config, required methods,
+typed class attributes); one that fails is refused whole.
 
 A name may carry a variant after a colon (``timm:resnet50``): the registry resolves the part before
 the colon and hands the rest to the component.
@@ -18,6 +20,7 @@ from importlib import metadata
 from typing import Any, Generic, TypeVar
 
 from kdbench._errors import PluginError, UserError, did_you_mean
+from kdbench._plugin_checks import component_problems
 
 __all__ = ["ATTACKS", "DATASETS", "METHODS", "MODELS", "Entry", "Registry", "registries"]
 
@@ -151,6 +154,9 @@ class Registry(Generic[T]):
                 f"{self.group} entry point {name!r} from {provider} is {obj!r}, "
                 f"not a subclass of {self.base.__module__}.{self.base.__qualname__}"
             )
+        problems = component_problems(obj, self.base)
+        if problems:  # refused whole, at load time, rather than half-used in the middle of a run
+            raise PluginError(f"{self.kind[:-1]} {name!r} from {provider} is not a valid plugin: {'; '.join(problems)}")
 
 
 def split_variant(name: str) -> tuple[str, str | None]:

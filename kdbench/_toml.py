@@ -10,16 +10,34 @@ import json
 import math
 import tomllib
 from pathlib import Path
+from stat import S_ISDIR, S_ISREG
 from typing import Any
 
 from kdbench._errors import RecipeError
 
-__all__ = ["dumps", "load_file", "parse_value"]
+__all__ = ["MAX_RECIPE_BYTES", "dumps", "format_value", "load_file", "parse_value"]
+
+#: A recipe is a few kB of TOML; a larger file is refused before it is read.
+MAX_RECIPE_BYTES = 4 * 2**20
 
 
 def load_file(path: Path) -> dict[str, Any]:
     """Parse a TOML file; a missing, unreadable or malformed file is a `RecipeError` naming it."""
     try:
+        st = path.stat()
+        # A FIFO would block, /dev/zero would fill the memory (a directory fails to read just below).
+        if not S_ISREG(st.st_mode) and not S_ISDIR(st.st_mode):
+            raise RecipeError(
+                "not a regular file (a device, FIFO or socket)",
+                file=str(path),
+                hint="give the path of a .toml recipe file",
+            )
+        if st.st_size > MAX_RECIPE_BYTES:
+            raise RecipeError(
+                f"{st.st_size} bytes, too large for a recipe (limit {MAX_RECIPE_BYTES})",
+                file=str(path),
+                hint="give the path of a .toml recipe file",
+            )
         data = path.read_bytes()
     except FileNotFoundError:
         raise RecipeError("file not found", file=str(path), hint="check the path") from None
@@ -60,6 +78,11 @@ def _scalar(value: Any) -> str:
         items = ", ".join(f"{_key(k)} = {_scalar(v)}" for k, v in value.items() if v is not None)
         return "{" + items + "}" if items else "{}"
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def format_value(value: Any) -> str:
+    """A value as TOML text, the inverse of `parse_value` (``2`` -> ``2``, ``"a"`` -> ``"a"``)."""
+    return _scalar(value)
 
 
 def _key(key: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,15 +15,22 @@ from kdbench._errors import RecipeError, UserError
 from kdbench._registry import ATTACKS, DATASETS, METHODS, MODELS, split_variant
 from kdbench.attacks.base import Attack
 from kdbench.config import StrictModel
-from kdbench.data.base import DatasetInfo, DatasetSource
+from kdbench.data.base import DatasetInfo, DatasetSource, SplitData
 from kdbench.data.cache import load_split_cached
 from kdbench.data.loader import DeviceLoader, balanced_subset
-from kdbench.engine.checkpoint import load_weights_only
+from kdbench.engine.checkpoint import load_weights_file
 from kdbench.engine.hardware import Hardware
-from kdbench.method import Method, MethodSetup
+from kdbench.evaluation.selection import (
+    EvalSelection,
+    SelectionError,
+    has_canonical_order,
+    read_examples,
+    select_examples,
+)
+from kdbench.method import Method, MethodSetup, TeacherSetup
 from kdbench.models.base import Network, NetworkSpec
 from kdbench.models.normalization import Normalization, resolve_normalization
-from kdbench.recipe import ResolvedRecipe
+from kdbench.recipe import ResolvedRecipe, eval_size
 
 __all__ = [
     "DATA_ROOT_ENV",
@@ -36,6 +44,7 @@ __all__ = [
     "check_label_spaces",
     "checkpoint_num_classes",
     "dataset_root",
+    "eval_selection",
     "load_network_weights",
     "network_spec",
     "place",
@@ -54,6 +63,7 @@ class DataBundle:
     train: DeviceLoader
     test_images: Tensor  # uint8 (N, C, H, W), on the CPU
     test_labels: Tensor  # int64 (N,)
+    selection: EvalSelection | None = None  # which test images those are (None: built by hand)
     #: data.val_size: the held-out training images (never trained on), their labels and indices in the split
     val_images: Tensor | None = None
     val_labels: Tensor | None = None
@@ -89,21 +99,9 @@ def build_data(resolved: ResolvedRecipe, hardware: Hardware, rank: int = 0, worl
     train = load_split_cached(source, "train")
     test = load_split_cached(source, "test")
     train_idx = _subset(train.labels, r.data.train_subset, resolved, "data.train_subset")
-    test_idx = _subset(test.labels, r.data.test_subset, resolved, "data.test_subset")
     train_idx, val_idx = _hold_out(train.labels, train_idx, r.data.val_size, r.seed, resolved)
-    test_images, test_labels = test.images, test.labels
-    if test_idx is not None:
-        test_images, test_labels = test_images[test_idx], test_labels[test_idx]
-    n_eval = r.eval.n_examples
-    if n_eval is not None:
-        if n_eval > len(test_labels):
-            raise RecipeError(
-                f"asks for {n_eval} evaluation images but the test set has {len(test_labels)}",
-                file=resolved.file,
-                key="eval.n_examples",
-                hint=f"use at most {len(test_labels)}",
-            )
-        test_images, test_labels = test_images[:n_eval], test_labels[:n_eval]
+    selection = eval_selection(resolved, source, test, info.num_classes)
+    test_images, test_labels = test.images[selection.indices], test.labels[selection.indices]
     if r.train.batch_size % world_size:
         raise RecipeError(
             f"batch size {r.train.batch_size} does not split over {world_size} processes",
@@ -124,7 +122,7 @@ def build_data(resolved: ResolvedRecipe, hardware: Hardware, rank: int = 0, worl
         subset_indices=train_idx,
         channels_last=hardware.channels_last,
     )
-    bundle = DataBundle(info, loader, test_images, test_labels)
+    bundle = DataBundle(info, loader, test_images, test_labels, selection)
     if val_idx is not None:
         bundle.val_images, bundle.val_labels, bundle.val_indices = train.images[val_idx], train.labels[val_idx], val_idx
     return bundle
@@ -149,6 +147,29 @@ def _hold_out(
     keep = torch.ones(len(pool), dtype=torch.bool)
     keep[chosen] = False
     return pool[keep], pool[chosen]
+
+
+def eval_selection(resolved: ResolvedRecipe, source: DatasetSource, test: SplitData, num_classes: int) -> EvalSelection:
+    """The recipe's evaluation set of ``test`` (`kdbench.evaluation.selection`); bad input is a `RecipeError`."""
+    r = resolved.recipe
+    n_key = "eval.n_examples" if r.eval.n_examples is not None else "data.test_subset"
+    try:
+        examples = (
+            read_examples(r.eval.examples, resolved.path.parent if resolved.path else None, what="eval.examples")
+            if r.eval.examples is not None
+            else None
+        )
+        return select_examples(
+            test.images,
+            test.labels,
+            canonical=has_canonical_order(source),
+            n=eval_size(r),
+            examples=examples,
+            num_classes=num_classes,
+            n_key=n_key,
+        )
+    except SelectionError as err:
+        raise RecipeError(err.problem, file=resolved.file, key=err.key, hint=err.hint) from None
 
 
 def _subset(labels: Tensor, n: int | None, resolved: ResolvedRecipe, key: str) -> Tensor | None:
@@ -192,15 +213,9 @@ def load_network_weights(net: Network, path: Path, *, what: str = "teacher") -> 
         if not candidate.is_file():
             raise UserError(f"{what} checkpoint folder {path} has no model.pt; is the run finished?")
         path = candidate
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"{what} checkpoint {path} not found")
-    try:
-        payload = load_weights_only(path)
-    except Exception as exc:
-        raise UserError(
-            f"{what} checkpoint {path} cannot be loaded safely ({type(exc).__name__}); "
-            "kdbench reads only weights (torch.load weights_only=True)"
-        ) from None
+    payload = load_weights_file(path, what=f"{what} checkpoint")
     meta: dict[str, Any] = {}
     if isinstance(payload, dict) and "state_dict" in payload:
         meta = {k: v for k, v in payload.items() if k != "state_dict"}
@@ -273,10 +288,15 @@ def check_label_spaces(resolved: ResolvedRecipe, teacher_classes: int, student_c
 
 
 def build_student_and_method(
-    resolved: ResolvedRecipe, spec: NetworkSpec, teacher: Network | None, dataset_size: int, device: torch.device
+    resolved: ResolvedRecipe,
+    spec: NetworkSpec,
+    teacher: Network | None,
+    dataset_size: int,
+    device: torch.device,
+    extra_teachers: Mapping[str, Network] | None = None,
 ) -> tuple[Network, Method]:
     """The student, initialised from the recipe's seed (whether or not a teacher was built before it),
-    and the method sized for it, the teacher and the training set."""
+    and the method sized for it, the teachers and the training set."""
     torch.manual_seed(resolved.recipe.seed)
     student = build_network(resolved.recipe.student.model, resolved.student_config, spec)
     setup = MethodSetup(
@@ -286,6 +306,7 @@ def build_student_and_method(
         teacher_num_classes=teacher.num_classes if teacher is not None else None,
         dataset_size=dataset_size,
         device=device,
+        teachers={n: TeacherSetup(t.feature_dim, t.num_classes) for n, t in (extra_teachers or {}).items()},
     )
     return student, build_method(resolved, setup)
 
@@ -303,7 +324,7 @@ def checkpoint_num_classes(path: Path) -> int | None:
     """
     file = path / "model.pt" if path.is_dir() else path
     try:
-        payload = load_weights_only(file)
-    except Exception:
+        payload = load_weights_file(file)
+    except UserError:
         return None
     return int(payload["num_classes"]) if isinstance(payload, dict) and "num_classes" in payload else None

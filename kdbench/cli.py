@@ -7,10 +7,13 @@ exits with 130 after checkpointing. Anything else is a bug and keeps its traceba
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import inspect
 import os
+import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,14 +52,42 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a recipe key, e.g. --set train.epochs=5 (repeatable)",
+        help="override a recipe key, e.g. --set train.epochs=5 (repeatable; does not reach the teacher recipe)",
     )
-    run.add_argument("--out", type=Path, help="output folder (default: runs/<name>/<hash>/)")
     run.add_argument(
-        "--runs-dir", type=Path, help="root of default output folders (default: $KDBENCH_RUNS_DIR or ./runs)"
+        "--teacher-set",
+        dest="teacher_overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the teacher recipe, e.g. --teacher-set train.epochs=2 "
+        "(the same as --set teacher.set.train.epochs=2; repeatable)",
+    )
+    run.add_argument("--out", type=Path, help="output folder (default: <runs dir>/<name>/<hash>/)")
+    run.add_argument(
+        "--runs-dir",
+        type=Path,
+        help="root of default output folders (default: $KDBENCH_RUNS_DIR, else ~/.local/share/kdbench/runs)",
+    )
+    run.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], help="train on this device (the same as --set train.device=...)"
+    )
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="not needed: an interrupted run resumes from its checkpoint when the same command runs again",
     )
     run.add_argument("--quiet", action="store_true", help="no progress output")
-    run.add_argument("--dry-run", action="store_true", help="list the runs (a sweep's variants) and their status")
+    run.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write TensorBoard scalars to each run's tensorboard/ folder (pip install 'kdbench[tensorboard]')",
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list the runs (a sweep's variants and their teacher chain) with status and estimated cost",
+    )
     run.set_defaults(handler=_cmd_run)
 
     validate = sub.add_parser("validate", help="check recipes without running them")
@@ -94,34 +125,89 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return int(args.handler(args))
+    except BrokenPipeError:
+        # `kdbench show pgd | head`: the reader left; say nothing more (Python docs, "Note on SIGPIPE")
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except UserError as exc:
         print(f"kdbench: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("kdbench: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        # A read-only or forbidden path (--out, --runs-dir, an output file): the user's to fix, in one line.
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or exc.filename is None:
+            raise
+        print(
+            f"kdbench: error: cannot write or read {exc.filename} ({exc.strerror}); "
+            "choose a writable location (--out, --runs-dir) or fix its permissions",
+            file=sys.stderr,
+        )
+        return 2
 
 
 # ------------------------------------------------------------------------------------------- run
 
 
+def _sigterm_as_interrupt() -> Any:
+    """SIGTERM raises KeyboardInterrupt, as SIGINT does, so that a run stopped outside the epoch loop
+    (where the trainer's own handler checkpoints) exits 130 with the resume hint instead of dying
+    silently. Returns the previous handler."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signum)
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        return signal.getsignal(signal.SIGTERM)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from kdbench.engine.distributed import teardown_distributed
+    from kdbench.engine.estimate import format_duration
     from kdbench.engine.progress import make_progress
     from kdbench.engine.trainer import Interrupted
-    from kdbench.recipe import load_recipes
-    from kdbench.run import default_out_dir, run_recipe, status
+    from kdbench.locations import default_runs_dir, runs_dir_origin
+    from kdbench.plan import clock_plan, format_plan, plan_chain, summary_lines
+    from kdbench.recipe import apply_overrides, load_recipes, read_raw
+    from kdbench.run import default_out_dir, run_recipe
 
-    variants = load_recipes(args.recipe, args.overrides)
+    if args.resume:
+        print("kdbench: note: --resume is not needed: resuming is automatic (same command, same hash)", file=sys.stderr)
+    device = [f"train.device={args.device}"] if args.device else []
+    overrides = list(args.overrides) + device + [_teacher_key(item) for item in args.teacher_overrides]
+    if args.teacher_overrides:
+        teacher = apply_overrides(read_raw(args.recipe), list(args.overrides), str(args.recipe)).get("teacher")
+        if not isinstance(teacher, dict) or "recipe" not in teacher:
+            raise UserError(f"{args.recipe}: --teacher-set needs a recipe whose teacher is trained by teacher.recipe")
+    variants = load_recipes(args.recipe, overrides)
     if args.out is not None and len(variants) > 1:
         raise UserError(f"{args.recipe} sweeps over {len(variants)} runs; --out names one folder, use --runs-dir")
-    if args.dry_run:
+    started = time.perf_counter()
+    planned = []
+    if args.dry_run or not args.quiet:
+        print(f"runs folder: {default_runs_dir(args.runs_dir)} ({runs_dir_origin(args.runs_dir)})")
         for resolved in variants:
-            out = args.out or default_out_dir(resolved, args.runs_dir)
-            print(f"{resolved.recipe.name}  {resolved.short_hash}  {status(resolved, out):<8}  {out}")
+            chain = plan_chain(resolved, args.out or default_out_dir(resolved, args.runs_dir), args.runs_dir)
+            print("\n".join(format_plan(chain)))
+            planned += chain
+        print("\n".join(summary_lines(planned)))
+        sys.stdout.flush()
+    if args.dry_run:
         return 0
-    progress = make_progress(quiet=args.quiet)
+    if args.tensorboard:
+        from kdbench.engine.progress import TensorBoardProgress
+
+        TensorBoardProgress.require()
+    progress = make_progress(quiet=args.quiet, tensorboard=args.tensorboard)
+    clock = getattr(progress, "clock", None)
+    if clock is not None:
+        clock.plan.update(clock_plan(planned))
     rows: list[tuple[str, dict[str, Any] | None, str]] = []
+    previous_sigterm = _sigterm_as_interrupt()
     try:
         for resolved in variants:
             try:
@@ -137,7 +223,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except Interrupted as exc:
         print(f"kdbench: {exc}; run the same command to resume", file=sys.stderr)
         return Interrupted.exit_code
+    except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM (see _sigterm_as_interrupt), outside the epoch loop
+        what = f"signal {exc.args[0]}" if exc.args else "signal 2"
+        print(
+            f"kdbench: stopped by {what} outside training (data, teacher or evaluation); finished epochs are "
+            "checkpointed; run the same command to resume",
+            file=sys.stderr,
+        )
+        return Interrupted.exit_code
     finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
         progress.close()
         teardown_distributed()
     if os.environ.get("RANK", "0") != "0":
@@ -145,10 +240,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if len(variants) == 1:
         _, result, where = rows[0]
         assert result is not None
+        _print_teacher(variants[0], args.runs_dir)
         _print_result(result, Path(where).parent)
+        print(f"total time: {format_duration(time.perf_counter() - started)}")
         return 0
     _print_summary(rows)
+    print(f"total time: {format_duration(time.perf_counter() - started)}")
     return 2 if any(result is None for _, result, _ in rows) else 0
+
+
+def _teacher_key(item: str) -> str:
+    """``--teacher-set train.epochs=2`` is ``--set teacher.set.train.epochs=2``."""
+    if "=" not in item:
+        raise UserError(f"--teacher-set {item!r} is not KEY=VALUE; write e.g. --teacher-set train.epochs=2")
+    return f"teacher.set.{item.strip()}"
 
 
 def _metric_cells(result: dict[str, Any]) -> list[str]:
@@ -171,6 +276,24 @@ def _print_result(result: dict[str, Any], out: Path) -> None:
     print(f"result: {out / 'result.json'}")
 
 
+def _print_teacher(resolved: Any, runs_dir: Path | None) -> None:
+    """The teacher's own accuracy (from its run's result.json), so a bad teacher is seen at once."""
+    from kdbench.results import read_result
+    from kdbench.run import default_out_dir
+
+    sub = resolved.teacher_recipe
+    if sub is None:
+        return
+    folder = default_out_dir(sub, runs_dir)
+    result = read_result(folder / "result.json")
+    if result is None:
+        return
+    m = result["metrics"]
+    robust = {k: v for k, v in m.get("robust", {}).items() if v is not None and k != "worst"}
+    parts = [f"clean {m['clean_acc']:.4f}"] + [f"{k} {v:.4f}" for k, v in robust.items()]
+    print(f"teacher {result['name']}: {' | '.join(parts)} (n={m.get('n_eval')}; {folder})")
+
+
 def _print_summary(rows: list[tuple[str, dict[str, Any] | None, str]]) -> None:
     header = ["run", "method", "seed", "clean", "fgsm", "pgd20", "cw", "autoattack", "flags", "result"]
     table = [header]
@@ -189,12 +312,14 @@ def _print_summary(rows: list[tuple[str, dict[str, Any] | None, str]]) -> None:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from kdbench.recipe import load_recipes
+    from kdbench.recipe import check_files, load_recipes
 
     failed = 0
     for path in args.recipes:
         try:
             variants = load_recipes(path, args.overrides)
+            for variant in variants:
+                check_files(variant)
         except UserError as exc:
             failed += 1
             print(f"kdbench: error: {exc}", file=sys.stderr)
@@ -223,7 +348,16 @@ def _summary(obj: Any) -> str:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    regs = [_registry_for(args.kind)] if args.kind else list(registries().values())
+    from kdbench.evaluation.catalog import EVALUATION_ATTACKS
+
+    evaluation = args.kind in (None, "evaluation", "eval", "attacks", "attack")
+    regs = (
+        []
+        if args.kind in ("evaluation", "eval")
+        else [_registry_for(args.kind)]
+        if args.kind
+        else list(registries().values())
+    )
     pattern = (args.pattern or "").lower()
     rows: list[tuple[str, str, str, str]] = []
     for reg in regs:
@@ -235,6 +369,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
             except PluginError as exc:
                 summary = f"[failed to load] {exc}"
             rows.append((reg.kind, entry.name, entry.provider, summary))
+    if evaluation:
+        for name, (summary, _) in EVALUATION_ATTACKS.items():
+            if not pattern or pattern in name:
+                rows.append(("evaluation", name, "kdbench", summary))
     if not rows:
         print("nothing matches", file=sys.stderr)
         return 0
@@ -245,11 +383,18 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
+    from kdbench.evaluation.catalog import EVALUATION_ATTACKS, describe_evaluation_attack, evaluation_attack_name
+
     kind, _, name = args.name.rpartition("/")
+    if kind in ("evaluation", "eval") or (not kind and evaluation_attack_name(name) and not _registered(name)):
+        if evaluation_attack_name(name) is None:
+            raise UserError(f"no evaluation attack named {name!r}; {did_you_mean(name, list(EVALUATION_ATTACKS))}")
+        print(describe_evaluation_attack(name))
+        return 0
     regs = [_registry_for(kind)] if kind else list(registries().values())
     found = [reg for reg in regs if name in reg]
     if not found:
-        everything = [n for reg in regs for n in reg.names()]
+        everything = [n for reg in regs for n in reg.names()] + list(EVALUATION_ATTACKS)
         raise UserError(f"no component named {name!r}; {did_you_mean(name, everything)}")
     if len(found) > 1:
         raise UserError(f"{name!r} is a {' and a '.join(r.kind[:-1] for r in found)}; write KIND/{name}")
@@ -267,7 +412,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     print("options:")
     for key, info in config.model_fields.items():
         default = info.get_default(call_default_factory=True)
-        shown = "required" if default is PydanticUndefined else f"default {default!r}"
+        shown = "required" if default is PydanticUndefined else f"default {_show_value(default)}"
         annotation = getattr(info.annotation, "__name__", str(info.annotation)).replace("typing.", "")
         line = f"  {key}: {annotation} ({shown})"
         if info.description:
@@ -275,8 +420,25 @@ def _cmd_show(args: argparse.Namespace) -> int:
         print(line)
     extra = {k: v for k, v in getattr(obj, "attack_defaults", {}).items()}
     if extra:
-        print(f"training-attack defaults: {extra}")
+        print(f"training-attack defaults: {', '.join(f'{k} = {_show_value(v)}' for k, v in extra.items())}")
+    for teacher, purpose in getattr(obj, "extra_teachers", {}).items():
+        print(f"additional teacher [teachers.{teacher}]: {purpose}")
+    if evaluation_attack_name(name):
+        print(f"\nalso an evaluation attack: kdbench show evaluation/{name}")
     return 0
+
+
+def _registered(name: str) -> bool:
+    return any(name in reg for reg in registries().values())
+
+
+def _show_value(value: Any) -> str:
+    """A default as a recipe would write it: ``8/255`` for pixel budgets (0.0313... means nothing to a reader)."""
+    from kdbench.results import eps_label
+
+    if isinstance(value, float) and 0 < value < 1 and "/" in eps_label(value):
+        return f'"{eps_label(value)}"'
+    return repr(value)
 
 
 if __name__ == "__main__":

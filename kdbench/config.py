@@ -21,7 +21,7 @@ HASH_NEUTRAL = "kdbench_introduced"
 class StrictModel(BaseModel):
     """Frozen, extra keys forbidden, NaN and infinity rejected."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, validate_default=True, strict=True)
 
 
 class EmptyConfig(StrictModel):

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from kdbench._errors import UserError
-from kdbench.engine.checkpoint import CheckpointStore, atomic_write_bytes, load_weights_only
+from kdbench.engine.checkpoint import CheckpointStore, atomic_write_bytes, load_weights_file
 
 __all__ = ["FORMATS", "add_parser", "cmd_export", "export_safetensors"]
 
@@ -93,7 +93,9 @@ def export_safetensors(run: Path, out: Path | None = None) -> Path:
 
     model_file = _model_file(run)
     try:
-        payload = load_weights_only(model_file)
+        payload = load_weights_file(model_file, what="")
+    except UserError:
+        raise
     except Exception as exc:
         raise UserError(
             f"{model_file} cannot be loaded safely ({type(exc).__name__}); "

@@ -13,11 +13,13 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -25,7 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from kdbench import _toml
 from kdbench._errors import RecipeError, UserError, did_you_mean
 from kdbench._registry import ATTACKS, DATASETS, METHODS, MODELS, Registry
+from kdbench.attacks.schedule import EpsPoint, EpsSchedule
 from kdbench.config import Number, StrictModel, hash_payload, introduced
+from kdbench.engine.checkpoint import MAX_WEIGHTS_BYTES_ENV, max_weights_bytes
 from kdbench.models.normalization import NormalizeSetting
 
 __all__ = [
@@ -39,10 +43,13 @@ __all__ = [
     "TeacherSection",
     "TrainSection",
     "apply_overrides",
+    "check_files",
+    "eval_size",
     "load_recipe",
     "load_recipes",
     "read_raw",
     "resolve",
+    "teacher_overrides",
 ]
 
 #: Recipe names become folder names: letters, digits and ._+- only.
@@ -59,7 +66,9 @@ class DataSection(StrictModel):
     root: str | None = Field(None, description="the dataset's folder; default $KDBENCH_DATA_ROOT/<dataset>")
     download: bool = Field(False, description="allow downloading the dataset into root when it is missing")
     train_subset: int | None = Field(None, gt=0, description="train on a class-balanced subset of this size")
-    test_subset: int | None = Field(None, gt=0, description="evaluate on a class-balanced subset of this size")
+    test_subset: int | None = Field(
+        None, gt=0, description="old spelling of eval.n_examples (the evaluation set's size); give only one"
+    )
     val_size: int | None = introduced(
         None,
         since="0.2",
@@ -109,6 +118,11 @@ class TeacherSection(StrictModel):
         False, since="0.2", description="allow downloading missing RobustBench weights into model_dir"
     )
     options: dict[str, Any] = Field(default_factory=dict, description="the model's own options")
+    set: dict[str, Any] = Field(
+        default_factory=dict,
+        description='keys of the teacher recipe to override, e.g. {"train.epochs" = 2} '
+        "(--set teacher.set.train.epochs=2, or --teacher-set train.epochs=2)",
+    )
 
     @property
     def zoo_name(self) -> str | None:
@@ -140,6 +154,8 @@ class TeacherSection(StrictModel):
             raise ValueError(
                 "give exactly one of teacher.checkpoint or teacher.recipe (or a robustbench: teacher.model, alone)"
             )
+        if self.set and self.recipe is None:
+            raise ValueError("teacher.set overrides keys of a teacher recipe; it needs teacher.recipe")
         if self.checkpoint is not None and self.model is None:
             raise ValueError("teacher.model is required with teacher.checkpoint")
         return self
@@ -160,6 +176,25 @@ class MethodSection(_OpenSection):
 
 class AttackSection(_OpenSection):
     name: str = Field("pgd", description="registered attack used during training (when the method attacks)")
+    eps_schedule: list[EpsPoint] = introduced(
+        [],
+        since="0.2",
+        description='per-epoch budget of the training attack: [{epoch = 0, eps = "2/255"}, ...] (0-based epochs)',
+    )
+    eps_schedule_interpolation: Literal["step", "linear"] = introduced(
+        "step", since="0.2", description="between schedule points: hold each point's budget (step) or interpolate"
+    )
+
+    def options(self) -> dict[str, Any]:
+        """The attack's own options (the schedule keys belong to the engine)."""
+        return dict(self.model_extra or {})
+
+    def schedule(self) -> EpsSchedule:
+        return EpsSchedule(points=list(self.eps_schedule), interpolation=self.eps_schedule_interpolation)
+
+
+#: Keys of [attack] that the engine reads (the schedule), not the attack's own options.
+_ATTACK_ENGINE_KEYS = ("eps_schedule", "eps_schedule_interpolation")
 
 
 class TrainSection(StrictModel):
@@ -207,7 +242,16 @@ class EvalSection(StrictModel):
     """The evaluation after training."""
 
     attacks: list[str] = Field(default_factory=lambda: ["clean", "fgsm", "pgd20", "cw", "autoattack"])
-    n_examples: int | None = Field(None, gt=0, description="evaluate on the first N test images (None: all)")
+    n_examples: int | None = Field(
+        None, gt=0, description="evaluate on N images of the dataset's fixed selection (None: all; docs/recipes.md)"
+    )
+    # Hash-neutral at None: the evaluation rules are code (like the attacks), and a finished run stays
+    # found after an upgrade; `kdbench eval RUN --update-result` re-evaluates it under today's rules.
+    examples: list[int] | str | None = introduced(
+        None,
+        since="0.2",
+        description="explicit test indices, or a file of them (relative to the recipe); None: the fixed rule",
+    )
     batch_size: int = Field(256, gt=0)
     norm: Literal["linf", "l2"] = "linf"
     eps: Number = Field(8 / 255, ge=0, description='evaluation budget, e.g. "8/255"')
@@ -215,6 +259,9 @@ class EvalSection(StrictModel):
         True,
         since="0.2",
         description="also evaluate the teacher on the same examples (cached per teacher in <runs>/.teacher-evals)",
+    )
+    step_size: Number | None = introduced(
+        None, since="0.2", gt=0, description="PGD/CW step; None: max(eps/4, 2.5*eps/steps) (2/255 for PGD-20 at 8/255)"
     )
 
     @field_validator("eps")
@@ -234,11 +281,18 @@ class EvalSection(StrictModel):
 class Recipe(StrictModel):
     """A complete experiment. See docs/recipes.md for every key."""
 
-    name: str = Field(pattern=NAME_PATTERN)
+    # 200: a run folder is named after the recipe; file systems allow 255 bytes per name.
+    name: str = Field(pattern=NAME_PATTERN, max_length=200)
     description: str = ""
-    seed: int = Field(0, ge=0)
+    # torch.manual_seed takes 64-bit seeds; derived seeds (per epoch, per process) stay below 2**63.
+    seed: int = Field(0, ge=0, le=2**63 - 1)
     data: DataSection
     teacher: TeacherSection | None = None
+    teachers: dict[str, TeacherSection] = introduced(
+        {},
+        since="0.2",
+        description="additional named teachers a method reads (e.g. [teachers.natural] for mtard); keys as [teacher]",
+    )
     student: StudentSection
     method: MethodSection
     attack: AttackSection = Field(default_factory=lambda: AttackSection.model_validate({}))
@@ -262,6 +316,9 @@ class ResolvedRecipe:
     data_config: StrictModel
     teacher_recipe: ResolvedRecipe | None = None
     overrides: list[str] = field(default_factory=list)
+    #: The additional teachers of ``[teachers.<name>]``: model config and, when trained by a recipe, that recipe.
+    extra_teacher_configs: dict[str, StrictModel] = field(default_factory=dict)
+    extra_teacher_recipes: dict[str, ResolvedRecipe] = field(default_factory=dict)
 
     @property
     def file(self) -> str:
@@ -280,10 +337,19 @@ class ResolvedRecipe:
         data["student"]["options"] = dump(self.student_config)
         if r.teacher is not None and self.teacher_config is not None:
             data["teacher"]["options"] = dump(self.teacher_config)
+            if not data["teacher"].get("set"):  # absent unless used: recipes without it keep their hash
+                data["teacher"].pop("set", None)
             if self.teacher_recipe is not None:
                 data["teacher"]["model"] = self.teacher_recipe.recipe.student.model
+        for name, config in self.extra_teacher_configs.items():
+            data["teachers"][name]["options"] = dump(config)
+            if name in self.extra_teacher_recipes:
+                data["teachers"][name]["model"] = self.extra_teacher_recipes[name].recipe.student.model
         data["method"] = {"name": r.method.name, **dump(self.method_config)}
         data["attack"] = {"name": r.attack.name, **dump(self.attack_config)}
+        # The engine's schedule keys of [attack] (hash-neutral while unused, like `teachers`).
+        section = dump(r.attack)
+        data["attack"].update({k: section[k] for k in _ATTACK_ENGINE_KEYS if k in section})
         ordered: dict[str, Any] = {k: data[k] for k in ("name", "description", "seed") if k in data}
         ordered.update({k: v for k, v in data.items() if k not in ordered})
         return ordered
@@ -303,7 +369,18 @@ class ResolvedRecipe:
             data["teacher"]["recipe"] = self.teacher_recipe.hash
         elif self.recipe.teacher is not None and self.recipe.teacher.checkpoint is not None:
             # the weights, not the path: a retrained teacher at the same path is a different run
-            data["teacher"]["checkpoint"] = _file_digest(self.relative(self.recipe.teacher.checkpoint))
+            try:
+                data["teacher"]["checkpoint"] = _file_digest(self.relative(self.recipe.teacher.checkpoint))
+            except RecipeError as exc:
+                raise exc.located(file=self.file) from None
+        for name, section in self.recipe.teachers.items():
+            if name in self.extra_teacher_recipes:
+                data["teachers"][name]["recipe"] = self.extra_teacher_recipes[name].hash
+            elif section.checkpoint is not None:
+                try:
+                    data["teachers"][name]["checkpoint"] = _file_digest(self.relative(section.checkpoint))
+                except RecipeError as exc:
+                    raise exc.located(file=self.file) from None
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -327,9 +404,13 @@ def _drop_defaults(data: dict[str, Any]) -> None:
         table = data.get(section)
         if isinstance(table, dict) and table.get("normalize") == "dataset":
             del table["normalize"]
-    teacher = data.get("teacher")
-    if isinstance(teacher, dict):
-        teacher.pop("model_dir", None)
+    extra = data.get("teachers")
+    tables = [data.get("teacher"), *(extra.values() if isinstance(extra, dict) else ())]
+    for table in tables:
+        if isinstance(table, dict):
+            table.pop("model_dir", None)
+            if table.get("normalize") == "dataset":
+                del table["normalize"]
 
 
 def _set_dotted(raw: dict[str, Any], key: str, value: Any, file: str, origin: str) -> None:
@@ -363,6 +444,20 @@ def _file_digest(path: Path) -> str:
         stat = file.stat()
     except OSError:
         return str(path)
+    # Checked before reading: /dev/zero would be hashed forever, a FIFO would block, a sparse file of
+    # terabytes would take hours. Each is refused in one line naming the key.
+    if not S_ISREG(stat.st_mode):
+        raise RecipeError(
+            f"{file} is not a regular file (a device, FIFO or socket)",
+            key="teacher.checkpoint",
+            hint="give a weights file (.pt) or a run folder",
+        )
+    if stat.st_size > max_weights_bytes():
+        raise RecipeError(
+            f"{file} is {stat.st_size / 2**30:.1f} GiB, above the {max_weights_bytes() / 2**30:.1f} GiB weights limit",
+            key="teacher.checkpoint",
+            hint=f"check the path (or raise {MAX_WEIGHTS_BYTES_ENV})",
+        )
     key = (str(file.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _DIGESTS:
         digest = hashlib.sha256()
@@ -389,6 +484,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], file: str) -> dic
 
 #: Keys holding paths relative to the recipe file; rebased when a recipe `extends` one elsewhere.
 _PATH_KEYS = (("teacher", "recipe"), ("teacher", "checkpoint"), ("teacher", "model_dir"), ("data", "root"))
+#: Keys of each ``[teachers.<name>]`` table holding paths, rebased like `_PATH_KEYS`.
+_TEACHER_PATH_KEYS = ("recipe", "checkpoint", "model_dir")
 
 
 def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
@@ -422,6 +519,10 @@ def read_raw(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise RecipeError(f"extends forms a cycle: {chain}", file=file, key="extends", hint="remove one of the extends")
     if not base_path.is_file():
         raise RecipeError(f"base recipe {str(base_path)!r} not found", file=file, key="extends")
+    if len(_chain) + 1 >= MAX_EXTENDS_DEPTH:
+        raise RecipeError(
+            f"extends is nested more than {MAX_EXTENDS_DEPTH} deep", file=file, key="extends", hint="flatten the chain"
+        )
     base = read_raw(base_path, (*_chain, here))
     if "sweep" in raw:  # a sweep is one product: the child's replaces the base's (an empty table removes it)
         base.pop("sweep", None)
@@ -429,7 +530,29 @@ def read_raw(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         value = base.get(section, {}).get(key) if isinstance(base.get(section), dict) else None
         if isinstance(value, str) and not Path(value).expanduser().is_absolute():
             base[section][key] = os.path.relpath(base_path.parent / value, path.parent)
+    extra = base.get("teachers")
+    for table in extra.values() if isinstance(extra, dict) else ():
+        for key in _TEACHER_PATH_KEYS:
+            value = table.get(key) if isinstance(table, dict) else None
+            if isinstance(value, str) and not Path(value).expanduser().is_absolute():
+                table[key] = os.path.relpath(base_path.parent / value, path.parent)
     return _merge(base, raw)
+
+
+#: Largest number of variants one ``[sweep]`` may expand to (override with this environment variable).
+MAX_SWEEP_ENV = "KDBENCH_MAX_SWEEP_VARIANTS"
+_DEFAULT_MAX_SWEEP = 10_000
+
+#: Deepest chain of ``extends`` (a recipe extending a recipe extending ...).
+MAX_EXTENDS_DEPTH = 32
+
+
+def _max_sweep_variants() -> int:
+    text = os.environ.get(MAX_SWEEP_ENV, "").strip()
+    try:
+        return int(text) if text else _DEFAULT_MAX_SWEEP
+    except ValueError:
+        raise RecipeError(f"{MAX_SWEEP_ENV}={text!r} is not a whole number") from None
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> ResolvedRecipe:
@@ -451,6 +574,15 @@ def load_recipes(path: str | Path, overrides: list[str] | None = None) -> list[R
     if sweep is None or sweep == {}:  # an empty [sweep] cancels an extended recipe's sweep
         return [resolve(raw, path=path, overrides=overrides, _stack=(path.resolve(),))]
     axes = _sweep_axes(sweep, file)
+    count = math.prod(len(values) for values in axes.values())
+    cap = _max_sweep_variants()
+    if count > cap:  # counted before anything is expanded
+        raise RecipeError(
+            f"the sweep has {count} variants, above the limit of {cap}",
+            file=file,
+            key="sweep",
+            hint=f"split it into several recipes or raise {MAX_SWEEP_ENV}",
+        )
     variants = []
     for values in itertools.product(*axes.values()):
         variant = copy.deepcopy(raw)
@@ -487,7 +619,22 @@ def _sweep_axes(sweep: Any, file: str) -> dict[str, list[Any]]:
     return axes
 
 
-def _load(path: Path, overrides: list[str], stack: tuple[Path, ...]) -> ResolvedRecipe:
+def teacher_overrides(table: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """``teacher.set`` as ``(dotted key, value)`` pairs: ``{"train.epochs" = 2}`` and ``{train = {epochs = 2}}``
+    (what ``--set teacher.set.train.epochs=2`` builds) both give ``[("train.epochs", 2)]``."""
+    pairs: list[tuple[str, Any]] = []
+    for key, value in table.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict) and value:
+            pairs += teacher_overrides(value, dotted)
+        else:
+            pairs.append((dotted, value))
+    return pairs
+
+
+def _load(
+    path: Path, overrides: list[str], stack: tuple[Path, ...], typed: Sequence[tuple[str, Any]] = ()
+) -> ResolvedRecipe:
     file = str(path)
     key = path.resolve()
     if key in stack:
@@ -495,6 +642,9 @@ def _load(path: Path, overrides: list[str], stack: tuple[Path, ...]) -> Resolved
         raise RecipeError(f"teacher.recipe forms a cycle: {chain}", file=file, key="teacher.recipe")
     raw = read_raw(path)
     raw = apply_overrides(raw, overrides, file)
+    for dotted, value in typed:
+        _set_dotted(raw, dotted, value, file, "teacher.set")
+    overrides = overrides + [f"{dotted}={_toml.format_value(value)}" for dotted, value in typed]
     if raw.get("sweep"):
         raise RecipeError(
             "a recipe with a [sweep] table names several runs",
@@ -504,6 +654,23 @@ def _load(path: Path, overrides: list[str], stack: tuple[Path, ...]) -> Resolved
         )
     raw.pop("sweep", None)  # an empty [sweep]: no sweep
     return resolve(raw, path=path, overrides=overrides, _stack=(*stack, key))
+
+
+def _check_eval_size(recipe: Recipe, file: str) -> None:
+    """``data.test_subset`` is the old name of the evaluation size: it may not contradict ``eval.n_examples``."""
+    subset, n = recipe.data.test_subset, recipe.eval.n_examples
+    if subset is not None and n is not None:
+        raise RecipeError(
+            f"the evaluation size is given twice ({subset} here, eval.n_examples = {n})",
+            file=file,
+            key="data.test_subset",
+            hint=f"drop data.test_subset and keep eval.n_examples = {min(subset, n)} (the dataset's fixed selection)",
+        )
+
+
+def eval_size(recipe: Recipe) -> int | None:
+    """How many test images the recipe evaluates: ``eval.n_examples``, else the old ``data.test_subset``."""
+    return recipe.eval.n_examples if recipe.eval.n_examples is not None else recipe.data.test_subset
 
 
 def resolve(
@@ -519,16 +686,20 @@ def resolve(
 
     method_cls = _lookup(METHODS, recipe.method.name, file, "method.name")
     method_config = _validate(method_cls.Config, recipe.method.options(), file, "method")
+    for option, problem in method_cls.run_problems(method_config, epochs=recipe.train.epochs).items():
+        raise RecipeError(problem, file=file, key=f"method.{option}")
 
     attack_cls = _lookup(ATTACKS, recipe.attack.name, file, "attack.name")
     attack_options = {**method_cls.attack_defaults, **recipe.attack.options()}
     attack_config = _validate(attack_cls.Config, attack_options, file, "attack")
+    _check_eps_schedule(recipe.attack, attack_config, file)
 
     student_config = _model_config(recipe.student.model, recipe.student.options, file, "student")
     data_cls = _lookup(DATASETS, recipe.data.dataset, file, "data.dataset")
     data_config = _validate(data_cls.Config, recipe.data.options, file, "data.options")
 
     _check_eval_attacks(recipe.eval.attacks, file)
+    _check_eval_size(recipe, file)
 
     resolved = ResolvedRecipe(
         recipe=recipe,
@@ -556,53 +727,145 @@ def resolve(
             key="teacher",
             hint="remove the [teacher] table",
         )
-    if teacher is not None and teacher.zoo_name is not None:
-        from kdbench.config import EmptyConfig
-        from kdbench.models.zoo import check_zoo_name
-
-        check_zoo_name(teacher.zoo_name, dataset=recipe.data.dataset, norm=recipe.eval.norm, file=file)
-        resolved.teacher_config = EmptyConfig()  # the zoo entry fixes the architecture and the weights
-    elif teacher is not None:
-        teacher_model = teacher.model
-        if teacher.recipe is not None:
-            teacher_path = _valid_path(resolved.relative(teacher.recipe), file, "teacher.recipe")
-            try:
-                sub = _load(teacher_path, [], _stack)
-            except RecipeError as exc:
-                if exc.file == str(teacher_path) and exc.problem == "file not found":
-                    raise RecipeError(
-                        f"teacher recipe {str(teacher_path)!r} not found", file=file, key="teacher.recipe"
-                    ) from None
-                raise
-            resolved.teacher_recipe = sub
-            if teacher_model is not None and teacher_model != sub.recipe.student.model:
-                raise RecipeError(
-                    f"teacher.model is {teacher_model!r} but the teacher recipe trains {sub.recipe.student.model!r}",
-                    file=file,
-                    key="teacher.model",
-                    hint="remove teacher.model or make them agree",
-                )
-            teacher_model = sub.recipe.student.model
-            teacher_options = teacher.options or sub.recipe.student.options
-            _check_teacher_normalize(teacher.normalize, sub.recipe.student.normalize, file)
-        else:
-            teacher_options = teacher.options
-        assert teacher_model is not None
-        resolved.teacher_config = _model_config(teacher_model, teacher_options, file, "teacher")
+    if teacher is not None:
+        resolved.teacher_config, resolved.teacher_recipe = _resolve_teacher(teacher, resolved, "teacher", _stack)
+    _check_extra_teacher_names(method_cls, recipe, file)
+    for name, section in recipe.teachers.items():
+        config, sub = _resolve_teacher(section, resolved, f"teachers.{name}", _stack)
+        resolved.extra_teacher_configs[name] = config
+        if sub is not None:
+            resolved.extra_teacher_recipes[name] = sub
     return resolved
 
 
-def _check_teacher_normalize(given: Any, trained: Any, file: str) -> None:
+def _resolve_teacher(
+    teacher: TeacherSection, resolved: ResolvedRecipe, key: str, stack: tuple[Path, ...]
+) -> tuple[StrictModel, ResolvedRecipe | None]:
+    """A teacher table's model config and, when a recipe trains it, that recipe (loaded recursively)."""
+    file = resolved.file
+    if teacher.zoo_name is not None:
+        from kdbench.config import EmptyConfig
+        from kdbench.models.zoo import check_zoo_name
+
+        check_zoo_name(
+            teacher.zoo_name, dataset=resolved.recipe.data.dataset, norm=resolved.recipe.eval.norm, file=file
+        )
+        return EmptyConfig(), None  # the zoo entry fixes the architecture and the weights
+    teacher_model = teacher.model
+    sub: ResolvedRecipe | None = None
+    if teacher.recipe is not None:
+        teacher_path = _valid_path(resolved.relative(teacher.recipe), file, f"{key}.recipe")
+        try:
+            sub = _load(teacher_path, [], stack, teacher_overrides(teacher.set))
+        except RecipeError as exc:
+            if exc.file == str(teacher_path) and exc.problem == "file not found":
+                raise RecipeError(
+                    f"teacher recipe {str(teacher_path)!r} not found", file=file, key=f"{key}.recipe"
+                ) from None
+            raise
+        if teacher_model is not None and teacher_model != sub.recipe.student.model:
+            raise RecipeError(
+                f"{key}.model is {teacher_model!r} but the teacher recipe trains {sub.recipe.student.model!r}",
+                file=file,
+                key=f"{key}.model",
+                hint=f"remove {key}.model or make them agree",
+            )
+        teacher_model = sub.recipe.student.model
+        teacher_options = teacher.options or sub.recipe.student.options
+        _check_teacher_normalize(teacher.normalize, sub.recipe.student.normalize, file, key)
+    else:
+        teacher_options = teacher.options
+    assert teacher_model is not None
+    return _model_config(teacher_model, teacher_options, file, key), sub
+
+
+def _check_teacher_normalize(given: Any, trained: Any, file: str, key: str = "teacher") -> None:
     """A teacher trained by a recipe normalises as that recipe's student did; another setting is an error."""
     if given is not None and (given or "dataset") != (trained or "dataset"):
         shown = trained if isinstance(trained, str) or trained is None else trained.model_dump()
         raise RecipeError(
-            f"teacher.normalize is {given if isinstance(given, str) else given.model_dump()!r} but the teacher recipe "
+            f"{key}.normalize is {given if isinstance(given, str) else given.model_dump()!r} but the teacher recipe "
             f"trains its student with normalize = {shown or 'dataset'!r}",
             file=file,
-            key="teacher.normalize",
-            hint="remove teacher.normalize (it follows the teacher recipe) or make them agree",
+            key=f"{key}.normalize",
+            hint=f"remove {key}.normalize (it follows the teacher recipe) or make them agree",
         )
+
+
+def _check_extra_teacher_names(method_cls: Any, recipe: Recipe, file: str) -> None:
+    """Every teacher the method lists in ``extra_teachers`` is given, and no other one."""
+    wanted: dict[str, str] = dict(method_cls.extra_teachers)
+    for name in recipe.teachers:
+        if name not in wanted:
+            listing = did_you_mean(name, wanted) if wanted else f"method {recipe.method.name!r} reads no other teacher"
+            raise RecipeError(
+                f"method {recipe.method.name!r} reads no teacher named {name!r}",
+                file=file,
+                key=f"teachers.{name}",
+                hint=f"{listing}; remove the table",
+            )
+    for name, purpose in wanted.items():
+        if name not in recipe.teachers:
+            raise RecipeError(
+                f"method {recipe.method.name!r} needs a second teacher {name!r} ({purpose})",
+                file=file,
+                key=f"teachers.{name}",
+                hint=f'add [teachers.{name}] with model and checkpoint, or recipe = "<teacher recipe>.toml"',
+            )
+
+
+def _check_eps_schedule(section: AttackSection, config: StrictModel, file: str) -> None:
+    """Schedule points: strictly increasing epochs, each budget inside the attack's own eps."""
+    points = section.eps_schedule
+    if not points:
+        return
+    eps = getattr(config, "eps", None)
+    if not isinstance(eps, float) or not isinstance(getattr(config, "step_size", None), float):
+        raise RecipeError(
+            f"attack {section.name!r} has no eps and step_size options to schedule",
+            file=file,
+            key="attack.eps_schedule",
+            hint="use a gradient attack such as pgd, or remove eps_schedule",
+        )
+    for i, point in enumerate(points):
+        if i and point.epoch <= points[i - 1].epoch:
+            raise RecipeError(
+                f"epoch {point.epoch} does not come after the previous point's {points[i - 1].epoch}",
+                file=file,
+                key=f"attack.eps_schedule.{i}.epoch",
+                hint="list the points in increasing epoch order",
+            )
+        if point.eps > eps:
+            raise RecipeError(
+                f"eps {point.eps:.6g} exceeds the threat model's attack.eps {eps:.6g}",
+                file=file,
+                key=f"attack.eps_schedule.{i}.eps",
+                hint="keep every scheduled eps <= attack.eps (raise attack.eps if the threat model is larger)",
+            )
+
+
+def check_files(resolved: ResolvedRecipe) -> None:
+    """Files the recipe names must exist: ``teacher.checkpoint`` (here and down the teacher chain).
+
+    Raises a `RecipeError` naming the key and the resolved path; called by ``kdbench validate`` and
+    before a run builds its teacher.
+    """
+    tables = {"teacher": resolved.recipe.teacher, **{f"teachers.{n}": t for n, t in resolved.recipe.teachers.items()}}
+    for key, teacher in tables.items():
+        if teacher is None or teacher.checkpoint is None:
+            continue
+        path = resolved.relative(teacher.checkpoint)
+        weights = path / "model.pt" if path.is_dir() else path
+        if not weights.is_file():
+            raise RecipeError(
+                f"file {str(weights)!r} not found" + (" (the run folder has no model.pt)" if path.is_dir() else ""),
+                file=resolved.file,
+                key=f"{key}.checkpoint",
+                hint="give the path of a weights file or a finished run folder, relative to the recipe",
+            )
+    for sub in [resolved.teacher_recipe, *resolved.extra_teacher_recipes.values()]:
+        if sub is not None:
+            check_files(sub)
 
 
 def _model_config(name: str, options: dict[str, Any], file: str, section: str) -> StrictModel:
@@ -662,6 +925,9 @@ def _as_recipe_error(exc: ValidationError, model: type[BaseModel], file: str, pr
         message = message[len("Value error, ") :]
     given = first.get("input")
     shown = "" if isinstance(given, dict) or given is None else f" (got {given!r})"
+    if isinstance(given, str) and kind in ("float_type", "int_type", "bool_type"):
+        # strict types: a quoted number is a string in TOML, never silently converted
+        return RecipeError(f"{message}{shown}{more}", file=file, key=key, hint=f"write it without quotes: {given}")
     return RecipeError(f"{message}{shown}{more}", file=file, key=key)
 
 

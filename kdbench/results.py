@@ -82,9 +82,13 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 def read_result(path: Path) -> dict[str, Any] | None:
     """A result.json of this schema version, or None if missing, unreadable or of another version."""
     try:
+        if not path.is_file() or path.stat().st_size > 16 * 2**20:  # a result.json is a few kB
+            return None
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: hostile nesting
         return None
     if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
+        return None
+    if not isinstance(data.get("recipe_hash"), str):
         return None
     return data

@@ -15,10 +15,12 @@ interrupted one resumes from its newest good checkpoint.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,34 +30,50 @@ from typing import Any
 import torch
 
 from kdbench import _toml
-from kdbench._errors import UserError
+from kdbench._errors import RecipeError, UserError
 from kdbench._registry import METHODS
 from kdbench.build import (
+    DataBundle,
     build_attack,
     build_data,
+    build_network,
+    build_source,
     build_student_and_method,
+    checkpoint_num_classes,
+    load_network_weights,
     network_spec,
     place,
     student_normalization,
 )
-from kdbench.engine.checkpoint import CheckpointStore, atomic_write_bytes
+from kdbench.data.base import DatasetInfo
+from kdbench.engine.checkpoint import (
+    CheckpointStore,
+    DiskFullError,
+    atomic_write_bytes,
+    remove_stale_temp_files,
+    verify_checksum,
+    write_with_checksum,
+)
 from kdbench.engine.cost import cost_record, reset_peak_memory
 from kdbench.engine.distributed import Distributed, setup_distributed
-from kdbench.engine.hardware import resolve_hardware
-from kdbench.engine.progress import Progress, make_progress
-from kdbench.engine.trainer import Trainer
+from kdbench.engine.fingerprint import tensor_digests
+from kdbench.engine.hardware import Hardware, resolve_hardware
+from kdbench.engine.progress import Progress, make_progress, run_log
+from kdbench.engine.trainer import Trainer, freeze
+from kdbench.locations import RUNS_DIR_ENV, default_runs_dir, remember_runs_dir
 from kdbench.models.base import Network, NetworkSpec
-from kdbench.models.normalization import Normalization
+from kdbench.models.normalization import Normalization, check_recorded, recorded_normalization, resolve_normalization
+from kdbench.models.zoo import default_model_dir, load_zoo_teacher
 from kdbench.recipe import ResolvedRecipe
 from kdbench.results import SCHEMA_VERSION, environment, eps_label, read_result, write_json
-from kdbench.teachers import TEACHER_EVAL_DIR, BuiltTeacher, build_teacher, cached_teacher_eval
+from kdbench.teachers import TEACHER_EVAL_DIR, BuiltTeacher, build_teacher, cached_teacher_eval, load_network_metadata
 
 __all__ = ["RUNS_DIR_ENV", "RunOutcome", "default_out_dir", "run_recipe", "status"]
 
 #: Seed of the attacks' random starts when the teacher is evaluated (whatever the student's seed).
 TEACHER_EVAL_SEED = 0
-#: Where runs go when --out is not given (default: ./runs).
-RUNS_DIR_ENV = "KDBENCH_RUNS_DIR"
+#: An evaluation kept after result.json hit a full disk (see `_write_result`).
+PENDING_FILE = "evaluation.pending.json"
 
 
 @dataclass
@@ -66,8 +84,8 @@ class RunOutcome:
 
 
 def default_out_dir(resolved: ResolvedRecipe, runs_dir: Path | None = None) -> Path:
-    base = runs_dir or Path(os.environ.get(RUNS_DIR_ENV, "runs"))
-    return base / resolved.recipe.name / resolved.short_hash
+    """``<runs dir>/<name>/<hash10>``; the runs dir is `kdbench.locations.default_runs_dir`."""
+    return default_runs_dir(runs_dir) / resolved.recipe.name / resolved.short_hash
 
 
 def run_recipe(
@@ -85,10 +103,18 @@ def run_recipe(
         progress.message(f"{resolved.recipe.name}: already finished in {out} (hash {resolved.short_hash})")
         return RunOutcome(out, done, reused=True)
     out.mkdir(parents=True, exist_ok=True)
+    if out_dir is None:
+        remember_runs_dir(default_runs_dir(runs_dir))
     ddp = setup_distributed(resolved.recipe.train.device)
     if not ddp.is_main:  # rank 0 owns the folder; the others train beside it and write nothing
         return RunOutcome(out, _execute(resolved, out, runs_dir, progress, ddp), reused=False)
     with _lock(out):
+        # Again under the lock: another process may have finished this run since the check above.
+        done = _finished(resolved, out)
+        if done is not None:
+            progress.message(f"{resolved.recipe.name}: finished meanwhile in {out} (hash {resolved.short_hash})")
+            return RunOutcome(out, done, reused=True)
+        remove_stale_temp_files(out)  # left by a process killed mid-write (the lock says none is writing)
         _claim(resolved, out)
         result = _execute(resolved, out, runs_dir, progress, ddp)
     return RunOutcome(out, result, reused=False)
@@ -104,10 +130,27 @@ def status(resolved: ResolvedRecipe, out: Path) -> str:
 
 
 def _finished(resolved: ResolvedRecipe, out: Path) -> dict[str, Any] | None:
+    """result.json of this recipe, when model.pt beside it passes its checksum.
+
+    A damaged model.pt (or one without checksum, written by an older kdbench) makes the run unfinished,
+    with a warning: the run then rebuilds model.pt from its last good checkpoint and evaluates again
+    (or trains again when no checkpoint is left), so a damaged file is never used or reported.
+    """
     result = read_result(out / "result.json")
-    if result is not None and result.get("recipe_hash") == resolved.hash and (out / "model.pt").is_file():
-        return result
-    return None
+    if result is None and (out / "result.json").exists():
+        print(f"kdbench: warning: ignoring {out / 'result.json'}: not a readable kdbench result", file=sys.stderr)
+    if result is None or result.get("recipe_hash") != resolved.hash:
+        return None
+    model = out / "model.pt"
+    problem = verify_checksum(model) if model.is_file() else "is missing"
+    if problem is not None:
+        print(
+            f"kdbench: warning: {model} {problem}; the run is not counted as finished and is rebuilt "
+            "from its last good checkpoint",
+            file=sys.stderr,
+        )
+        return None
+    return result
 
 
 def _claim(resolved: ResolvedRecipe, out: Path) -> None:
@@ -115,15 +158,30 @@ def _claim(resolved: ResolvedRecipe, out: Path) -> None:
     recipe_file = out / "recipe.toml"
     header = f"resolved recipe {resolved.recipe.name}, hash {resolved.hash}"
     if recipe_file.is_file():
-        first = recipe_file.read_text().splitlines()[:1]
-        if first and resolved.hash not in first[0]:
+        first = _first_line(recipe_file)
+        if first is not None and first.startswith("# resolved recipe ") and resolved.hash in first:
+            return
+        if first is not None and first.startswith("# resolved recipe "):
             raise UserError(
-                f"{out} holds a run of another recipe ({first[0].lstrip('# ')}); "
+                f"{out} holds a run of another recipe ({first.lstrip('# ')}); "
                 "choose another --out or delete that folder"
             )
-        return
+        # Empty, binary or hand-edited: rewritten below. Safe, since checkpoints record their own run and
+        # those of another run are refused anyway.
+        print(f"kdbench: warning: {recipe_file} is empty, unreadable or not kdbench's; rewriting it", file=sys.stderr)
     source = f"from {resolved.file}" + (f" with --set {' '.join(resolved.overrides)}" if resolved.overrides else "")
     atomic_write_bytes(recipe_file, _toml.dumps(resolved.to_dict(), header=f"{header}\n{source}").encode())
+
+
+def _first_line(path: Path) -> str | None:
+    """The first line of a text file, or None when it is empty, binary or unreadable (reads 4 kB at most)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+        line = head.split(b"\n", 1)[0].decode("utf-8").rstrip("\r") if head else None
+    except (OSError, UnicodeDecodeError):
+        return None
+    return line if line and line.isprintable() else None
 
 
 @contextlib.contextmanager
@@ -142,6 +200,89 @@ def _train_teacher(sub: ResolvedRecipe, runs_dir: Path | None, progress: Progres
     outcome = run_recipe(sub, runs_dir=runs_dir, progress=progress)
     setup_distributed(sub.recipe.train.device).barrier()  # rank 0 has written model.pt
     return outcome.out_dir
+
+
+def _extra_teacher(
+    resolved: ResolvedRecipe, name: str, runs_dir: Path | None, progress: Progress, student: DatasetInfo
+) -> Network:
+    """The additional teacher ``[teachers.<name>]``, frozen; refused when its classes or input size differ.
+
+    It sees the student's batches, so its input size must be the student's; its label space must be the
+    student's whenever the method reads teacher logits (`Method.teacher_logit_readers`). Like the main
+    teacher it may be a RobustBench zoo model, and it normalises as ``normalize`` (else its recipe's
+    student, else the dataset) says; a kdbench model.pt that records another normalisation is refused.
+    """
+    section = resolved.recipe.teachers[name]
+    key = f"teachers.{name}"
+    if section.zoo_name is not None:
+        zoo = load_zoo_teacher(
+            section.zoo_name,
+            dataset=resolved.recipe.data.dataset,
+            norm=resolved.recipe.eval.norm,
+            model_dir=resolved.relative(section.model_dir) if section.model_dir else default_model_dir(),
+            download=section.download,
+            image_size=student.image_size,
+            file=resolved.file,
+        )
+        _check_extra_teacher_fits(resolved, key, "model", zoo.network.num_classes, student.image_size, student)
+        progress.message(
+            f"teacher {name!r}: RobustBench {zoo.name} ({zoo.dataset}, {zoo.threat_model}) from {zoo.path}"
+        )
+        freeze(zoo.network)
+        return zoo.network
+    sub = resolved.extra_teacher_recipes.get(name)
+    setting = section.normalize
+    if sub is not None:
+        info = build_source(sub).info()
+        _check_extra_teacher_fits(resolved, key, "recipe", info.num_classes, info.image_size, student)
+        progress.message(f"teacher {name!r}: recipe {os.path.normpath(sub.file)} (hash {sub.short_hash})")
+        outcome = run_recipe(sub, runs_dir=runs_dir, progress=progress)
+        setup_distributed(sub.recipe.train.device).barrier()
+        weights, model_name = outcome.out_dir / "model.pt", sub.recipe.student.model
+        if setting is None:
+            setting = sub.recipe.student.normalize
+    else:
+        assert section.checkpoint is not None and section.model is not None
+        info = student
+        weights, model_name = resolved.relative(section.checkpoint), section.model
+    normalization = resolve_normalization(setting, tuple(info.mean), tuple(info.std))
+    file = weights / "model.pt" if weights.is_dir() else weights
+    meta = load_network_metadata(file)
+    check_recorded(
+        recorded_normalization(meta, tuple(info.mean), tuple(info.std)),
+        normalization,
+        file=resolved.file,
+        key=f"{key}.normalize",
+        what=f"the weights of teacher {name!r} {weights}",
+    )
+    classes = checkpoint_num_classes(weights) or info.num_classes
+    _check_extra_teacher_fits(resolved, key, "model", classes, info.image_size, student)
+    spec = network_spec(info, classes, normalization)
+    teacher = build_network(model_name, resolved.extra_teacher_configs[name], spec)
+    load_network_weights(teacher, weights, what=f"teacher {name!r}")
+    freeze(teacher)
+    return teacher
+
+
+def _check_extra_teacher_fits(
+    resolved: ResolvedRecipe, key: str, field: str, classes: int, image_size: int, student: DatasetInfo
+) -> None:
+    readers = METHODS.get(resolved.recipe.method.name).teacher_logit_readers(resolved.method_config)
+    if readers and classes != student.num_classes:
+        raise RecipeError(
+            f"method {resolved.recipe.method.name!r} compares this teacher's logits with the student's "
+            f"({', '.join(readers)}), but it has {classes} classes and the student {student.num_classes}",
+            file=resolved.file,
+            key=f"{key}.{field}",
+            hint="use a teacher of the student's dataset",
+        )
+    if image_size != student.image_size:
+        raise RecipeError(
+            f"this teacher takes {image_size}-pixel inputs but the student's images are {student.image_size} pixels",
+            file=resolved.file,
+            key=f"{key}.{field}",
+            hint="use a teacher trained on images of the student's size",
+        )
 
 
 def _execute(
@@ -166,12 +307,43 @@ def _execute(
         if r.teacher is not None
         else None
     )
-    teacher = built.network if built is not None else None
+    extra_teachers = {
+        name: place(_extra_teacher(resolved, name, runs_dir, progress, data.info), hw) for name in r.teachers
+    }
+    close_log = _nothing
+    if ddp.is_main:  # from here on this run's lines also go to its train.log (the teacher's went to its own)
+        progress, close_log = run_log(progress, out, tensorboard=bool(getattr(progress, "tensorboard", False)))
     progress.message(
         f"{r.name}: {r.method.name} | student {r.student.model} | {r.data.dataset} "
         f"({data.train_size} train images) | {hw.describe()}, {hw.precision} -> {out}"
     )
-    student, method = build_student_and_method(resolved, spec, teacher, data.train_size, hw.device)
+    try:
+        return _train_and_evaluate(resolved, out, progress, ddp, hw, data, spec, built, extra_teachers, normalization)
+    finally:
+        close_log()
+
+
+def _nothing() -> None:
+    pass
+
+
+def _train_and_evaluate(
+    resolved: ResolvedRecipe,
+    out: Path,
+    progress: Progress,
+    ddp: Distributed,
+    hw: Hardware,
+    data: DataBundle,
+    spec: NetworkSpec,
+    built: BuiltTeacher | None,
+    extra_teachers: dict[str, Network],
+    normalization: Normalization,
+) -> dict[str, Any]:
+    r = resolved.recipe
+    teacher = built.network if built is not None else None
+    student, method = build_student_and_method(
+        resolved, spec, teacher, data.train_size, hw.device, extra_teachers=extra_teachers
+    )
     student = place(student, hw)
     if teacher is not None:
         teacher = place(teacher, hw)
@@ -179,8 +351,9 @@ def _execute(
     ddp.broadcast_module(method)
     if r.train.compile:
         _compile(student, r.train.compile_mode)
-        if teacher is not None:
-            _compile(teacher, r.train.compile_mode)
+        for net in [teacher, *extra_teachers.values()]:
+            if net is not None:
+                _compile(net, r.train.compile_mode)
     trainer = Trainer(
         student=student,
         method=method,
@@ -190,11 +363,14 @@ def _execute(
         train=r.train,
         hardware=hw,
         seed=r.seed,
-        store=CheckpointStore(out / "checkpoints"),
+        store=CheckpointStore(out / "checkpoints", owner=_checkpoint_owner(resolved)),
         metrics_path=out / "metrics.jsonl",
         progress=progress,
         distributed=ddp,
         method_name=r.method.name,
+        teachers=extra_teachers,
+        attack_schedule=r.attack.schedule(),
+        run_key=resolved.hash,
         validator=_validator(data, resolved, hw.device) if data.val_images is not None else None,
         val_every=r.train.val_every,
     )
@@ -204,8 +380,10 @@ def _execute(
         return {}
     _save_model(out / "model.pt", student, resolved, spec.num_classes, normalization)
 
+    weights_digest = _weights_digest(student)
+    pending = _pending_evaluation(resolved, out, weights_digest)
     tic = time.perf_counter()
-    report = _evaluate(student, data, resolved, hw.device, progress)
+    report = pending if pending is not None else _evaluate(student, data, resolved, hw.device, progress)
     eval_seconds = time.perf_counter() - tic
     selection = _best_on_validation(trainer, student, data, resolved, hw.device, progress, out, spec, normalization)
     teacher_record: dict[str, Any] | None = None
@@ -225,6 +403,7 @@ def _execute(
         "threat_model": {"norm": "Linf" if r.eval.norm == "linf" else "L2", "eps": eps_label(r.eval.eps)},
         "metrics": report["metrics"],
         "flags": report["flags"],
+        **report.get("record", {}),  # absent from an evaluation kept by an older kdbench
         "train": {
             "epochs": summary.epochs,
             "seconds": round(summary.seconds, 3),
@@ -260,7 +439,7 @@ def _execute(
         "deterministic": r.train.deterministic,
         "seed": r.seed,
     }
-    write_json(out / "result.json", result)
+    _write_result(out, result, resolved, report, weights_digest)
     progress.message(f"{r.name}: result in {out / 'result.json'}")
     return result
 
@@ -353,7 +532,14 @@ def _teacher_record(
     if not r.eval.teacher:
         return record
     # A fixed attack seed: the teacher's numbers belong to the teacher, so a seed sweep of students shares them.
-    settings = {"attacks": list(r.eval.attacks), "eps": r.eval.eps, "norm": r.eval.norm, "seed": TEACHER_EVAL_SEED}
+    settings: dict[str, Any] = {
+        "attacks": list(r.eval.attacks),
+        "eps": r.eval.eps,
+        "norm": r.eval.norm,
+        "seed": TEACHER_EVAL_SEED,
+    }
+    if r.eval.step_size is not None:  # a pinned step changes the numbers (absent: earlier cache entries hold)
+        settings["step_size"] = r.eval.step_size
 
     def run() -> dict[str, Any]:
         progress.message(f"{r.name}: evaluating the teacher ({identity.key}) once; later runs reuse it")
@@ -383,6 +569,56 @@ def _environment(resolved: ResolvedRecipe, device: str) -> dict[str, Any]:
 
         env["plugins"]["robustbench"] = version("robustbench")
     return env
+
+
+def _weights_digest(net: torch.nn.Module) -> str:
+    """One sha256 over the network's tensors: ties a kept evaluation to the exact weights it measured."""
+    return hashlib.sha256("".join(tensor_digests(net).values()).encode()).hexdigest()
+
+
+def _pending_places(resolved: ResolvedRecipe, out: Path) -> list[Path]:
+    """Where an evaluation is kept when result.json cannot be written: the run folder, else the temp folder."""
+    return [out / PENDING_FILE, Path(tempfile.gettempdir()) / f"kdbench-evaluation-{resolved.hash}.json"]
+
+
+def _pending_evaluation(resolved: ResolvedRecipe, out: Path, weights_digest: str) -> dict[str, Any] | None:
+    """An evaluation kept by an earlier attempt whose result.json hit a full disk, for these exact weights."""
+    for spot in _pending_places(resolved, out):
+        kept = read_result(spot)
+        if kept is not None and kept.get("recipe_hash") == resolved.hash and kept.get("weights") == weights_digest:
+            report = kept.get("report")
+            if isinstance(report, dict) and isinstance(report.get("metrics"), dict):
+                print(f"kdbench: using the evaluation kept in {spot} (not evaluating again)", file=sys.stderr)
+                return report
+    return None
+
+
+def _write_result(
+    out: Path, result: dict[str, Any], resolved: ResolvedRecipe, report: dict[str, Any], weights_digest: str
+) -> None:
+    """Write result.json; on a full disk keep the evaluation elsewhere so that the rerun does not redo it."""
+    try:
+        write_json(out / "result.json", result)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        kept = None
+        payload = {"schema_version": SCHEMA_VERSION, "recipe_hash": resolved.hash, "weights": weights_digest}
+        for spot in _pending_places(resolved, out):
+            try:
+                write_json(spot, {**payload, "report": report})
+            except OSError:
+                continue
+            kept = spot
+            break
+        where = f"the evaluation is kept in {kept}" if kept else "the evaluation could not be kept anywhere"
+        raise DiskFullError(
+            f"disk full while writing {out / 'result.json'} ({exc.strerror or 'no space left'}); {where}; "
+            "free some space and run the same command (it writes the result without evaluating again)"
+        ) from None
+    for spot in _pending_places(resolved, out):
+        with contextlib.suppress(OSError):
+            spot.unlink()
 
 
 def _compile(net: Network, mode: str) -> None:
@@ -424,7 +660,12 @@ def _save_model(
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    write_with_checksum(path, buffer.getvalue())
+
+
+def _checkpoint_owner(resolved: ResolvedRecipe) -> dict[str, str]:
+    """What a training checkpoint of this run records, so that one copied from another run is refused."""
+    return {"recipe_hash": resolved.hash, "model": resolved.recipe.student.model}
 
 
 def _evaluate(
@@ -434,6 +675,7 @@ def _evaluate(
     student, its best-on-validation weights and the teacher alike."""
     r = resolved.recipe
     from kdbench.evaluation import evaluate
+    from kdbench.evaluation.record import evaluation_record, selection_flags
 
     progress.message(f"{r.name}: evaluating {', '.join(r.eval.attacks)} on {len(data.test_labels)} test images")
     net = net.to(memory_format=torch.contiguous_format)
@@ -447,7 +689,11 @@ def _evaluate(
         batch_size=r.eval.batch_size,
         device=device,
         seed=r.seed if seed is None else seed,
+        step_size=r.eval.step_size,
+        on_progress=progress.message,
     )
+    report.flags += selection_flags(data.selection)
     for flag in report.flags:
         print(f"kdbench: flag: {flag}", file=sys.stderr)
-    return {"metrics": report.to_dict(), "flags": list(report.flags)}
+    record = evaluation_record(report, data.selection, r.eval.step_size)
+    return {"metrics": report.to_dict(), "flags": [str(f) for f in report.flags], "record": record}

@@ -33,7 +33,7 @@ from kdbench.build import (
     network_spec,
 )
 from kdbench.data.base import DatasetInfo
-from kdbench.engine.checkpoint import atomic_write_bytes, load_weights_only
+from kdbench.engine.checkpoint import atomic_write_bytes, load_weights_file
 from kdbench.engine.trainer import freeze
 from kdbench.models.base import Network
 from kdbench.models.normalization import (
@@ -43,7 +43,7 @@ from kdbench.models.normalization import (
     resolve_normalization,
 )
 from kdbench.models.zoo import default_model_dir, file_sha256, load_zoo_teacher
-from kdbench.recipe import ResolvedRecipe
+from kdbench.recipe import ResolvedRecipe, check_files
 
 __all__ = [
     "TEACHER_EVAL_DIR",
@@ -52,6 +52,7 @@ __all__ = [
     "build_teacher",
     "cached_teacher_eval",
     "examples_fingerprint",
+    "load_network_metadata",
     "teacher_normalization",
 ]
 
@@ -161,6 +162,7 @@ def build_teacher(
         identity = TeacherIdentity("recipe", model_name, recipe_hash=sub.hash, path=str(weights))
     else:
         assert teacher.checkpoint is not None and teacher.model is not None
+        check_files(resolved)  # the message names teacher.checkpoint and the resolved path
         weights = resolved.relative(teacher.checkpoint)
         info = build_source(resolved).info()
         model_name = teacher.model
@@ -169,7 +171,7 @@ def build_teacher(
         identity = TeacherIdentity("checkpoint", model_name, sha256=sha, path=str(weights))
     normalization = teacher_normalization(resolved, info)
     assert normalization is not None
-    meta = _metadata(weights)
+    meta = load_network_metadata(weights)
     check_recorded(
         recorded_normalization(meta, tuple(info.mean), tuple(info.std)),
         normalization,
@@ -185,11 +187,11 @@ def build_teacher(
     return BuiltTeacher(network, identity, normalization)
 
 
-def _metadata(weights: Path) -> dict[str, Any]:
+def load_network_metadata(weights: Path) -> dict[str, Any]:
     """kdbench metadata of a weights file (empty for bare state_dicts and unreadable files)."""
     file = weights / "model.pt" if weights.is_dir() else weights
     try:
-        payload = load_weights_only(file)
+        payload = load_weights_file(file)
     except Exception:
         return {}
     if isinstance(payload, dict) and "state_dict" in payload:

@@ -10,12 +10,20 @@ Subclass `MethodConformance` in a test module, set ``method`` (the registered na
 
 The tests use tiny networks on random tensors (CPU, a second or two): the loss is finite, gradients
 reach the student and every trainable parameter of the method, the state_dict round-trips, a step is
-deterministic for a fixed seed, and a training attack (if the method asks for one) stays in its ball.
+deterministic for a fixed seed, and the training attack is the engine's: a method that attacks gets
+x' only from the step context's attack (any other input the student sees during the loss fails the
+test, so an attack loop inside ``loss`` cannot pass), and that x' moved from x and stays in its ball;
+a method that does not attack shows the student nothing but x.
+
+`tests/test_conformance.py` generates one such class per registered method from the registry (as
+timm's tests iterate its model registry), so no installed method can skip the suite.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import torch
@@ -23,10 +31,14 @@ from torch import Tensor, nn
 
 from kdbench._registry import ATTACKS, METHODS
 from kdbench.config import EmptyConfig
-from kdbench.method import Method, MethodSetup, StepContext
-from kdbench.models.base import Network, NetworkSpec, Normalize
+from kdbench.method import Method, MethodSetup, StepContext, TeacherSetup
+from kdbench.models.base import ModelOutput, Network, NetworkSpec, Normalize
 
-__all__ = ["MethodConformance", "TinyNet", "make_context"]
+__all__ = ["MethodConformance", "TinyNet", "conformance_suite", "make_context"]
+
+#: Widths of the tiny teachers: the main one, then each additional teacher (features 2x width).
+TEACHER_WIDTH = 12
+EXTRA_TEACHER_WIDTHS = (10, 14, 6)
 
 
 class TinyNet(Network):
@@ -65,8 +77,15 @@ def make_context(
     attack_options: dict[str, Any] | None = None,
     student: Network | None = None,
     teacher: Network | None = None,
+    teachers: dict[str, Network] | None = None,
+    epoch: int = 0,
+    lr_scale: float = 1.0,
 ) -> StepContext:
-    """A StepContext over random images with tiny networks (teacher frozen, attack = 2-step PGD)."""
+    """A StepContext over random images with tiny networks (teachers frozen, attack = 2-step PGD).
+
+    The additional teachers of ``method.extra_teachers`` are built too (frozen tiny networks of their
+    own widths) unless ``teachers`` gives them.
+    """
     gen = torch.Generator().manual_seed(seed)
     spec = NetworkSpec(num_classes, image_size, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     x = torch.rand(batch, 3, image_size, image_size, generator=gen)
@@ -77,13 +96,30 @@ def make_context(
         student = TinyNet(spec)
     if teacher is None and method.needs_teacher:
         torch.manual_seed(seed + 1)
-        teacher = TinyNet(spec, width=12).eval().requires_grad_(False)
+        teacher = TinyNet(spec, width=TEACHER_WIDTH).eval().requires_grad_(False)
+    if teachers is None:
+        teachers = {}
+        for i, name in enumerate(type(method).extra_teachers):
+            torch.manual_seed(seed + 2 + i)
+            width = EXTRA_TEACHER_WIDTHS[i % len(EXTRA_TEACHER_WIDTHS)]
+            teachers[name] = TinyNet(spec, width=width).eval().requires_grad_(False)
     attack = None
     if "pgd" in ATTACKS:
         pgd = ATTACKS.get("pgd")
         options = {**method.attack_defaults, "steps": 2, **(attack_options or {})}
         attack = pgd(pgd.Config.model_validate(options))
-    return StepContext(x=x, y=y, index=index, student=student, teacher=teacher, method=method, attack=attack)
+    return StepContext(
+        x=x,
+        y=y,
+        index=index,
+        student=student,
+        teacher=teacher,
+        teachers=teachers,
+        method=method,
+        attack=attack,
+        epoch=epoch,
+        lr_scale=lr_scale,
+    )
 
 
 class MethodConformance:
@@ -93,6 +129,8 @@ class MethodConformance:
     options: ClassVar[dict[str, Any]] = {}
     num_classes: ClassVar[int] = 10
     dataset_size: ClassVar[int] = 64
+    #: The epoch the step context reports (e.g. past a method's warm-up, to exercise all its terms).
+    epoch: ClassVar[int] = 0
 
     # helpers --------------------------------------------------------------------------------------
 
@@ -106,12 +144,18 @@ class MethodConformance:
             teacher_num_classes=self.num_classes if cls.needs_teacher else None,
             dataset_size=self.dataset_size,
             device=torch.device("cpu"),
+            teachers={
+                name: TeacherSetup(2 * EXTRA_TEACHER_WIDTHS[i % len(EXTRA_TEACHER_WIDTHS)], self.num_classes)
+                for i, name in enumerate(cls.extra_teachers)
+            },
         )
         torch.manual_seed(seed)
         return cls(config, setup)
 
     def context(self, method: Method, seed: int = 0) -> StepContext:
-        return make_context(method, seed=seed, num_classes=self.num_classes, dataset_size=self.dataset_size)
+        return make_context(
+            method, seed=seed, num_classes=self.num_classes, dataset_size=self.dataset_size, epoch=self.epoch
+        )
 
     def step_loss(self, seed: int = 0) -> tuple[dict[str, Tensor], Method, StepContext]:
         method = self.build(seed)
@@ -162,13 +206,69 @@ class MethodConformance:
         for name in first:
             assert torch.equal(first[name], second[name]), f"term {name} differs between identical runs"
 
-    def test_training_attack_stays_in_ball(self) -> None:
+    def test_training_attack_is_the_engines_and_stays_in_ball(self) -> None:
         method = self.build()
         ctx = self.context(method)
-        if method.attack_objective(ctx) is None or ctx.attack is None:
-            return  # the method trains on clean inputs
+        assert ctx.attack is not None, "the conformance suite needs the pgd attack registered"
+        outside: list[Tensor] = []
+        produced: list[Tensor] = []
+        with _recording(ctx, outside, produced):
+            torch.manual_seed(0)
+            method.loss(ctx)
+        x_adv = ctx.computed("x_adv")
+        if x_adv is None:  # trains on clean inputs: the student may see x only
+            for z in outside:
+                assert torch.equal(z, ctx.x), (
+                    f"method {self.method} showed the student an input other than x without asking the step "
+                    "context for x_adv: an attack must come from attack_objective and ctx.x_adv"
+                )
+            return
+        assert len(produced) == 1 and produced[0] is x_adv, "x_adv must come from the step context's attack, once"
+        for z in outside:
+            assert torch.equal(z, ctx.x) or torch.equal(z, x_adv), (
+                f"method {self.method} ran the student on an input that is neither x nor the engine's x' "
+                "(an attack loop inside loss?)"
+            )
         eps = ctx.attack.config.eps  # type: ignore[attr-defined]
-        delta = (ctx.x_adv - ctx.x).abs().max().item()
+        delta = (x_adv - ctx.x).abs().max().item()
+        assert delta > 0, "the training attack did not move x"
         assert delta <= eps + 1e-6
-        assert ctx.x_adv.min() >= 0
-        assert ctx.x_adv.max() <= 1
+        assert x_adv.min() >= 0
+        assert x_adv.max() <= 1
+
+
+@contextmanager
+def _recording(ctx: StepContext, outside: list[Tensor], produced: list[Tensor]) -> Iterator[None]:
+    """Record the student's inputs outside the attack, and the attack's results, during a step."""
+    attack = ctx.attack
+    assert attack is not None
+    student_forward, perturb = ctx.student.forward_all, attack.perturb
+    inside = [False]
+
+    def forward_all(z: Tensor) -> ModelOutput:
+        if not inside[0]:
+            outside.append(z.detach().clone())
+        return student_forward(z)
+
+    def recording_perturb(model: Any, x: Tensor, objective: Any) -> Tensor:
+        inside[0] = True
+        try:
+            result = perturb(model, x, objective)
+        finally:
+            inside[0] = False
+        produced.append(result)
+        return result
+
+    ctx.student.forward_all = forward_all  # type: ignore[method-assign,assignment]
+    attack.perturb = recording_perturb  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del ctx.student.forward_all
+        del attack.perturb
+
+
+def conformance_suite(name: str, **attributes: Any) -> type[MethodConformance]:
+    """A `MethodConformance` subclass for the registered method ``name`` (pytest collects it as Test*)."""
+    safe = "".join(ch if ch.isalnum() else "_" for ch in name)
+    return type(f"TestConformance_{safe}", (MethodConformance,), {"method": name, **attributes})

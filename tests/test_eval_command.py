@@ -91,6 +91,9 @@ def test_run_folder_reproduces_result_json(run_dir, capsys):
     assert "eps_sweep" not in data
     result = json.loads((run_dir / "result.json").read_text())
     assert data["metrics"] == result["metrics"]  # same network, test split, seed: same numbers
+    assert data["evaluation"]["selection"] == result["evaluation"]["selection"]  # the same images as the run
+    assert data["evaluation"]["protocol"] == result["evaluation"]["protocol"]
+    assert data["flag_details"] == []
     out = capsys.readouterr().out
     assert "clean" in out and "worst" in out and str(run_dir / "eval.json") in out
 
@@ -114,13 +117,17 @@ def test_eps_sweep_json_and_png(run_dir):
     data = run_eval(run_dir, "--eps-sweep", "--attacks", "clean")
     sweep = data["eps_sweep"]
     labels = [p["eps_label"] for p in sweep]
-    assert labels == ["0", "1/255", "2/255", "4/255", "8/255", "12/255", "16/255"]
+    assert labels == ["0", "1/255", "2/255", "4/255", "8/255", "12/255", "16/255", "32/255", "64/255"]
     eps = [p["eps"] for p in sweep]
-    assert eps == sorted(eps) and eps[0] == 0 and eps[-1] == pytest.approx(16 / 255)
+    assert eps == sorted(eps) and eps[0] == 0 and eps[-1] == pytest.approx(64 / 255)
+    # the step scales with eps: 2/255 at 8/255 (PGD-20's customary step), 16/255 at 64/255
+    steps = {p["eps_label"]: p["step_size"] for p in sweep}
+    assert steps["8/255"] == pytest.approx(2 / 255) and steps["64/255"] == pytest.approx(16 / 255)
     acc = [p["pgd20"] for p in sweep]
     n = data["metrics"]["n_eval"]
     assert acc[0] == data["metrics"]["clean_acc"]  # eps = 0: robust == clean
     assert all(b <= a + 2 / n for a, b in pairwise(acc))  # non-increasing up to noise
+    assert acc[-1] <= 0.05  # and reaching ~0 (Carlini et al. 2019)
     assert not [f for f in data["flags"] if "eps sweep" in f]
     png = run_dir / data["eps_sweep_plot"]
     assert png == run_dir / "eps_sweep.png"
@@ -156,7 +163,7 @@ def test_weights_file(run_dir, tmp_path):
     [
         (["{missing}"], "not found"),
         (["{unfinished}"], "the run is not finished"),
-        (["{run}", "--n", "33"], "test set has 32"),
+        (["{run}", "--n", "33"], "--n: asks for 33 evaluation images but the test set has 32"),
         (["{run}", "--eps", "abc"], "not a number"),
         (["{run}", "--eps", "3"], "eps above 1"),
         (["{run}", "--attacks", "pgdx"], "unknown evaluation attack"),
@@ -254,3 +261,32 @@ def test_paired_noise_tolerance_and_eps_monotone():
     wrong[50:80] = True  # 30 more: far outside noise
     flags = check_eps_monotone({8 / 255: wrong, 0.0: base})  # order of the mapping does not matter
     assert len(flags) == 1 and "eps sweep" in flags[0]
+
+
+def test_update_result_rewrites_the_evaluation_and_keeps_the_original(run_dir):
+    before = json.loads((run_dir / "result.json").read_text())
+    data = run_eval(run_dir, "--attacks", "clean,pgd5", "--n", "20", "--update-result")
+    after = json.loads((run_dir / "result.json").read_text())
+    assert after["metrics"] == data["metrics"] and after["metrics"]["n_eval"] == 20
+    assert after["metrics"]["robust"]["pgd5"] == after["metrics"]["counts"]["pgd5"] / 20
+    assert after["evaluation"] == data["evaluation"] and after["evaluation"]["selection"]["n"] == 20
+    assert after["train"] == before["train"] and after["recipe_hash"] == before["recipe_hash"]
+    assert after["reevaluated"]["kdbench"] == data["env"]["kdbench"]
+    assert json.loads((run_dir / "result.json.orig").read_text()) == before
+    with pytest.raises(UserError, match="--update-result"):
+        run_eval(run_dir / "model.pt", "--dataset", "fake", "--update-result")
+
+
+def test_examples_file_and_bad_selections(run_dir, tmp_path):
+    listing = tmp_path / "idx.txt"
+    listing.write_text("# five images\n3, 1 4\n15 9\n")
+    data = run_eval(run_dir, "--examples", listing, "--out", tmp_path / "e.json")
+    selection = data["evaluation"]["selection"]
+    assert selection["rule"] == "explicit" and selection["n"] == 5 and sum(selection["per_class"]) == 5
+    for text, match in (("3 40", "--examples: index 40 out of range"), ("3 3", "--examples: index 3 is listed twice")):
+        listing.write_text(text)
+        with pytest.raises(UserError, match=match):
+            run_eval(run_dir, "--examples", listing)
+    listing.write_text("1 2")
+    with pytest.raises(UserError, match="--n: asks for 3 evaluation images but --examples lists 2"):
+        run_eval(run_dir, "--examples", listing, "--n", "3")

@@ -84,11 +84,11 @@ def test_report_shape_and_invariants(net):
         assert not torch.any(report.correct[name] & ~report.correct["clean"])
     worst = torch.stack(list(report.correct.values())).all(0).float().mean()
     assert report.worst == pytest.approx(float(worst))
-    assert set(report.seconds) == {"clean", "fgsm", "pgd20", "cw", "pgd3"}
+    assert set(report.seconds) == {"clean", "fgsm", "pgd20", "cw", "pgd3", "sanity"}
     assert report.flags == []
 
     d = report.to_dict()
-    assert set(d) == {"clean_acc", "robust", "n_eval"}
+    assert set(d) == {"clean_acc", "robust", "n_eval", "counts"}
     assert {"fgsm", "pgd20", "cw", "autoattack", "worst"} <= set(d["robust"])
     assert d["robust"]["worst"] == report.worst
 
@@ -190,7 +190,7 @@ def test_parse_attacks_canonicalises():
     with pytest.raises(UserError):
         parse_attacks(["pgd0"])
     check_attack_names(["clean", "pgd7", "autoattack"])
-    with pytest.raises(UserError, match="choices: autoattack, clean, cw, fgsm, pgd20; or pgd<k>"):
+    with pytest.raises(UserError, match="choices: autoattack, autoattack_custom, clean, cw, fgsm, pgd20; or pgd<k>"):
         check_attack_names(["cw-inf"])
 
 

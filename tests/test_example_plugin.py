@@ -38,22 +38,26 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def test_list_methods_names_iad_and_its_distribution(capsys):
+def test_list_methods_names_feature_mse_and_its_distribution(capsys):
     assert main(["list", "methods"]) == 0
     out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.split()[1:2] == ["feature_mse"]]
+    assert rows, f"kdbench list methods does not show feature_mse:\n{out}"
+    assert rows[0][2:4] == [DISTRIBUTION, metadata.version(DISTRIBUTION)], out
+    # The built-in iad is kdbench's own, not the example's (the example used to ship one).
     iad = [line.split() for line in out.splitlines() if line.split()[1:2] == ["iad"]]
-    assert iad, f"kdbench list methods does not show iad:\n{out}"
-    assert iad[0][2:4] == [DISTRIBUTION, metadata.version(DISTRIBUTION)], out
+    assert iad and iad[0][2] == "kdbench", out
 
 
 def test_quick_recipe_runs_end_to_end(tmp_path):
-    resolved = load_recipe(EXAMPLE / "recipes" / "iad_quick.toml")
-    outcome = run_recipe(resolved, tmp_path / "iad_quick", runs_dir=tmp_path / "runs", progress=make_progress(True))
+    resolved = load_recipe(EXAMPLE / "recipes" / "feature_mse_quick.toml")
+    outcome = run_recipe(
+        resolved, tmp_path / "feature_mse_quick", runs_dir=tmp_path / "runs", progress=make_progress(True)
+    )
     result = outcome.result
-    assert result["method"] == "iad"
+    assert result["method"] == "feature_mse"
     assert result["env"]["plugins"][DISTRIBUTION] == metadata.version(DISTRIBUTION)
     assert 0.0 <= result["metrics"]["clean_acc"] <= 1.0
     rows = [json.loads(line) for line in (outcome.out_dir / "metrics.jsonl").read_text().splitlines()]
-    # warmup_epochs = 1: plain ARD in the first epoch, the trust-weighted term from the second.
-    assert "loss/introspect" not in rows[0]
-    assert "loss/introspect" in rows[1]
+    assert all("loss/feat" in row and "loss/ce" in row for row in rows)
+    assert all(row["attack_eps"] == pytest.approx(8 / 255) for row in rows)  # adversarial = true attacks

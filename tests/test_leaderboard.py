@@ -202,14 +202,52 @@ def test_seeds_are_averaged_and_variants_ranked(tmp_path):
     assert kd.params == 78_042
 
 
-def test_pgd20_ranks_a_setting_where_autoattack_is_missing(tmp_path):
+def test_variants_without_autoattack_follow_unranked_in_a_marked_section(tmp_path):
     boards = build_boards(collect([demo_runs(tmp_path)], report=None).runs)
     sat = boards[0]
-    assert sat.ranked_by == "pgd20"
-    assert "ranked by PGD-20" in sat.note
-    md = render_markdown(boards, choose_columns(boards))
-    assert "PGD-20 % ▼" in md
-    assert "ranked by PGD-20 accuracy" in md
+    assert sat.ranked_by == "autoattack"  # a few rows without AutoAttack no longer switch the whole board
+    assert [(v.label, v.rank, v.unranked) for v in sat.variants] == [("sat", 1, False), ("sat-noaa", 2, True)]
+    assert "they follow the ranked ones, marked † and unranked, ordered by PGD-20" in sat.note
+    md = render_markdown(boards, choose_columns(boards, fmt="md"))
+    assert "AutoAttack % ▼" in md
+    assert "| † | sat-noaa |" in md and "| 1 | sat |" in md
+
+
+def test_pgd20_ranks_a_setting_where_no_variant_has_autoattack(tmp_path):
+    runs = tmp_path / "runs"
+    write_run(runs, "a", method="pgd_at", teacher=None, clean=0.8, robust={"autoattack": None, "pgd20": 0.4})
+    write_run(runs, "b", method="trades", teacher=None, clean=0.7, robust={"autoattack": None, "pgd20": 0.5})
+    (board,) = build_boards(collect([runs], report=None).runs)
+    assert board.ranked_by == "pgd20" and [v.label for v in board.variants] == ["b", "a"]
+    assert "ranked by PGD-20" in board.note
+
+
+def test_same_name_different_hash_shows_what_differs(tmp_path):
+    runs = tmp_path / "runs"
+    write_run(runs, "kd_cifar10", method="kd", options={"temperature": 4.0}, clean=0.8)
+    write_run(runs, "kd_cifar10", method="kd", options={"temperature": 2.0}, clean=0.7)
+    (board,) = build_boards(collect([runs], report=None).runs)
+    assert sorted(v.label for v in board.variants) == [
+        "kd_cifar10 [method.temperature=2.0]",
+        "kd_cifar10 [method.temperature=4.0]",
+    ]
+
+
+def test_teacher_accuracy_architecture_and_paper_columns(tmp_path):
+    runs = demo_runs(tmp_path)
+    result_file = next((runs / "kd").glob("*/result.json"))
+    data = json.loads(result_file.read_text())
+    data["teacher_metrics"] = {"clean_acc": 0.9123}
+    result_file.write_text(json.dumps(data))
+    boards = build_boards(collect([runs], report=None).runs)
+    columns = choose_columns(boards, fmt="md")
+    assert columns[6:9] == ["teacher_acc", "arch", "paper"]
+    md = render_markdown(boards, columns)
+    kd_row = next(line for line in md.splitlines() if line.startswith("| ") and "| kd |" in line)
+    assert "91.23" in kd_row and "resnet8" in kd_row and "https://arxiv.org/abs/1503.02531" in kd_row
+    rslad_row = next(line for line in md.splitlines() if "| rslad |" in line)
+    assert "https://arxiv.org/abs/2108.07969" in rslad_row  # teacher accuracy blank: not recorded
+    assert "teacher_acc" in choose_columns(boards)  # the terminal table shows it once a run records it
 
 
 @pytest.mark.parametrize(
@@ -334,7 +372,15 @@ def test_html_is_self_contained(tmp_path):
     out = tmp_path / "site" / "index.html"
     assert main(["leaderboard", str(runs), "--out", str(out)]) == 0
     page = out.read_text()
-    assert "http://" not in page and "https://" not in page  # no CDN, no fetches
+    # no CDN, no fetches: the only URLs are the paper links a reader may follow
+    assert not re.search(
+        r"https?://",
+        re.sub(
+            r'<a href="https://arxiv\.org/abs/[0-9.]+">',
+            "",
+            re.sub(r'data-v="https://arxiv\.org/abs/[0-9.]+"', "", page),
+        ),
+    )
     assert not re.search(r"<(script|link|img)[^>]+(src|href)=", page)
     assert page.count("<svg") == 4  # scatter + bars per setting
     assert page.count('<tr class="flagged"') == 1
@@ -365,7 +411,9 @@ def test_html_renders_in_headless_chromium(tmp_path):
     tables = re.findall(r"<tbody>(.*?)</tbody>", dom, re.S)
     assert [t.count("<tr") for t in tables] == [2, 3]
     assert dom.count("<svg") == 4
-    assert len(re.findall(r'<g class="point', dom)) == 5
+    assert len(re.findall(r'<g class="point', dom)) == 4  # sat-noaa has no AutoAttack number to plot
+    assert 'title="no AutoAttack: not ranked (ordered by PGD-20)">†</td>' in dom  # the marked section
+    assert '<a href="https://arxiv.org/abs/1706.06083">1706.06083</a>' in dom  # the paper column
     assert len(re.findall(r'<g class="point flagged"', dom)) == 1
     assert dom.count('<rect class="bar"') == 6 + 5 + 3 * 6  # one bar per variant and metric evaluated
     order = re.findall(r'<tr[^>]*data-variant="([^"]+)"', tables[1])

@@ -1,6 +1,6 @@
 """``kdbench analyze RUN [--n N] [--teacher-checkpoint PATH]``: how close the student came to its teacher.
 
-On the first N test images of the run's recipe (after ``data.test_subset``), with x' the PGD-20
+On N images of the run's evaluation selection (`kdbench.evaluation.selection`), with x' the PGD-20
 adversarial examples against the student at the run's threat model (`kdbench.analysis.stability`):
 
 * ``cka_clean``, ``cka_adv``: linear CKA between teacher and student penultimate features on x and on
@@ -38,9 +38,16 @@ from kdbench._errors import RecipeError, UserError
 from kdbench.analysis.cka import linear_cka
 from kdbench.analysis.correlation import class_correlation_distance
 from kdbench.analysis.stability import PGD_STEPS, adversarial_inputs, relative_feature_change
-from kdbench.build import build_network, build_source, checkpoint_num_classes, load_network_weights, network_spec
+from kdbench.build import (
+    build_network,
+    build_source,
+    checkpoint_num_classes,
+    eval_selection,
+    load_network_weights,
+    network_spec,
+)
 from kdbench.data.cache import load_split_cached
-from kdbench.data.loader import balanced_subset
+from kdbench.evaluation.selection import has_canonical_order, select_examples
 from kdbench.models.base import Network
 from kdbench.recipe import ResolvedRecipe, load_recipe, resolve
 from kdbench.results import eps_label, read_result, write_json
@@ -61,7 +68,9 @@ def add_parser(subparsers: Any) -> None:
         "class-correlation distance) and measure its feature stability; store them in result.json.",
     )
     p.add_argument("run", type=Path, metavar="RUN", help="a finished run folder (recipe.toml, model.pt, result.json)")
-    p.add_argument("--n", type=int, metavar="N", help=f"analyse the first N test images (default {DEFAULT_N})")
+    p.add_argument(
+        "--n", type=int, metavar="N", help=f"analyse N images of the run's evaluation selection (default {DEFAULT_N})"
+    )
     p.add_argument(
         "--teacher-checkpoint",
         type=Path,
@@ -128,25 +137,28 @@ def _resolve(run: Path, teacher_checkpoint: Path | None) -> tuple[ResolvedRecipe
 
 
 def _test_images(resolved: ResolvedRecipe, n: int | None) -> tuple[Tensor, Tensor, Any]:
-    """The first n test images (uint8) and labels of the run, after data.test_subset, and the dataset info."""
-    r = resolved.recipe
+    """n test images (uint8) and labels of the run's fixed evaluation selection, and the dataset info.
+
+    The same rule as the run's evaluation (`kdbench.evaluation.selection`): the first n of a canonical
+    order, else n images of the class-stratified order; ``eval.examples`` when the recipe names some.
+    """
     source = build_source(resolved)
     info = source.info()
     test = load_split_cached(source, "test")
-    images, labels = test.images, test.labels
-    if r.data.test_subset is not None:
-        if r.data.test_subset > len(labels):
-            raise UserError(f"data.test_subset is {r.data.test_subset} but the test split has {len(labels)} images")
-        idx = balanced_subset(labels, r.data.test_subset)
-        images, labels = images[idx], labels[idx]
-    total = len(labels)
+    full = eval_selection(resolved, source, test, info.num_classes)
     if n is None:
-        n = min(DEFAULT_N, total)
+        n = min(DEFAULT_N, full.n)
     if n < 2:
         raise UserError(f"--n must be at least 2 (CKA and correlations need several images), got {n}")
-    if n > total:
-        raise UserError(f"--n is {n} but the run's test set has {total} images; use at most {total}")
-    return images[:n], labels[:n], info
+    if resolved.recipe.eval.examples is not None:
+        if n > full.n:
+            raise UserError(f"--n is {n} but the run's eval.examples lists {full.n} images; use at most {full.n}")
+        indices = full.indices[:n]
+    else:
+        indices = select_examples(
+            test.images, test.labels, canonical=has_canonical_order(source), n=n, n_key="--n"
+        ).indices
+    return test.images[indices], test.labels[indices], info
 
 
 def _outputs(net: Network, images: Tensor, batch_size: int, device: torch.device) -> tuple[Tensor, Tensor]:

@@ -9,19 +9,28 @@ fp32 even when the model runs under bf16 autocast (bf16 spacing near 1 is 1/128,
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from torch import Tensor
 
 from kdbench.config import EmptyConfig, StrictModel
 from kdbench.models.base import ModelOutput
 
-__all__ = ["Attack", "ModelFn", "Objective"]
+__all__ = ["Attack", "JointOutput", "ModelFn", "Objective"]
 
-#: The model as the attack sees it: images ``(B, C, H, W)`` -> `ModelOutput`.
-ModelFn = Callable[[Tensor], ModelOutput]
+
+class JointOutput(NamedTuple):
+    """The student's and a frozen teacher's outputs on the same x', for objectives that read both."""
+
+    student: ModelOutput
+    teacher: ModelOutput
+
+
+#: The model as the attack sees it: images ``(B, C, H, W)`` -> `ModelOutput` (or, when the method's
+#: objective reads a teacher on x', a `JointOutput`). Attacks pass it to the objective unchanged.
+ModelFn = Callable[[Tensor], Any]
 #: A per-sample objective to maximise: the model's output on x' -> ``(B,)``.
-Objective = Callable[[ModelOutput], Tensor]
+Objective = Callable[[Any], Tensor]
 
 
 class Attack:

@@ -2,20 +2,26 @@
 
 Each factory binds the targets of a batch and returns an `Objective`: ``ModelOutput -> (B,)``. The
 logits are cast to float32 first, so a bf16 model gives an fp32 loss and an fp32 input gradient.
+
+`with_teacher` wraps a function of the student's *and* a frozen teacher's output on the same x'
+(AdaAD's ``KL(p_T(x') || p_S(x'))``): the training step then runs the teacher inside every attack
+iteration, in eval mode, with autograd through the input only.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdbench.attacks.base import Objective
+from kdbench.attacks.base import JointOutput, Objective
 from kdbench.models.base import ModelOutput
 
-__all__ = ["cross_entropy", "cw_margin", "cw_margin_loss", "kl_to"]
+__all__ = ["TeacherObjective", "cross_entropy", "cw_margin", "cw_margin_loss", "kl_to", "with_teacher"]
 
 
 def cw_margin_loss(logits: Tensor, y: Tensor, kappa: float = math.inf) -> Tensor:
@@ -64,3 +70,27 @@ def kl_to(target_probs: Tensor) -> Objective:
         return F.kl_div(F.log_softmax(out.logits.float(), dim=1), p, reduction="none").sum(dim=1)
 
     return objective
+
+
+@dataclass(frozen=True)
+class TeacherObjective:
+    """A per-sample objective of the student's and a teacher's outputs on the same x': ``(S, T) -> (B,)``.
+
+    Called on a `JointOutput`. ``teacher`` names the teacher: ``"teacher"`` (the recipe's
+    ``[teacher]``) or an additional one of ``[teachers.<name>]``. Build it with `with_teacher`.
+    """
+
+    fn: Callable[[ModelOutput, ModelOutput], Tensor]
+    teacher: str = "teacher"
+
+    def __call__(self, out: JointOutput) -> Tensor:
+        return self.fn(out.student, out.teacher)
+
+
+def with_teacher(fn: Callable[[ModelOutput, ModelOutput], Tensor], teacher: str = "teacher") -> TeacherObjective:
+    """An attack objective that also reads ``teacher`` on x' (forward per attack iteration, gradient to x' only).
+
+    ``fn(student_out, teacher_out) -> (B,)``. The teacher stays frozen (eval mode, no parameter
+    gradients) and runs under the same autocast as the student.
+    """
+    return TeacherObjective(fn, teacher)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+import numpy as np
 import torch
 from pydantic import Field, model_validator
 from torch import Tensor
@@ -97,9 +98,11 @@ def clamp01(x: Tensor) -> Tensor:
 
 def float32_eps(eps: float) -> float:
     """The largest float32 value <= ``eps`` (as a Python float), so an fp32 ball is never larger than eps."""
-    e32 = torch.tensor(eps, dtype=torch.float32)
+    # numpy scalars, not tensors: pure host arithmetic, so the attack reads no tensor value back
+    # (kdbench.bench.syncs.HostReads checks the step for such reads on every device).
+    e32 = np.float32(eps)
     if float(e32) > eps:
-        e32 = torch.nextafter(e32, torch.tensor(0.0, dtype=torch.float32))
+        e32 = np.nextafter(e32, np.float32(0.0))
     return float(e32)
 
 

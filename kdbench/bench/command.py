@@ -4,20 +4,25 @@
 
     kdbench bench RECIPE [--set KEY=VALUE ...] [--steps N] [--warmup N] [--json FILE]
                          [--eval-n N] [--no-eval] [--no-autoattack] [--baseline]
+                         [--eval-only] [--weights PATH]
 
 Builds the recipe's data, teacher, student, method and attack as ``kdbench run`` does (the teacher from
 its finished run or checkpoint, else randomly initialised: nothing is trained), times the training step
 (`kdbench.bench.core`), PGD-20 and standard AutoAttack on ``--eval-n`` test images, and with
 ``--baseline`` the conventional loop of published code (`kdbench.bench.baseline`) in the same process.
-Prints a table; ``--json FILE`` writes::
+``--eval-only`` times the evaluation alone (no training step, ``"step": null``); ``--weights PATH`` loads
+the evaluated network (the recipe's student) from a run folder or weights file first, so AutoAttack is
+timed on a trained model rather than on random weights. Prints a table; ``--json FILE`` writes::
 
-    {"command", "recipe", "name", "recipe_hash", "device", "cpu", "torch", "python", "git_commit",
-     "precision", "channels_last", "compile", "compile_mode", "batch_size", "method", "student", "teacher",
-     "attack", "dataset", "image_size", "train_size", "load_average", "load_average_end",
+    {"command", "mode": "train" | "eval", "recipe", "name", "recipe_hash", "device", "cpu", "torch", "python",
+     "git_commit",
+     "versions": {"torch", "torchvision", "timm", "numpy", "pydantic", "pyautoattack", "cuda", "cudnn", "gpu"},
+     "precision", "channels_last", "compile", "compile_mode", "batch_size", "method", "student", "student_weights",
+     "teacher", "attack", "dataset", "image_size", "train_size", "load_average", "load_average_end",
      "peak": {"tflops", "source", "dtype", "measured_tflops"},
      "step": {"images_per_second", "seconds_per_epoch", "step_ms", "step_ms_median", "steps", "warmup",
               "images_per_step", "flops_per_step", "model_flops_per_step", "tflops", "mfu",
-              "peak_memory_bytes", "peak_memory_source"},
+              "peak_memory_bytes", "peak_memory_source"} | null,
      "eval": {"n", "batch_size", "model", "clean_acc", "clean", "pgd20", "autoattack", "note"} | null,
      "baseline": {<the keys of "step">, "num_workers", "pin_memory", "precision", "channels_last",
                   "attack_gradient"} | null,
@@ -69,6 +74,15 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--no-autoattack", action="store_true", help="time PGD-20 but not AutoAttack")
     p.add_argument("--baseline", action="store_true", help="also time the conventional loop and report the speedup")
     p.add_argument(
+        "--eval-only", action="store_true", help="time only the evaluation attacks (PGD-20, AutoAttack), no training"
+    )
+    p.add_argument(
+        "--weights",
+        type=Path,
+        metavar="PATH",
+        help="load the evaluated network (the recipe's student) from a run folder or weights file first",
+    )
+    p.add_argument(
         "--baseline-grad",
         choices=("backward", "input"),
         default="backward",
@@ -93,13 +107,19 @@ def _command_line(args: argparse.Namespace) -> str:
             parts += [flag, str(value)]
     if args.workers is not None:
         parts += ["--workers", str(args.workers)]
-    for flag, on in (("--no-eval", args.no_eval), ("--no-autoattack", args.no_autoattack)):
+    for flag, on in (
+        ("--no-eval", args.no_eval),
+        ("--no-autoattack", args.no_autoattack),
+        ("--eval-only", args.eval_only),
+    ):
         if on:
             parts.append(flag)
     if args.baseline:
         parts.append("--baseline")
         if args.baseline_grad != "backward":
             parts += ["--baseline-grad", args.baseline_grad]
+    if args.weights is not None:
+        parts += ["--weights", str(args.weights)]
     if args.json is not None:
         parts += ["--json", str(args.json)]
     return shlex.join(parts)
@@ -107,6 +127,25 @@ def _command_line(args: argparse.Namespace) -> str:
 
 def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
+
+
+def _step_table(fast: dict[str, Any], base: dict[str, Any] | None) -> list[str]:
+    """The training-step rows: the fast path beside the conventional loop (when it was timed)."""
+    rows: list[tuple[str, str, str]] = [
+        ("training step", "fast", "baseline" if base else ""),
+        ("images/s", f"{fast['images_per_second']:.1f}", f"{base['images_per_second']:.1f}" if base else ""),
+        ("s / CIFAR epoch", f"{fast['seconds_per_epoch']:.1f}", f"{base['seconds_per_epoch']:.1f}" if base else ""),
+        ("ms / step", f"{fast['step_ms']:.1f}", f"{base['step_ms']:.1f}" if base else ""),
+        ("GFLOP / step", f"{fast['flops_per_step'] / 1e9:.2f}", f"{base['flops_per_step'] / 1e9:.2f}" if base else ""),
+        ("TFLOP/s", f"{fast['tflops']:.3f}", f"{base['tflops']:.3f}" if base else ""),
+        ("MFU", f"{fast['mfu'] * 100:.2f}%", f"{base['mfu'] * 100:.2f}%" if base else ""),
+        ("peak memory", _gib(fast["peak_memory_bytes"]), _gib(base["peak_memory_bytes"]) if base else ""),
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = [f"{a:<{widths[0]}}  {b:>{widths[1]}}  {c:>{widths[2]}}".rstrip() for a, b, c in rows]
+    if "cpu maxrss" in fast["peak_memory_source"]:
+        lines.append("  (peak memory on CPU: the whole process's maximum resident set, a rough number)")
+    return lines
 
 
 def format_report(report: dict[str, Any]) -> list[str]:
@@ -122,20 +161,11 @@ def format_report(report: dict[str, Any]) -> list[str]:
         f"({report['peak']['source']})",
         "",
     ]
-    rows: list[tuple[str, str, str]] = [
-        ("training step", "fast", "baseline" if base else ""),
-        ("images/s", f"{fast['images_per_second']:.1f}", f"{base['images_per_second']:.1f}" if base else ""),
-        ("s / CIFAR epoch", f"{fast['seconds_per_epoch']:.1f}", f"{base['seconds_per_epoch']:.1f}" if base else ""),
-        ("ms / step", f"{fast['step_ms']:.1f}", f"{base['step_ms']:.1f}" if base else ""),
-        ("GFLOP / step", f"{fast['flops_per_step'] / 1e9:.2f}", f"{base['flops_per_step'] / 1e9:.2f}" if base else ""),
-        ("TFLOP/s", f"{fast['tflops']:.3f}", f"{base['tflops']:.3f}" if base else ""),
-        ("MFU", f"{fast['mfu'] * 100:.2f}%", f"{base['mfu'] * 100:.2f}%" if base else ""),
-        ("peak memory", _gib(fast["peak_memory_bytes"]), _gib(base["peak_memory_bytes"]) if base else ""),
-    ]
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    lines += [f"{a:<{widths[0]}}  {b:>{widths[1]}}  {c:>{widths[2]}}".rstrip() for a, b, c in rows]
-    if "cpu maxrss" in fast["peak_memory_source"]:
-        lines.append("  (peak memory on CPU: the whole process's maximum resident set, a rough number)")
+    if fast is None:
+        weights = report.get("student_weights", "random init")
+        lines.append(f"evaluation only (weights: {weights}); no training step timed")
+    else:
+        lines += _step_table(fast, base)
     if report["speedup"] is not None:
         lines.append(f"speedup: {report['speedup']:.2f}x the conventional loop")
     ev = report["eval"]
@@ -184,6 +214,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         autoattack=not args.no_autoattack,
         baseline=args.baseline,
         baseline_gradient=args.baseline_grad,
+        eval_only=args.eval_only,
+        weights=args.weights,
         num_workers=args.workers,
         runs_dir=args.runs_dir,
     )

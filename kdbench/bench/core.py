@@ -76,6 +76,7 @@ __all__ = [
     "benchmark",
     "count_flops",
     "cpu_model",
+    "library_versions",
     "time_steps",
 ]
 
@@ -98,6 +99,8 @@ class BenchOptions:
     baseline_gradient: str = "backward"  # "backward" | "input": see ConventionalPGD
     num_workers: int | None = None  # of the conventional loop's DataLoader; None: min(4, cpus)
     runs_dir: Path | None = None  # where finished teacher runs are looked for
+    eval_only: bool = False  # time the evaluation attacks only: no training step, no baseline
+    weights: Path | None = None  # the evaluated (student) network's weights: a run folder or a weights file
 
 
 @dataclass
@@ -123,6 +126,27 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+#: Distributions whose versions a report records (those a timing or an evaluation depends on).
+VERSIONED = ("torch", "torchvision", "timm", "numpy", "pydantic", "pyautoattack")
+
+
+def library_versions(device: torch.device) -> dict[str, str | None]:
+    """Versions of the libraries a measurement depends on, and CUDA's, cuDNN's and the GPU's (None where absent)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found: dict[str, str | None] = {}
+    for name in VERSIONED:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    found["cuda"] = torch.version.cuda
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    found["cudnn"] = str(cudnn) if cudnn is not None else None
+    found["gpu"] = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return found
 
 
 class _GlobalOnly:
@@ -336,12 +360,19 @@ def benchmark(
     warmup = opts.warmup if opts.warmup is not None else default_warmup
     if steps < 1 or warmup < 0:
         raise UserError(f"--steps must be >= 1 and --warmup >= 0; got {steps} and {warmup}")
+    n = opts.eval_n if opts.eval_n is not None else default_n
+    if opts.eval_only and (opts.baseline or not opts.evaluate or n < 1):
+        raise UserError("--eval-only times the evaluation alone: drop --baseline and --no-eval, and use --eval-n >= 1")
 
     torch.manual_seed(r.seed)  # as kdbench.run: model initialisation
     data = build_data(resolved, hw)
     spec = network_spec(data.info)
     teacher, teacher_weights = _teacher(resolved, opts.runs_dir, spec.num_classes)
     student, method = build_student_and_method(resolved, spec, teacher, data.train_size, hw.device)
+    student_weights = "random init"
+    if opts.weights is not None:
+        load_network_weights(student, opts.weights, what="student")  # a command-line path: from the cwd
+        student_weights = str(opts.weights)
     # The conventional loop starts from the same weights: copies taken before anything trains.
     originals = (copy.deepcopy(student), copy.deepcopy(teacher), copy.deepcopy(method)) if opts.baseline else None
     student = place(student, hw)
@@ -355,6 +386,7 @@ def benchmark(
     )
 
     report: dict[str, Any] = {
+        "mode": "eval" if opts.eval_only else "train",
         "recipe": resolved.file,
         "name": r.name,
         "recipe_hash": resolved.hash,
@@ -363,6 +395,7 @@ def benchmark(
         "torch": torch.__version__,
         "python": platform.python_version(),
         "git_commit": git_commit(),
+        "versions": library_versions(hw.device),
         "precision": hw.precision,
         "channels_last": hw.channels_last,
         "compile": r.train.compile,
@@ -370,6 +403,7 @@ def benchmark(
         "batch_size": r.train.batch_size,
         "method": r.method.name,
         "student": r.student.model,
+        "student_weights": student_weights,
         "teacher": (
             {"model": resolved.to_dict()["teacher"]["model"], "weights": teacher_weights}
             if teacher is not None
@@ -382,29 +416,35 @@ def benchmark(
         "load_average": _load_average(),  # at the start; CPU timings shared with other work are noise
     }
 
+    peak = device_peak(hw.device, hw.precision)
+    report["peak"] = peak.to_dict()
+    report["step"] = None
+    report["baseline"] = None
+    report["speedup"] = None
+    if opts.eval_only:
+        say("evaluation only: no training step is timed")
+        report["eval"] = _evaluation(student, resolved, hw, n, opts.autoattack, say, trained=opts.weights is not None)
+        report["load_average_end"] = _load_average()
+        return report
+
     # ---- the fast path: Trainer._step on DeviceLoader batches
     model_flops, fast = _fast_path(resolved, hw, data.train, student, teacher, method, steps, warmup, say)
     # Free the resident split before the baseline runs (a new empty tensor: a slice would keep the storage).
     data.train.images = data.train.images.new_empty((0, *data.train.images.shape[1:]))
     if hw.device.type == "cuda":
         torch.cuda.empty_cache()
-    peak = device_peak(hw.device, hw.precision)
-    report["peak"] = peak.to_dict()
     report["step"] = _step_block(fast, flops=model_flops, model_flops=model_flops, peak=peak, warmup=warmup)
     say(f"fast path: {report['step']['images_per_second']:.1f} images/s")
 
     # ---- the conventional loop
-    report["baseline"] = None
-    report["speedup"] = None
     if originals is not None:
         report["baseline"] = _baseline(resolved, hw, originals, opts, steps, warmup, model_flops, peak, say)
         report["speedup"] = report["step"]["images_per_second"] / report["baseline"]["images_per_second"]
 
     # ---- evaluation throughput
     report["eval"] = None
-    n = opts.eval_n if opts.eval_n is not None else default_n
     if opts.evaluate and n > 0:
-        report["eval"] = _evaluation(student, resolved, hw, n, opts.autoattack, say)
+        report["eval"] = _evaluation(student, resolved, hw, n, opts.autoattack, say, trained=opts.weights is not None)
     report["load_average_end"] = _load_average()
     return report
 
@@ -530,9 +570,20 @@ def _baseline(
 
 
 def _evaluation(
-    student: Network, resolved: ResolvedRecipe, hw: Hardware, n: int, autoattack: bool, say: Callable[[str], None]
+    student: Network,
+    resolved: ResolvedRecipe,
+    hw: Hardware,
+    n: int,
+    autoattack: bool,
+    say: Callable[[str], None],
+    *,
+    trained: bool = False,
 ) -> dict[str, Any]:
-    """Throughput of PGD-20 and (optionally) standard AutoAttack on the first ``n`` test images."""
+    """Throughput of PGD-20 and (optionally) standard AutoAttack on the first ``n`` test images.
+
+    ``trained``: the student's weights were loaded (``--weights``), so the AutoAttack time is that of a
+    real model, not the lower bound of a barely trained one.
+    """
     from kdbench.evaluation import evaluate
     from kdbench.evaluation.autoattack import require_autoattack
 
@@ -580,8 +631,12 @@ def _evaluation(
         "pgd20": block("pgd20"),
         "autoattack": block("autoattack") if "autoattack" in attacks else None,
         "note": "AutoAttack attacks only points classified correctly and stops on a point once it is broken, "
-        "so its time grows with the model's clean and robust accuracy; the benchmarked student is "
-        "barely trained, which makes this a lower bound",
+        "so its time grows with the model's clean and robust accuracy; "
+        + (
+            "the evaluated weights were loaded with --weights"
+            if trained
+            else "the benchmarked student is barely trained, which makes this a lower bound"
+        ),
     }
     if skipped is not None:
         out["autoattack_skipped"] = skipped

@@ -62,3 +62,13 @@ class DatasetSource:
     def fingerprint(self, split: Split) -> str | None:
         """A string that changes whenever the decoded split would change; None disables caching."""
         return None
+
+    def canonical_test_order(self) -> bool:
+        """Whether the test split's decode order is a canonical one that is fair to take a prefix of.
+
+        True only for files whose order their authors fixed and shuffled (torchvision's CIFAR files):
+        the evaluation then takes the first N images, as RobustBench does. False (the default) for any
+        order that is an artefact of the storage, e.g. class folders decoded one after the other; the
+        evaluation then uses a fixed class-stratified selection (`kdbench.evaluation.selection`).
+        """
+        return False

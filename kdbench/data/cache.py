@@ -3,22 +3,25 @@
 Decoding 60,000 JPEGs takes seconds and every run needs the same tensors, so the result is kept
 in ``<cache dir>/<sha256 of the source's fingerprint>.pt``. The fingerprint changes whenever the data
 or the decode options change, so a stale entry is never read; it is merely left behind (delete the
-folder to reclaim space). Files are written atomically, so concurrent runs and crashes can leave at
-worst a stray temporary file, never a truncated cache entry; an unreadable entry is re-decoded.
+folder to reclaim space). Files are written atomically with a sha256 sidecar, so concurrent runs and
+crashes can leave at worst a stray temporary file (removed the next time the folder is opened, once its
+writer is gone), never a truncated entry; an entry that fails its checksum or cannot be read is
+re-decoded with a warning. The checksum is computed once when an entry is written and once when it is
+read, never per training step.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
+import io
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 
 from kdbench.data.base import DatasetSource, Split, SplitData
+from kdbench.engine.checkpoint import read_verified, remove_stale_temp_files, write_with_checksum
 
 __all__ = ["CACHE_DIR_ENV", "cache_file", "default_cache_dir", "load_split_cached"]
 
@@ -26,7 +29,7 @@ __all__ = ["CACHE_DIR_ENV", "cache_file", "default_cache_dir", "load_split_cache
 CACHE_DIR_ENV = "KDBENCH_CACHE_DIR"
 
 #: Bumped when the layout of a cache file changes.
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 2: a .sha256 sidecar per entry
 
 
 def default_cache_dir() -> Path:
@@ -47,8 +50,15 @@ def cache_file(fingerprint: str, cache_dir: Path) -> Path:
 
 
 def _read(path: Path, fingerprint: str) -> SplitData:
-    """Load and validate one cache file; any problem raises (the caller re-decodes)."""
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    """Load and validate one cache file; any problem raises (the caller re-decodes).
+
+    The bytes are read once: their sha256 is checked against the sidecar written with them (a
+    flipped bit or a zeroed tensor is caught here, not trained on), then the same bytes are unpickled.
+    """
+    data, problem = read_verified(path)
+    if problem is not None:
+        raise ValueError(problem)
+    obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     if not isinstance(obj, dict) or obj.get("format") != _CACHE_FORMAT or obj.get("fingerprint") != fingerprint:
         raise ValueError("not a kdbench cache file for this data")
     images, labels = obj["images"], obj["labels"]
@@ -64,8 +74,7 @@ def _read(path: Path, fingerprint: str) -> SplitData:
 
 
 def _write(path: Path, fingerprint: str, data: SplitData) -> None:
-    """Write atomically: temp file in the same folder, fsync, then rename over the final name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write atomically with a sha256 sidecar (the training checkpoints' mechanism)."""
     payload = {
         "format": _CACHE_FORMAT,
         "fingerprint": fingerprint,
@@ -73,17 +82,9 @@ def _write(path: Path, fingerprint: str, data: SplitData) -> None:
         "images": data.images.detach().cpu().contiguous().clone(),
         "labels": data.labels.detach().cpu().to(torch.int64).contiguous().clone(),
     }
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem[:16]}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_with_checksum(path, buffer.getvalue())
 
 
 def load_split_cached(source: DatasetSource, split: Split, cache_dir: Path | None = None) -> SplitData:
@@ -97,6 +98,7 @@ def load_split_cached(source: DatasetSource, split: Split, cache_dir: Path | Non
         return source.load(split)
     directory = default_cache_dir() if cache_dir is None else Path(cache_dir)
     path = cache_file(fingerprint, directory)
+    remove_stale_temp_files(directory)  # left by a process killed while writing an entry
     if path.exists():
         try:
             return _read(path, fingerprint)

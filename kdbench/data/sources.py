@@ -31,7 +31,7 @@ from typing import ClassVar, Literal, NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 from torch import Tensor
 
 from kdbench._errors import UserError
@@ -56,7 +56,7 @@ __all__ = [
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 #: Bumped when the decoded content for the same files would change (part of every fingerprint).
-_DECODE_VERSION = 1
+_DECODE_VERSION = 2  # 2: 16-bit images scaled to 8 bits (1 kept the low byte)
 
 _SPLITS: tuple[Split, ...] = ("train", "test")
 
@@ -90,6 +90,8 @@ class ImageFolderSplit(NamedTuple):
     labels: list[int]
     total_bytes: int
     newest_mtime_ns: int
+    #: ``(size, mtime_ns, inode)`` of each file, in the order of ``files``.
+    stats: tuple[tuple[int, int, int], ...] = ()
 
 
 def _is_image(name: str) -> bool:
@@ -133,6 +135,7 @@ def scan_image_folder(split_dir: Path, classes: Sequence[str] | None = None) -> 
     labels: list[int] = []
     total_bytes = 0
     newest = 0
+    stats: list[tuple[int, int, int]] = []
     for name in found:
         folder = split_dir / name
         entries = sorted((e for e in os.scandir(folder) if e.is_file() and _is_image(e.name)), key=lambda e: e.name)
@@ -144,9 +147,10 @@ def scan_image_folder(split_dir: Path, classes: Sequence[str] | None = None) -> 
             st = entry.stat()
             total_bytes += st.st_size
             newest = max(newest, st.st_mtime_ns)
+            stats.append((st.st_size, st.st_mtime_ns, st.st_ino))
             files.append(Path(entry.path))
             labels.append(label_of[name])
-    return ImageFolderSplit(tuple(classes), files, labels, total_bytes, newest)
+    return ImageFolderSplit(tuple(classes), files, labels, total_bytes, newest, tuple(stats))
 
 
 def _num_workers() -> int:
@@ -202,13 +206,43 @@ def _decode_torchvision(path: Path) -> Tensor:
     return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
 
 
+#: Pillow modes holding more than 8 bits per sample (16-bit greyscale PNGs open as one of these).
+_PILLOW_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
 def _decode_pillow(path: Path) -> Tensor:
     from PIL import Image
 
     with Image.open(path) as image:
-        rgb = image.convert("RGB") if image.mode != "RGB" else image
+        if image.mode in _PILLOW_WIDE_MODES:
+            # convert("RGB") would clip these to 255; scale the 16-bit range instead.
+            wide = torch.from_numpy(np.asarray(image).astype(np.int32).clip(0, 65535))
+            return to_uint8_rgb(wide[None], path)
+        if image.mode == "F":
+            raise UserError(f"{path}: floating-point image (mode F); save it as an 8- or 16-bit PNG or JPEG")
+        rgb = image.convert("RGB") if image.mode != "RGB" else image  # grey, palette, CMYK, alpha (dropped)
         array = np.asarray(rgb)
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def to_uint8_rgb(image: Tensor, path: Path) -> Tensor:
+    """``(C, H, W)`` of any integer depth -> ``uint8 (3, H, W)``; grey is repeated, alpha dropped.
+
+    16-bit samples map to 8 bits by rounding ``v * 255 / 65535`` (the nearest 8-bit level), never by
+    keeping the low byte, which would turn a smooth 16-bit image into noise.
+    """
+    if image.dtype != torch.uint8:
+        if image.dtype.is_floating_point or image.dtype == torch.bool:
+            raise UserError(f"{path}: decoded to {image.dtype} samples; save it as an 8- or 16-bit PNG or JPEG")
+        image = ((image.to(torch.int64).clamp(0, 65535) * 255 + 32767) // 65535).to(torch.uint8)
+    channels = image.shape[0]
+    if channels in (1, 2):  # grey (+ alpha)
+        image = image[:1].expand(3, -1, -1).contiguous()
+    elif channels == 4:  # RGBA: drop alpha, as torchvision's RGB mode and Pillow's convert("RGB") do
+        image = image[:3].contiguous()
+    elif channels != 3:
+        raise UserError(f"{path}: image with {channels} channels; save it as RGB or greyscale")
+    return image
 
 
 def _backend() -> str:
@@ -222,7 +256,8 @@ def _decode_one(path: Path, backend: str) -> Tensor:
     ``warnings.catch_warnings`` is not thread-safe, so it must never be entered by the decode threads.
     """
     try:
-        return _decode_torchvision(path) if backend == "torchvision" else _decode_pillow(path)
+        image = _decode_torchvision(path) if backend == "torchvision" else _decode_pillow(path)
+        return to_uint8_rgb(image, path)  # torchvision returns 16-bit PNGs as uint16
     except (RuntimeError, ValueError, OSError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{path}: cannot decode image ({reason}); replace or delete the file") from None
@@ -239,7 +274,7 @@ def _resize(image: Tensor, size: int) -> Tensor:
 def decode_images(files: Sequence[Path], image_size: int | None = None, num_workers: int | None = None) -> Tensor:
     """Decode JPEG/PNG ``files`` into one ``uint8 (N, 3, H, W)`` tensor, in order, with a thread pool.
 
-    Grayscale, palette and alpha images become RGB.
+    Any mode and bit depth (grey, palette, CMYK, alpha, 16-bit) becomes 8-bit RGB; alpha is dropped.
     With ``image_size`` every image is resized to ``image_size x image_size`` (antialiased bilinear);
     without it all images must already share the first image's size. Images are written into a
     preallocated tensor so the peak memory is the result plus one chunk per thread.
@@ -296,10 +331,16 @@ def read_image_folder(
 
 
 def _folder_fingerprint(listing: ImageFolderSplit) -> str:
-    """Cheap but sound: the file list (names hashed), count, total size and newest mtime."""
+    """Cheap but sound: one hash over every file's class folder, name, label, size, mtime and inode.
+
+    Per file, not in aggregate: swapping two files between class folders (a label fix keeping names,
+    sizes and the newest mtime) changes the hash, so the stale decoded split is never reused. The
+    inode catches a swap of two files with equal size and mtime (a rename keeps a file's inode).
+    """
     names = hashlib.sha256()
-    for path in listing.files:
-        names.update(f"{path.parent.name}/{path.name}\n".encode())
+    for i, path in enumerate(listing.files):
+        size, mtime, inode = listing.stats[i] if listing.stats else (-1, -1, -1)
+        names.update(f"{path.parent.name}/{path.name}\0{listing.labels[i]}\0{size}\0{mtime}\0{inode}\n".encode())
     return (
         f"files={len(listing.files)} bytes={listing.total_bytes} mtime_ns={listing.newest_mtime_ns} "
         f"names={names.hexdigest()[:16]} decoder={decoder_name()}"
@@ -441,6 +482,11 @@ class _StandardSource(DatasetSource):
 
 class _CIFAR(_StandardSource):
     native_size = 32
+
+    def canonical_test_order(self) -> bool:
+        # torchvision's test_batch is the authors' shuffled order (RobustBench takes its first N);
+        # an ImageFolder copy is decoded class by class, so its prefix is one class.
+        return self._layout("test") == "torchvision"
 
     def _torchvision_dataset(self, split: Split, download: bool = False) -> object:
         from torchvision import datasets
@@ -655,9 +701,24 @@ class FakeConfig(StrictModel):
 
     num_classes: int = Field(10, ge=2, le=1000)
     image_size: int = Field(32, ge=4, le=512)
-    train_size: PositiveInt = 512
-    test_size: PositiveInt = 256
-    seed: int = Field(0, ge=0)
+    train_size: PositiveInt = Field(512, le=10_000_000)
+    test_size: PositiveInt = Field(256, le=10_000_000)
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+
+    @model_validator(mode="after")
+    def _fits_in_memory(self) -> FakeConfig:
+        # Checked by `validate`, not discovered as an out-of-memory kill minutes into `run`.
+        size = (self.train_size + self.test_size) * 3 * self.image_size**2
+        if size > FAKE_MAX_BYTES:
+            raise ValueError(
+                f"train_size + test_size images of {self.image_size}x{self.image_size} take {size / 2**30:.1f} GiB, "
+                f"above the {FAKE_MAX_BYTES / 2**30:.0f} GiB allowed for synthetic data; use fewer or smaller images"
+            )
+        return self
+
+
+#: Largest decoded size of the synthetic dataset (uint8 bytes of both splits).
+FAKE_MAX_BYTES = 4 * 2**30
 
 
 class FakeSource(DatasetSource):

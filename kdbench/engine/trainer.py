@@ -25,10 +25,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdbench._errors import UserError
+from kdbench._errors import PluginError, UserError
 from kdbench.attacks.base import Attack
+from kdbench.attacks.schedule import EpsSchedule, budget_at
 from kdbench.engine.checkpoint import CheckpointStore, atomic_write_bytes
 from kdbench.engine.distributed import Distributed
+from kdbench.engine.fingerprint import TeacherModifiedError, changed_tensors, tensor_digests
 from kdbench.engine.hardware import Hardware
 from kdbench.engine.progress import Progress
 from kdbench.engine.schedule import build_scheduler, lr_factor
@@ -84,15 +86,22 @@ class Trainer:
         attack: Attack | None = None,
         distributed: Distributed | None = None,
         method_name: str | None = None,
+        teachers: dict[str, Network] | None = None,
+        attack_schedule: EpsSchedule | None = None,
+        run_key: str | None = None,
         validator: Callable[[Network], dict[str, float]] | None = None,
         val_every: int = 1,
     ):
         self.student, self.method, self.teacher, self.attack = student, method, teacher, attack
+        self.teachers = dict(teachers or {})  # the additional named teachers (Method.extra_teachers)
+        self.attack_schedule = attack_schedule or EpsSchedule()
+        self._epoch_attack: Attack | None = attack
         self.loader, self.cfg, self.hw, self.seed = loader, train, hardware, seed
         self.store, self.metrics_path, self.progress = store, metrics_path, progress
         self.device = hardware.device
         self.dist = distributed or Distributed()
         self.method_name = method_name or type(method).__name__
+        self.run_key = run_key or self.method_name  # names the run to the progress clock (the recipe hash)
         params = [p for p in [*student.parameters(), *method.parameters()] if p.requires_grad]
         self.params = params
         self.optimizer = torch.optim.SGD(
@@ -114,6 +123,13 @@ class Trainer:
         self.seconds = 0.0
         self.images = 0
         self._stop_signal: int | None = None
+        # Loss sums and accuracy counts of an epoch stopped mid-way (saved in its checkpoint, restored on
+        # resume), so the epoch's row reports the mean over all its steps, as in an uninterrupted run.
+        self._partial: dict[str, Any] | None = None
+        self._terms_checked = False
+        # Checked before every checkpoint (never per step): a method must leave the teacher untouched.
+        self._teacher_digests = tensor_digests(teacher) if teacher is not None else None
+        self._extra_teacher_digests = {name: tensor_digests(net) for name, net in self.teachers.items()}
         # Checkpoint selection on held-out training images (data.val_size): every ``val_every`` epochs and
         # after the last one, ``validator`` scores the student ({"score": robust accuracy, ...}); the best
         # weights are kept (in the checkpoints too, so a resumed run selects as an uninterrupted one would).
@@ -139,6 +155,7 @@ class Trainer:
             "history": self.history,
             "seconds": self.seconds,
             "images": self.images,
+            "partial": self._partial if batch else None,
             **({"best": self.best, "val_seconds": self.val_seconds} if self.validator is not None else {}),
         }
 
@@ -153,17 +170,38 @@ class Trainer:
         self.history = list(state["history"])
         self.seconds = float(state["seconds"])
         self.images = int(state["images"])
+        partial = state.get("partial")  # absent in checkpoints of kdbench <= 0.1: the epoch's row then says so
+        self._partial = partial if isinstance(partial, dict) and partial.get("steps") == state["batch"] else None
         if self.validator is not None:
             self.best = state.get("best")
             self.val_seconds = float(state.get("val_seconds", 0.0))
         return int(state["epoch"]), int(state["batch"])
 
     def _checkpoint(self, epoch: int, batch: int) -> Path:
+        self._check_teacher_unchanged(epoch, batch)
         if not self.dist.is_main:  # rank 0 writes for everyone
             return self.store.path((epoch, batch))
         path = self.store.save((epoch, batch), self.state_dict(epoch, batch))
         self._write_metrics()
         return path
+
+    def _check_teacher_unchanged(self, epoch: int, batch: int) -> None:
+        """Stop (before writing the checkpoint) when the method changed the teacher's tensors."""
+        changed: list[str] = []
+        if self._teacher_digests is not None and self.teacher is not None:
+            changed = changed_tensors(self._teacher_digests, self.teacher)
+        for name, digests in self._extra_teacher_digests.items():
+            changed += [f"{name}:{key}" for key in changed_tensors(digests, self.teachers[name])]
+        if changed:
+            last = self.store.positions()
+            good = f"last good checkpoint: {self.store.path(last[0])}" if last else "no checkpoint was written yet"
+            shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+            when = f"epoch {epoch + 1}, step {batch}" if batch else f"the end of epoch {epoch}"
+            raise TeacherModifiedError(
+                f"method {self.method_name} modified the teacher's weights ({shown} changed by {when}); "
+                "a method must never change the teacher (read it through the step context, leave it in eval mode); "
+                f"stopped without saving; {good}"
+            )
 
     def _write_metrics(self) -> None:
         text = "".join(json.dumps(row) + "\n" for row in self.history)
@@ -183,6 +221,14 @@ class Trainer:
                 torch.manual_seed(global_seed(self.seed, start_epoch) + 7919 * start_batch + self.dist.rank)
             where = f"epoch {start_epoch + 1}" + (f", step {start_batch}" if start_batch else "")
             self.progress.message(f"resuming from {latest[0]} at {where}")
+        begin_run = getattr(self.progress, "begin_run", None)  # optional: elapsed, images/s, ETA
+        if begin_run is not None:
+            begin_run(
+                self.run_key,
+                total_steps=self.cfg.epochs * self.steps_per_epoch,
+                done_steps=start_epoch * self.steps_per_epoch + start_batch,
+                images_per_step=self.loader.batch_size * self.dist.world_size,
+            )
         self.student.train()
         self.method.train()
         with self._signals():
@@ -195,21 +241,42 @@ class Trainer:
             history=self.history,
         )
 
+    def attack_for_epoch(self, epoch: int) -> Attack | None:
+        """The training attack of ``epoch``: the recipe's, with eps and step size from ``eps_schedule``."""
+        if self.attack is None or not self.attack_schedule.points:
+            return self.attack
+        config: Any = self.attack.config
+        eps, step = budget_at(self.attack_schedule, epoch, config.eps, config.step_size)
+        return type(self.attack)(config.model_copy(update={"eps": eps, "step_size": step}))
+
     def _run_epoch(self, epoch: int, start_batch: int) -> None:
         if start_batch == 0:  # attack starts differ between processes, as their data does
             torch.manual_seed(global_seed(self.seed, epoch) + self.dist.rank)
+        self._epoch_attack = self.attack_for_epoch(epoch)
+        attacked = False
         steps = self.steps_per_epoch
         self.progress.start_epoch(epoch, self.cfg.epochs, steps, start_batch)
         sums: dict[str, Tensor] = {}
         zero = torch.zeros((), device=self.device)
         correct, seen = zero.clone(), zero.clone()
+        counted_from = start_batch  # the first step whose loss is in ``sums``
+        if start_batch and self._partial is not None:
+            counted_from = 0
+            if self.dist.rank == 0:  # the saved sums are over every process already
+                sums = {k: v.to(self.device) for k, v in self._partial["sums"].items()}
+                correct, seen = self._partial["correct"].to(self.device), self._partial["seen"].to(self.device)
+        self._partial = None
         first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         bad_terms: dict[str, Tensor] = {}
         tic = time.perf_counter()
         batch = start_batch
         steps_since_sync = 0
+        # A sync point also every `sync_seconds` of wall time: slow CPU steps still show live values.
+        sync_seconds = getattr(self.progress, "sync_seconds", None)
+        last_sync = time.perf_counter()
         for x, y, index in self.loader.epoch(epoch, start_batch=start_batch):
-            terms, logits = self._step(x, y, index, epoch, batch)
+            terms, logits, used_attack = self._step(x, y, index, epoch, batch)
+            attacked = attacked or used_attack
             # Only the terms of the first bad step are reported: once the weights are NaN every term is.
             fresh = first_bad < 0
             for name, value in terms.items():
@@ -224,10 +291,17 @@ class Trainer:
             batch += 1
             steps_since_sync += 1
             self.progress.advance()
-            if steps_since_sync >= self.cfg.log_every or (self._stop_signal is not None and not self.dist.enabled):
+            due = steps_since_sync >= self.cfg.log_every
+            if sync_seconds is not None and not self.dist.enabled and not due:
+                due = time.perf_counter() - last_sync >= sync_seconds  # a host clock read: no device sync
+            if due or (self._stop_signal is not None and not self.dist.enabled):
                 steps_since_sync = 0
+                last_sync = time.perf_counter()
                 self._check_finite(first_bad, bad_terms, epoch)
-                self.progress.show(self._means(sums, batch - start_batch))
+                values = self._means(sums, batch - counted_from)
+                if logits is not None:
+                    values["acc"] = (correct / seen.clamp(min=1)).item()  # this process's share of the epoch
+                self.progress.show(values)
                 if self._should_stop():
                     break
         if self.device.type == "cuda":
@@ -237,9 +311,15 @@ class Trainer:
         self.images += done * self.loader.batch_size * self.dist.world_size
         self._check_finite(first_bad, bad_terms, epoch)
         if self._stop_signal is not None and batch < steps:
+            self._partial = {
+                "steps": batch,
+                "sums": {k: self.dist.sum(v.detach().clone()).cpu() for k, v in sums.items()},
+                "correct": self.dist.sum(correct.clone()).cpu(),
+                "seen": self.dist.sum(seen.clone()).cpu(),
+            }
             path = self._checkpoint(epoch, batch)
             raise Interrupted(f"stopped by signal {self._stop_signal} at epoch {epoch + 1}, step {batch}; saved {path}")
-        values = self._means(sums, max(done, 1))
+        values = self._means(sums, max(batch - counted_from, 1))
         row: dict[str, Any] = {"epoch": epoch + 1, **{f"loss/{k}": v for k, v in values.items()}}
         if done:
             row["loss"] = sum(values.values())
@@ -248,9 +328,14 @@ class Trainer:
         if seen.item() > 0:
             row["train_acc"] = (correct / seen).item()
         row["lr"] = self.optimizer.param_groups[0]["lr"]
+        budget = self._epoch_attack.config if attacked and self._epoch_attack is not None else None
+        if budget is not None and hasattr(budget, "eps"):  # the training attack's budget this epoch
+            row["attack_eps"] = float(budget.eps)
+            if hasattr(budget, "step_size"):
+                row["attack_step_size"] = float(budget.step_size)
         row["seconds"] = self.seconds
-        if start_batch:
-            row["resumed_at_step"] = start_batch
+        if counted_from:  # resumed from an old checkpoint without the sums: the means cover fewer steps
+            row["resumed_at_step"] = counted_from
         if self.validator is not None and ((epoch + 1) % self.val_every == 0 or epoch + 1 == self.cfg.epochs):
             row.update(self._validate(epoch + 1))
         self.history.append(row)
@@ -276,22 +361,26 @@ class Trainer:
             self.best = {"epoch": epoch, "score": score, "metrics": metrics, "student": state}
         return {f"val/{k}": v for k, v in metrics.items()}
 
-    def _step(self, x: Tensor, y: Tensor, index: Tensor, epoch: int, batch: int) -> tuple[dict[str, Tensor], Any]:
+    def _step(self, x: Tensor, y: Tensor, index: Tensor, epoch: int, batch: int) -> tuple[dict[str, Tensor], Any, bool]:
         ctx = StepContext(
             x=x,
             y=y,
             index=index,
             student=self.student,
             teacher=self.teacher,
+            teachers=self.teachers,
             method=self.method,
-            attack=self.attack,
+            method_name=self.method_name,
+            attack=self._epoch_attack,
             autocast=self.hw.autocast(),
             epoch=epoch,
             step=batch,
+            lr_scale=self.optimizer.param_groups[0]["lr"] / self.cfg.lr,
         )
         terms = self.method.loss(ctx)
-        if not terms:
-            raise RuntimeError(f"method {type(self.method).__name__} returned no loss terms")
+        if not self._terms_checked:  # once, at the first step, before any optimiser step
+            check_loss_terms(terms, self.method_name)
+            self._terms_checked = True
         total = torch.stack([t.float() for t in terms.values()]).sum()
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -299,7 +388,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         view = ctx.computed("student_adv") or ctx.computed("student_clean")
-        return terms, (view.logits.detach() if view is not None else None)
+        return terms, (view.logits.detach() if view is not None else None), ctx.computed("x_adv") is not None
 
     def _means(self, sums: dict[str, Tensor], count: int) -> dict[str, float]:
         if not sums:
@@ -351,6 +440,32 @@ class Trainer:
         finally:
             for sig, old in previous.items():
                 signal.signal(sig, old)
+
+
+def check_loss_terms(terms: Any, method_name: str) -> None:
+    """Refuse what `Method.loss` may not return, in one line naming the method and the term.
+
+    The contract: a non-empty dict of name -> scalar floating-point tensor with autograd history. A
+    vector would be summed by nobody (stack fails or, worse, broadcasts), a Python float or a detached
+    tensor trains nothing, and an empty dict has nothing to minimise.
+    """
+    where = f"method {method_name}"
+    fix = "return a dict of named scalar tensors computed from the step context (e.g. loss.mean())"
+    if not isinstance(terms, dict) or not terms:
+        got = "an empty dict" if isinstance(terms, dict) else type(terms).__name__
+        raise PluginError(f"{where}: loss() returned {got}, not named loss terms; {fix}; stopped before any step")
+    for name, value in terms.items():
+        problem = None
+        if not isinstance(value, Tensor):
+            problem = f"is a {type(value).__name__}, not a tensor"
+        elif value.dim() != 0:
+            problem = f"has shape {tuple(value.shape)}, not a scalar"
+        elif not value.is_floating_point():
+            problem = f"has dtype {value.dtype}, not a floating-point type"
+        elif not value.requires_grad:
+            problem = "has no gradient (computed under torch.no_grad() or detached)"
+        if problem is not None:
+            raise PluginError(f"{where}: loss term {name!r} {problem}; {fix}; stopped before any optimiser step")
 
 
 def freeze(module: nn.Module) -> nn.Module:

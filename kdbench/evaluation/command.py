@@ -4,9 +4,12 @@ TARGET is either
 
 * a run folder (``runs/<name>/<hash>/``, holding ``model.pt`` and ``recipe.toml``): the network is
   rebuilt from model.pt's metadata (``model``, ``options``, ``num_classes``) and evaluated on the test
-  split of the run's recipe (``data.*``, with ``data.test_subset`` honoured); the attacks, eps, norm,
-  batch size, first-N and seed default to the run's ``[eval]`` table and ``seed``, so a plain
-  ``kdbench eval RUN`` reproduces the numbers of its result.json; or
+  split of the run's recipe (``data.*``) with the same selection of images as `kdbench run`
+  (`kdbench.evaluation.selection`: ``eval.n_examples`` or the old ``data.test_subset``, and
+  ``eval.examples``); the attacks, eps, norm, step size, batch size, N and seed default to the run's
+  ``[eval]`` table and ``seed``, so a plain ``kdbench eval RUN`` reproduces the numbers of its
+  result.json (of a run by an older kdbench: on the images that run evaluated when its recipe used
+  ``data.test_subset``, with today's attacks and checks); or
 * a weights file (a kdbench ``model.pt``, a training checkpoint or a bare state_dict) with
   ``--dataset NAME`` (and ``--model NAME`` unless the file names its model), optionally
   ``--data-option KEY=VALUE`` and ``--data-root DIR``.
@@ -15,17 +18,23 @@ Weights are only ever read with ``weights_only=True``. The result, eval.json (sc
 
     {"schema_version": 1, "target", "kind": "run" | "weights", "model", "dataset",
      "threat_model": {"norm": "Linf" | "L2", "eps": "8/255"},
-     "metrics": {"clean_acc", "robust": {fgsm, pgd20, cw, autoattack, ..., "worst"}, "n_eval"},
-     "flags": [...], "seconds": {<attack>: s, ..., "total": s}, "seed", "attacks",
+     "metrics": {"clean_acc", "robust": {fgsm, pgd20, cw, autoattack, ..., "worst"}, "n_eval", "counts"},
+     "flags": [...], "flag_details": [...], "evaluation": {selection, attacks, protocol, sanity},
+     "seconds": {<attack>: s, ..., "total": s}, "seed", "attacks",
      "eps_sweep": [{"eps", "eps_label", "pgd20"}, ...],          (only with --eps-sweep)
      "eps_sweep_plot": "eps_sweep.png",                           (only with --eps-sweep)
      "env": {"kdbench", "torch", "python", "device", "git_commit", "plugins"}}
 
 written atomically, by default into the run folder (or next to the weights file). ``--eps-sweep``
-runs PGD-20 at several budgets on the same samples and seed, stores accuracy against eps in
-eval.json and draws it (matplotlib, Agg) into a PNG next to eval.json. Every evaluation runs the
-sanity checks of `kdbench.evaluation.sanity`; ``--check-steps`` adds the costly PGD-10/20/50 check,
-and a sweep is checked for accuracy rising with eps.
+runs PGD-20 (its step scaled to each eps, `kdbench.evaluation.suite.default_step_size`) at several
+budgets on the same samples and seed, stores accuracy against eps in eval.json and draws it
+(matplotlib, Agg) into a PNG next to eval.json. Every evaluation runs the sanity checks of
+`kdbench.evaluation.sanity`; ``--check-steps`` adds the costly PGD-10/20/50 check, and a sweep is
+checked for accuracy rising with eps and, when it reaches 4 x the run's eps or more, for ending near 0.
+
+``--update-result`` (run folders only) also writes the new evaluation into the run's result.json
+(metrics, flags, evaluation; the previous file is kept as result.json.orig), so a run trained by an
+older kdbench reaches the leaderboard with today's selection, attacks and checks without retraining.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,37 +53,45 @@ import torch
 from torch import Tensor
 
 from kdbench import _toml
-from kdbench._errors import RecipeError, UserError
+from kdbench._errors import UserError
 from kdbench._registry import DATASETS, MODELS, split_variant
 from kdbench.attacks.threat import Norm, check_eps
 from kdbench.build import DATA_ROOT_ENV, build_network, load_network_weights, network_spec
 from kdbench.config import StrictModel, parse_number
 from kdbench.data.base import DatasetInfo, DatasetSource
 from kdbench.data.cache import load_split_cached
-from kdbench.data.loader import balanced_subset
-from kdbench.engine.checkpoint import atomic_write_bytes, load_weights_only
-from kdbench.evaluation.sanity import check_eps_monotone
-from kdbench.evaluation.suite import EvalReport, evaluate, parse_attacks
+from kdbench.engine.checkpoint import atomic_write_bytes, load_weights_file
+from kdbench.evaluation.record import evaluation_record, selection_flags
+from kdbench.evaluation.sanity import Flag, check_eps_monotone
+from kdbench.evaluation.selection import SelectionError, has_canonical_order, read_examples, select_examples
+from kdbench.evaluation.suite import EvalReport, default_step_size, evaluate, parse_attacks
 from kdbench.models.base import Network
 from kdbench.models.normalization import recorded_normalization, resolve_normalization
-from kdbench.results import SCHEMA_VERSION, environment, eps_label, write_json
+from kdbench.results import SCHEMA_VERSION, environment, eps_label, read_result, write_json
 
 __all__ = [
     "DEFAULT_ATTACKS",
     "DEFAULT_SWEEP",
     "add_eval_parser",
     "add_parser",
+    "check_sweep_reaches_zero",
     "cmd_eval",
     "parse_eps",
     "plot_eps_sweep",
+    "update_result",
 ]
 
 #: Attacks evaluated when neither ``--attacks`` nor the run's ``eval.attacks`` says otherwise.
 DEFAULT_ATTACKS = ("clean", "fgsm", "pgd20", "cw", "autoattack")
-#: ``--eps-sweep`` without a list: the L-inf budgets of the usual CIFAR robustness curves.
-DEFAULT_SWEEP = "0,1/255,2/255,4/255,8/255,12/255,16/255"
+#: ``--eps-sweep`` without a list: the L-inf budgets of the usual CIFAR robustness curves, continued to
+#: 64/255 where every honest model is near 0 (Carlini et al. 2019: the curve must reach 0).
+DEFAULT_SWEEP = "0,1/255,2/255,4/255,8/255,12/255,16/255,32/255,64/255"
 #: ``--eps-sweep`` without a list under ``--norm l2``.
-DEFAULT_SWEEP_L2 = "0,0.125,0.25,0.5,0.75,1.0"
+DEFAULT_SWEEP_L2 = "0,0.125,0.25,0.5,0.75,1.0,2.0,4.0"
+#: A sweep whose largest eps is at least this multiple of the run's eps must end near 0 accuracy.
+SWEEP_ZERO_FACTOR = 4
+#: "Near 0" at the end of such a sweep: at most this accuracy (plus noise).
+SWEEP_ZERO_TOLERANCE = 0.05
 #: The attack of an eps sweep.
 SWEEP_ATTACK = "pgd20"
 #: The default budget per norm when neither ``--eps`` nor the run gives one.
@@ -100,7 +118,25 @@ def add_eval_parser(subparsers: Any) -> None:
         help="attacks, space or comma separated: clean fgsm pgd<k> cw autoattack "
         f"(default: the run's eval.attacks, else {' '.join(DEFAULT_ATTACKS)})",
     )
-    p.add_argument("--n", type=int, metavar="N", help="evaluate the first N test images (default: the run's, else all)")
+    p.add_argument(
+        "--n",
+        type=int,
+        metavar="N",
+        help="evaluate N images of the dataset's fixed selection (default: the run's, else all)",
+    )
+    p.add_argument(
+        "--examples",
+        metavar="FILE",
+        help="evaluate these test indices instead (a .json list, or integers separated by spaces/commas)",
+    )
+    p.add_argument(
+        "--step-size", metavar="STEP", help="pin the PGD/CW step (default: the run's, else max(eps/4, 2.5*eps/steps))"
+    )
+    p.add_argument(
+        "--update-result",
+        action="store_true",
+        help="run folders: also write this evaluation into result.json (the old one kept as result.json.orig)",
+    )
     p.add_argument("--eps", metavar="EPS", help='budget, e.g. "8/255" (default: the run\'s, else 8/255; L2 0.5)')
     p.add_argument("--norm", choices=("linf", "l2"), help="threat model (default: the run's, else linf)")
     p.add_argument("--batch-size", type=int, metavar="B", help="evaluation batch size (default: the run's, else 256)")
@@ -222,16 +258,18 @@ class _Target:
     model: str
     dataset: str
     net: Network
-    images: Tensor  # uint8 (N, C, H, W), CPU
-    labels: Tensor  # int64 (N,)
-    defaults: dict[str, Any]  # attacks, n, eps, norm, batch_size, seed (from the run's recipe)
+    images: Tensor  # the whole test split: uint8 (M, C, H, W), CPU
+    labels: Tensor  # int64 (M,)
+    canonical: bool  # whether the split's order is canonical (first-N rule) or not (stratified rule)
+    num_classes: int
+    defaults: dict[str, Any]  # attacks, n, examples, eps, norm, step_size, batch_size, seed (the run's recipe)
     default_out: Path
 
 
 def _metadata(weights: Path) -> dict[str, Any]:
     """The metadata of a kdbench model file (``model``, ``options``, ``num_classes``; empty otherwise)."""
     try:
-        payload = load_weights_only(weights)
+        payload = load_weights_file(weights)
     except Exception:
         return {}  # load_network_weights reports the problem with context
     if isinstance(payload, dict) and "state_dict" in payload:
@@ -311,16 +349,16 @@ def _load_run(run: Path, args: argparse.Namespace) -> _Target:
     source = _make_source(data.dataset, data_config, root, data.download)
     info = source.info()
     test = load_split_cached(source, "test")
-    images, labels = test.images, test.labels
-    if data.test_subset is not None:
-        if data.test_subset > len(labels):
-            raise RecipeError(
-                f"subset of {data.test_subset} asked for but the split has {len(labels)} images",
-                file=file,
-                key="data.test_subset",
-            )
-        idx = balanced_subset(labels, data.test_subset)
-        images, labels = images[idx], labels[idx]
+    # data.test_subset is the old name of the evaluation size; a run folder of an older kdbench may give
+    # both (then the first N of the balanced subset were evaluated): take the smaller over today's rule.
+    sizes = [v for v in (ev.n_examples, data.test_subset) if v is not None]
+    examples = None
+    if ev.examples is not None and args.examples is None:
+        # recipe.toml keeps the path as written, relative to the original recipe: look beside the run.
+        try:
+            examples = read_examples(ev.examples, run, what=f"{file}: eval.examples")
+        except SelectionError as err:
+            raise SelectionError(err.key, err.problem, "give the index file with --examples FILE") from None
 
     meta = _metadata(weights)
     model = meta.get("model")
@@ -332,13 +370,29 @@ def _load_run(run: Path, args: argparse.Namespace) -> _Target:
     load_network_weights(net, weights, what="model")
     defaults = {
         "attacks": list(ev.attacks),
-        "n": ev.n_examples,
+        "n": min(sizes) if sizes else None,
+        "n_key": f"{file}: eval.n_examples" if ev.n_examples is not None else f"{file}: data.test_subset",
+        "examples": examples,
         "eps": ev.eps,
         "norm": ev.norm,
+        "step_size": ev.step_size,
         "batch_size": ev.batch_size,
         "seed": int(seed) if isinstance(seed, int) else 0,
     }
-    return _Target("run", run, weights, model, data.dataset, net, images, labels, defaults, run / "eval.json")
+    return _Target(
+        "run",
+        run,
+        weights,
+        model,
+        data.dataset,
+        net,
+        test.images,
+        test.labels,
+        has_canonical_order(source),
+        info.num_classes,
+        defaults,
+        run / "eval.json",
+    )
 
 
 def _load_weights(weights: Path, args: argparse.Namespace) -> _Target:
@@ -370,6 +424,8 @@ def _load_weights(weights: Path, args: argparse.Namespace) -> _Target:
         net,
         test.images,
         test.labels,
+        has_canonical_order(source),
+        info.num_classes,
         defaults,
         weights.parent / "eval.json",
     )
@@ -417,6 +473,62 @@ def plot_eps_sweep(points: list[dict[str, Any]], path: Path, *, title: str, norm
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def check_sweep_reaches_zero(correct_by_eps: dict[float, Tensor], eps: float) -> list[Flag]:
+    """A sweep that reaches `SWEEP_ZERO_FACTOR` x the evaluation eps must end near 0 robust accuracy.
+
+    Near 0: at most `SWEEP_ZERO_TOLERANCE` plus two binomial standard errors ``2 sqrt(p (1 - p) / n)``
+    at that tolerance. A curve that flattens above it means the attack cannot reach the boundary of
+    large balls: gradient masking, or too small a step (serious).
+    """
+    if not correct_by_eps:
+        return []
+    largest = max(correct_by_eps)
+    if eps <= 0 or largest < SWEEP_ZERO_FACTOR * eps:
+        return []
+    correct = correct_by_eps[largest]
+    n = max(correct.numel(), 1)
+    acc = int(correct.sum()) / n
+    p = SWEEP_ZERO_TOLERANCE
+    allowed = p + 2 * (p * (1 - p) / n) ** 0.5
+    if acc <= allowed:
+        return []
+    return [
+        Flag(
+            f"eps sweep does not reach ~0: PGD-20 accuracy {acc:.4f} at eps {eps_label(largest)} "
+            f"(> {allowed:.4f}): gradient masking or an attack that cannot reach large perturbations",
+            check="eps_sweep_zero",
+            values={"eps": largest, "accuracy": acc, "allowed": allowed},
+        )
+    ]
+
+
+def update_result(run: Path, evaluation: dict[str, Any]) -> None:
+    """Write ``evaluation`` (eval.json's content) into the run's result.json, keeping the old file.
+
+    Replaces ``threat_model``, ``metrics``, ``flags``, ``flag_details`` and ``evaluation``, and records
+    ``reevaluated`` (kdbench version, git commit, when); everything else (training, params, analysis,
+    env of the training) stays. The original is copied to result.json.orig once (never overwritten).
+    """
+    path = run / "result.json"
+    result = read_result(path)
+    if result is None:
+        raise UserError(f"{path}: missing or not a result.json of schema_version {SCHEMA_VERSION}; nothing to update")
+    orig = run / "result.json.orig"
+    if not orig.exists():
+        atomic_write_bytes(orig, path.read_bytes())
+    for key in ("threat_model", "metrics", "flags", "flag_details", "evaluation"):
+        result[key] = evaluation[key]
+    env = evaluation.get("env", {})
+    result["reevaluated"] = {
+        "kdbench": env.get("kdbench"),
+        "git_commit": env.get("git_commit"),
+        "device": env.get("device"),
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "seconds": evaluation.get("seconds", {}).get("total"),
+    }
+    write_json(path, result)
+
+
 def _sweep_plot_path(out: Path) -> Path:
     """``eps_sweep.png`` beside eval.json; ``<stem>.eps_sweep.png`` for any other --out name."""
     return out.with_name("eps_sweep.png") if out.name == "eval.json" else out.with_name(f"{out.stem}.eps_sweep.png")
@@ -454,6 +566,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError(f"--n must be >= 1, got {args.n}")
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    given_step = parse_eps(args.step_size, what="--step-size") if args.step_size is not None else None
+    if given_step is not None and not given_step > 0:
+        raise UserError(f"--step-size must be > 0, got {args.step_size}")
+    if args.update_result and not args.target.is_dir():
+        raise UserError("--update-result rewrites a run folder's result.json; give a run folder")
     device = _device(args.device)
 
     target = _load_target(args)
@@ -470,18 +587,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
     sweep_eps = _sweep_list(args.eps_sweep, norm) if args.eps_sweep is not None else []
     batch_size = args.batch_size if args.batch_size is not None else int(d["batch_size"])
     seed = args.seed if args.seed is not None else int(d["seed"])
+    step_size = given_step if given_step is not None else d.get("step_size")
     n = args.n if args.n is not None else d.get("n")
-    total = len(target.labels)
-    if n is not None and n > total:
-        which = "--n" if args.n is not None else "the run's eval.n_examples"
-        raise UserError(f"{which} is {n} but the test set has {total} images; use at most {total}")
-    images, labels = (target.images[:n], target.labels[:n]) if n is not None else (target.images, target.labels)
+    if args.examples is not None:
+        examples: list[int] | None = read_examples(args.examples, Path.cwd(), what="--examples")
+    else:
+        examples = d.get("examples")
+    selection = select_examples(
+        target.images,
+        target.labels,
+        canonical=target.canonical,
+        n=n,
+        examples=examples,
+        num_classes=target.num_classes,
+        n_key="--n" if args.n is not None else str(d.get("n_key", "--n")),
+        examples_key="--examples" if args.examples is not None else "eval.examples",
+    )
+    images, labels = target.images[selection.indices], target.labels[selection.indices]
     out: Path = args.out if args.out is not None else target.default_out
     net = target.net.to(device)
     setup_seconds = time.perf_counter() - started
 
     print(
-        f"kdbench: evaluating {target.model} on {len(labels)} {target.dataset} test images ({', '.join(attacks)}; "
+        f"kdbench: evaluating {target.model} on {len(labels)} {target.dataset} test images "
+        f"({selection.rule}; {', '.join(attacks)}; "
         f"{'Linf' if norm == 'linf' else 'L2'} eps {eps_label(eps)}; {device.type})",
         file=sys.stderr,
     )
@@ -496,7 +625,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         device=device,
         seed=seed,
         steps_check=args.check_steps,
+        step_size=step_size,
     )
+    report.flags += selection_flags(selection)
     flags = list(report.flags)
     seconds = {"setup": setup_seconds, **report.seconds}
 
@@ -518,8 +649,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 sanity=False,
             )
             correct_by_eps[e] = point.correct[SWEEP_ATTACK]
-            sweep.append({"eps": e, "eps_label": eps_label(e), SWEEP_ATTACK: point.robust[SWEEP_ATTACK]})
+            sweep.append(
+                {
+                    "eps": e,
+                    "eps_label": eps_label(e),
+                    SWEEP_ATTACK: point.robust[SWEEP_ATTACK],
+                    "step_size": default_step_size(e, 20),
+                }
+            )
         flags += check_eps_monotone(correct_by_eps)
+        flags += check_sweep_reaches_zero(correct_by_eps, eps)
         seconds["eps_sweep"] = time.perf_counter() - t0
 
     plot = _sweep_plot_path(out) if sweep else None
@@ -536,11 +675,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "dataset": target.dataset,
         "threat_model": {"norm": "Linf" if norm == "linf" else "L2", "eps": eps_label(eps)},
         "metrics": report.to_dict(),
-        "flags": flags,
+        "flags": [str(f) for f in flags],
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "attacks": attacks,
         "seed": seed,
     }
+    report.flags = flags
+    result.update(evaluation_record(report, selection, step_size))
     if sweep:
         result["eps_sweep"] = sweep
         result["eps_sweep_plot"] = plot.name if plot is not None else None
@@ -549,6 +690,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         {"models": [target.model], "datasets": [target.dataset]},
     )
     write_json(out, result)
+    if args.update_result:
+        update_result(target.path, result)
 
     print(
         f"{target.model} | {target.dataset} | {result['threat_model']['norm']} eps {eps_label(eps)} | n={len(labels)}"
@@ -558,6 +701,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for flag in flags:
         print(f"  flag: {flag}")
     print(f"eval: {out}")
+    if args.update_result:
+        print(f"result: {target.path / 'result.json'} (previous: result.json.orig)")
     if plot is not None:
         print(f"plot: {plot}")
     return 0

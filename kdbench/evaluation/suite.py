@@ -6,15 +6,37 @@ x' = x for points misclassified from the start; the gradient attacks here are AN
 correctness explicitly, so robust <= clean holds per sample.) ``worst`` is the accuracy of the
 per-sample AND over clean and every attack run: the worst case per sample, the number to report.
 
-The attacks (eps default 8/255 L-inf; for L2 every step size below is eps/4 instead of 2/255):
+The attacks (eps default 8/255 L-inf):
 
 * ``fgsm``: one signed step of size eps from x (Goodfellow et al. 2015), L-inf only;
-* ``pgd<k>``, e.g. ``pgd20``: k steps of alpha = 2/255 on the cross-entropy from a uniform start
+* ``pgd<k>``, e.g. ``pgd20``: k steps of alpha on the cross-entropy from a uniform start
   (Madry et al. 2018);
-* ``cw``: PGD-30, alpha = 2/255, uniform start, on the CW margin ``max_{j!=y} z_j - z_y``
+* ``cw``: PGD-30 with alpha, uniform start, on the CW margin ``max_{j!=y} z_j - z_y``
   (Carlini & Wagner 2017; the CW-inf of TRADES / RSLAD tables);
 * ``autoattack``: standard AutoAttack through pyautoattack (`kdbench.evaluation.autoattack`);
+* ``autoattack_custom``: AutoAttack's custom version with APGD-CE + APGD-T only (development; stored as
+  ``robust.autoattack_custom``, never as ``autoattack``);
 * ``clean`` is always evaluated.
+
+Step size. Unless pinned (``step_size``, the recipe's ``eval.step_size``), the step of PGD-k and CW-k
+scales with the budget: ``alpha = max(eps / 4, 2.5 * eps / k)`` (`default_step_size`). The second term
+is Madry et al.'s rule that k steps can travel 2.5 eps, enough to cross the ball from a random start
+whatever k; the first keeps the customary 2/255 of PGD-20 and CW-30 at 8/255 (RSLAD, ARD and TRADES
+tables), so numbers at the standard budget stay comparable with the literature. A fixed 2/255 at
+64/255 would leave PGD-20 unable to reach the ball's boundary (weaker than FGSM). The settings of
+every attack are returned in `EvalReport.settings` (result.json's ``evaluation.attacks``).
+
+Accuracies are exact: ``correct / n`` from integer counts (`EvalReport.counts`), rounded once to a
+double (147/500 is stored as 0.294, never as a float32 artefact).
+
+Sanity checks (``sanity=True``, `kdbench.evaluation.sanity`) and their cost: on the first batch,
+the logits check and two deterministic passes (3 forward passes), PGD at eps = 0 (2 forward-backward
+passes); when a gradient attack runs, on the first ``sanity_sample`` images (64): the share of
+zero or non-finite input gradients (1 forward-backward), the unbounded-eps PGD-20 (20), and, when
+PGD-20 (or another gradient attack) ran, a Square attack of ``black_box_queries`` queries (200
+forward passes of the sample); then, free, the comparisons of the accuracies on the same samples
+(robust <= clean, AutoAttack not above PGD-20, CW and AutoAttack not below PGD-20 beyond noise,
+multi-step not above FGSM). With 500 images the sampled checks cost about as much as one PGD-20.
 
 The model runs in eval mode, float32, without autocast, with every parameter's ``requires_grad``
 switched off (all restored afterwards). Randomness comes from ``seed``: each attack starts from
@@ -44,27 +66,52 @@ from kdbench.attacks.fgsm import FGSM, FGSMConfig
 from kdbench.attacks.objectives import cross_entropy, cw_margin
 from kdbench.attacks.pgd import PGD
 from kdbench.attacks.threat import Norm, ThreatModelConfig, check_eps
-from kdbench.evaluation.autoattack import require_autoattack, run_autoattack
+from kdbench.evaluation.autoattack import AUTOATTACK_VERSIONS, require_autoattack, run_autoattack
 from kdbench.evaluation.sanity import (
+    Flag,
+    as_flag,
     check_autoattack_vs_pgd,
+    check_below_reference,
+    check_black_box,
+    check_deterministic,
     check_eps_zero,
     check_gradient_masking,
+    check_input_gradients,
     check_logits,
     check_robust_le_clean,
     check_steps_monotone,
+    check_unbounded,
 )
 from kdbench.models.base import ModelOutput
 
-__all__ = ["ATTACK_NAMES", "ROBUST_KEYS", "EvalReport", "check_attack_names", "evaluate", "parse_attacks"]
+__all__ = [
+    "ATTACK_NAMES",
+    "ROBUST_KEYS",
+    "STEP_RULE",
+    "EvalReport",
+    "attack_settings",
+    "check_attack_names",
+    "default_step_size",
+    "evaluate",
+    "parse_attacks",
+]
 
 #: Keys of `EvalReport.robust` that are always present (None when not run): result.json's contract.
 ROBUST_KEYS = ("fgsm", "pgd20", "cw", "autoattack")
 #: Attack names `evaluate` understands, besides ``pgd<k>`` for any k >= 1.
-ATTACK_NAMES = ("clean", "fgsm", "pgd20", "cw", "autoattack")
-#: The L-inf step of PGD and CW: 2/255, a quarter of the CIFAR budget 8/255 (Madry et al. 2018; RSLAD eval).
+ATTACK_NAMES = ("clean", "fgsm", "pgd20", "cw", "autoattack", "autoattack_custom")
+#: The L-inf step of PGD-20 and CW-30 at the CIFAR budget 8/255 (Madry et al. 2018; RSLAD eval): eps / 4.
 LINF_STEP = 2 / 255
+#: How the default step of PGD-k and CW-k follows from eps (`default_step_size`), as result.json states it.
+STEP_RULE = "max(eps/4, 2.5*eps/steps)"
+#: Images the sampled sanity checks (gradients, unbounded eps, black box) run on.
+SANITY_SAMPLE = 64
+#: Queries of the black-box Square check.
+BLACK_BOX_QUERIES = 200
 #: Steps of CW-inf (as in the RSLAD / ARD evaluation code).
 CW_STEPS = 30
+#: Seconds between the per-attack progress lines of `evaluate`.
+PROGRESS_SECONDS = 10.0
 _PGD_NAME = re.compile(r"pgd(\d+)")
 #: Beyond this an evaluation "attack" is a typo or a run that never ends (AutoAttack's APGD uses 100).
 MAX_PGD_STEPS = 10_000
@@ -86,11 +133,19 @@ class EvalReport:
     flags: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     correct: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    counts: dict[str, int] = field(default_factory=dict)
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"clean_acc", "robust": {fgsm, pgd20, cw, autoattack, ..., "worst"}, "n_eval"}`` (result.json's
-        ``metrics``); the flags are kept apart, in `flags`."""
-        return {"clean_acc": self.clean_acc, "robust": {**self.robust, "worst": self.worst}, "n_eval": self.n_eval}
+        """``{"clean_acc", "robust": {fgsm, pgd20, cw, autoattack, ..., "worst"}, "n_eval", "counts"}``
+        (result.json's ``metrics``; ``counts``: correct samples per attack, ``clean`` and ``worst``, so every
+        accuracy is ``counts[name] / n_eval``); the flags are kept apart, in `flags`."""
+        return {
+            "clean_acc": self.clean_acc,
+            "robust": {**self.robust, "worst": self.worst},
+            "n_eval": self.n_eval,
+            "counts": dict(self.counts),
+        }
 
 
 def parse_attacks(names: Sequence[str]) -> list[str]:
@@ -124,16 +179,52 @@ def check_attack_names(names: Sequence[str]) -> None:
 # building blocks
 
 
-def _build_attack(name: str, *, norm: Norm, eps: float) -> tuple[Attack, Callable[[Tensor], Objective]]:
+def default_step_size(eps: float, steps: int) -> float:
+    """``max(eps / 4, 2.5 * eps / steps)``: the step of PGD-k / CW-k scaled to the budget (module docstring)."""
+    return max(eps / 4, 2.5 * eps / max(steps, 1))
+
+
+def _steps(name: str) -> int:
+    return CW_STEPS if name == "cw" else int(name.removeprefix("pgd"))
+
+
+def attack_settings(
+    names: Sequence[str], *, eps: float, norm: Norm, step_size: float | None = None
+) -> dict[str, dict[str, Any]]:
+    """What each attack of ``names`` runs with (result.json's ``evaluation.attacks``)."""
+    settings: dict[str, dict[str, Any]] = {}
+    for name in parse_attacks(names):
+        if name == "clean":
+            continue
+        if name == "fgsm":
+            settings[name] = {"steps": 1, "step_size": eps, "start": "none", "objective": "cross-entropy"}
+        elif name in AUTOATTACK_VERSIONS:
+            settings[name] = {"version": AUTOATTACK_VERSIONS[name], "package": "pyautoattack"}
+        else:
+            steps = _steps(name)
+            settings[name] = {
+                "steps": steps,
+                "step_size": step_size if step_size is not None else default_step_size(eps, steps),
+                "step_rule": "pinned" if step_size is not None else STEP_RULE,
+                "start": "uniform",
+                "restarts": 1,
+                "objective": "cw-margin" if name == "cw" else "cross-entropy",
+            }
+    return settings
+
+
+def _build_attack(
+    name: str, *, norm: Norm, eps: float, step_size: float | None = None
+) -> tuple[Attack, Callable[[Tensor], Objective]]:
     """The attack object and the objective factory (labels -> objective) of a gradient attack name."""
-    step = LINF_STEP if norm == "linf" else eps / 4
     if name == "fgsm":
         if norm != "linf":
             raise UserError(f"fgsm is an L-inf attack; with norm {norm!r} evaluate pgd<k> instead")
         return FGSM(FGSMConfig(eps=eps)), cross_entropy
+    steps = _steps(name)
+    step = step_size if step_size is not None else default_step_size(eps, steps)
     if name == "cw":
-        return CWLinf(CWConfig(norm=norm, eps=eps, step_size=step, steps=CW_STEPS)), cw_margin
-    steps = int(name.removeprefix("pgd"))
+        return CWLinf(CWConfig(norm=norm, eps=eps, step_size=step, steps=steps)), cw_margin
     config = ThreatModelConfig(norm=norm, eps=eps, step_size=step, steps=steps, random_start="uniform")
     return PGD(config), cross_entropy
 
@@ -241,6 +332,10 @@ def evaluate(
     seed: int = 0,
     sanity: bool = True,
     steps_check: bool = False,
+    step_size: float | None = None,
+    sanity_sample: int = SANITY_SAMPLE,
+    black_box_queries: int = BLACK_BOX_QUERIES,
+    on_progress: Callable[[str], None] | None = None,
 ) -> EvalReport:
     """Clean and robust accuracy of ``model`` on ``images: (N, C, H, W)`` (float in [0, 1] or uint8).
 
@@ -248,9 +343,13 @@ def evaluate(
     on ``device`` (default: the device of its parameters); ``labels: (N,)``; ``attacks``: names from
     `ATTACK_NAMES` or ``pgd<k>`` (unknown names raise `UserError` with close matches). With ``sanity``,
     the first batch is checked with PGD at eps = 0 and the clean outputs for probabilities; the flags of
-    `kdbench.evaluation.sanity` and AutoAttack's own checks end up in `EvalReport.flags`. With
-    ``steps_check`` (costly: PGD-10, -20 and -50 on every image), `check_steps_monotone` also runs, its
-    flags join the others and its wall time is ``seconds["steps_check"]``.
+    `kdbench.evaluation.sanity` (each a `Flag` with a severity; their cost is in the module docstring)
+    and AutoAttack's own checks (warnings) end up in `EvalReport.flags`. ``step_size`` pins the step of
+    PGD and CW (default: `default_step_size`). With ``steps_check``
+    (costly: PGD-10, -20 and -50 on every image), `check_steps_monotone` also runs, its
+    flags join the others and its wall time is ``seconds["steps_check"]`` (that of the sampled checks
+    is ``seconds["sanity"]``). ``on_progress`` receives a line per attack at least every
+    `PROGRESS_SECONDS` (examples done, robust accuracy so far, time) and AutoAttack's own log lines.
     """
     names = parse_attacks(attacks)
     if norm not in ("linf", "l2"):
@@ -261,6 +360,8 @@ def evaluate(
         raise UserError(f"evaluation eps: {err}") from None
     if batch_size < 1:
         raise UserError(f"evaluation batch_size must be >= 1, got {batch_size}")
+    if step_size is not None and not step_size > 0:
+        raise UserError(f"evaluation step_size must be > 0, got {step_size}")
     x_all = _float_images(images)
     y_all = labels.long().reshape(-1)
     n = x_all.shape[0]
@@ -275,12 +376,14 @@ def evaluate(
 
     # Fail fast, before any attack runs: a bad combination or a missing package costs no compute.
     gradient_attacks = {
-        name: _build_attack(name, norm=norm, eps=eps) for name in names if name not in ("clean", "autoattack")
+        name: _build_attack(name, norm=norm, eps=eps, step_size=step_size)
+        for name in names
+        if name != "clean" and name not in AUTOATTACK_VERSIONS
     }
-    if "autoattack" in names:
+    if any(name in AUTOATTACK_VERSIONS for name in names):
         require_autoattack()
 
-    flags: list[str] = []
+    flags: list[Flag] = []
     correct: dict[str, Tensor] = {}
     seconds: dict[str, float] = {}
     batches = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
@@ -296,6 +399,7 @@ def evaluate(
             clean[a:b] = (logits.argmax(dim=1) == yb).cpu()
             if i == 0 and sanity:
                 flags += check_logits(logits)
+                flags += check_deterministic(net, xb)
         correct["clean"] = clean
         seconds["clean"] = _clock(device) - t0
         if sanity:
@@ -308,19 +412,34 @@ def evaluate(
                 continue
             _seed(device, seed)
             t0 = _clock(device)
-            if name == "autoattack":
+            if name in AUTOATTACK_VERSIONS:
                 result = run_autoattack(
-                    net, x_all, y_all, eps=eps, norm=norm, batch_size=batch_size, device=device, seed=seed
+                    net,
+                    x_all,
+                    y_all,
+                    eps=eps,
+                    norm=norm,
+                    batch_size=batch_size,
+                    device=device,
+                    seed=seed,
+                    version=AUTOATTACK_VERSIONS[name],
+                    log=on_progress,
                 )
                 robust_correct = result.correct.cpu()
-                flags += result.flags
+                flags += [as_flag(text, check="autoattack") for text in result.flags]
             else:
                 attack, objective = gradient_attacks[name]
                 robust_correct = torch.empty(n, dtype=torch.bool)
+                shown = t0
                 for a, b in batches:
                     xb, yb = x_all[a:b].to(device), y_all[a:b].to(device)
                     x_adv = attack.perturb(model_fn, xb, objective(yb))
                     robust_correct[a:b] = _predict_correct(net, x_adv, yb).cpu()
+                    now = time.perf_counter()
+                    if on_progress is not None and (now - shown >= PROGRESS_SECONDS or b == n):
+                        shown = now
+                        so_far = float((robust_correct[:b] & clean[:b]).float().mean())
+                        on_progress(f"{name}: {b}/{n} examples, robust accuracy {so_far:.4f}, {now - t0:.0f} s")
             correct[name] = robust_correct & clean
             seconds[name] = _clock(device) - t0
 
@@ -332,29 +451,85 @@ def evaluate(
                 y_all,
                 eps=eps,
                 norm=norm,
-                step_size=LINF_STEP if norm == "linf" else eps / 4,
+                step_size=step_size if step_size is not None else default_step_size(eps, 20),
                 seed=seed,
                 batch_size=batch_size,
             )
             seconds["steps_check"] = _clock(device) - t0
 
-    def accuracy(mask: Tensor) -> float:
-        return float(mask.float().mean())
+        gradient_names = [name for name in names if name in gradient_attacks]
+        if sanity and gradient_names:
+            t0 = _clock(device)
+            flags += _sampled_checks(
+                net,
+                x_all[:sanity_sample].to(device),
+                y_all[:sanity_sample].to(device),
+                correct,
+                gradient_names,
+                eps=eps,
+                norm=norm,
+                seed=seed,
+                queries=black_box_queries,
+                device=device,
+            )
+            seconds["sanity"] = _clock(device) - t0
+
+    counts = {name: int(mask.sum()) for name, mask in correct.items()}
+    counts["worst"] = int(torch.stack(list(correct.values())).all(dim=0).sum())
+
+    def accuracy(name: str) -> float:
+        return counts[name] / n  # exact integer ratio, rounded once to a double
 
     robust: dict[str, float | None] = dict.fromkeys(ROBUST_KEYS)
-    robust.update({name: accuracy(mask) for name, mask in correct.items() if name != "clean"})
-    worst_mask = torch.stack(list(correct.values())).all(dim=0)
+    robust.update({name: accuracy(name) for name in correct if name != "clean"})
     report = EvalReport(
-        clean_acc=accuracy(clean),
+        clean_acc=accuracy("clean"),
         robust=robust,
-        worst=accuracy(worst_mask),
+        worst=accuracy("worst"),
         n_eval=n,
-        flags=flags,
+        flags=list(flags),
         seconds=seconds,
         correct=correct,
+        counts=counts,
+        settings=attack_settings(names, eps=eps, norm=norm, step_size=step_size),
     )
     if sanity:
         report.flags += check_robust_le_clean(report.clean_acc, robust)
         report.flags += check_autoattack_vs_pgd(robust)
         report.flags += check_gradient_masking(robust)
+        report.flags += check_below_reference(correct)
     return report
+
+
+def _sampled_checks(
+    net: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    correct: dict[str, Tensor],
+    gradient_names: Sequence[str],
+    *,
+    eps: float,
+    norm: Norm,
+    seed: int,
+    queries: int,
+    device: torch.device,
+) -> list[Flag]:
+    """The masking checks on a small sample ``x: (S, C, H, W)`` (see the module docstring for their cost)."""
+    flags = check_input_gradients(net, x, y)
+    _seed(device, seed)
+    flags += check_unbounded(net, x, y, norm=norm)
+    # The black box is compared with PGD-20, else the strongest (lowest) gradient attack run.
+    reference = "pgd20" if "pgd20" in gradient_names else min(gradient_names, key=lambda k: int(correct[k].sum()))
+    if queries > 0:
+        flags += check_black_box(
+            net,
+            x,
+            y,
+            correct[reference][: len(x)],
+            reference_name=reference,
+            eps=eps,
+            norm=norm,
+            queries=queries,
+            seed=seed,
+        )
+    return flags

@@ -25,11 +25,13 @@ import math
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 from kdbench import _toml
 from kdbench._errors import RecipeError, UserError
+from kdbench.engine.checkpoint import read_regular_file
 from kdbench.results import SCHEMA_VERSION
 
 __all__ = [
@@ -46,6 +48,8 @@ __all__ = [
 
 RESULT_FILE = "result.json"
 RECIPE_FILE = "recipe.toml"
+#: A result.json is a few kB; anything above this is not one (and is never read into memory).
+MAX_RESULT_BYTES = 16 * 2**20
 #: Keys of ``metrics.robust`` the leaderboard shows (accuracies in [0, 1] or null).
 ACCURACY_KEYS = ("fgsm", "pgd20", "cw", "autoattack", "worst")
 #: Top-level recipe keys that do not change the experiment apart from its seed.
@@ -118,6 +122,16 @@ def _is_fraction(value: Any) -> bool:
     return _is_number(value) and 0.0 <= float(value) <= 1.0
 
 
+def _is_budget(value: Any) -> bool:
+    """A perturbation budget: a finite number >= 0, or a string of one ("8/255", "0.5"; not "1e400")."""
+    if isinstance(value, str):
+        try:
+            value = float(Fraction(value.strip()))
+        except (ValueError, ZeroDivisionError, OverflowError):
+            return False
+    return _is_number(value) and float(value) >= 0
+
+
 def check_result(data: Any) -> str | None:
     """The first problem that keeps ``data`` off a leaderboard, or None when it is usable."""
     if not isinstance(data, dict):
@@ -135,6 +149,12 @@ def check_result(data: Any) -> str | None:
         return "threat_model.norm is missing"
     if not isinstance(threat.get("eps"), str | int | float) or isinstance(threat.get("eps"), bool):
         return "threat_model.eps is missing"
+    if not _is_budget(threat["eps"]):
+        return f"threat_model.eps {str(threat['eps'])[:40]!r} is not a finite number >= 0 (like 8/255)"
+    if "recipe_hash" in data and not isinstance(data["recipe_hash"], str):
+        return "recipe_hash is not a string"
+    if data.get("seed") is not None and not (isinstance(data["seed"], int) and not isinstance(data["seed"], bool)):
+        return "seed is not an integer"
     metrics = data.get("metrics")
     if not isinstance(metrics, dict):
         return "metrics is missing"
@@ -178,13 +198,19 @@ def variant_key(result: dict[str, Any], recipe_file: Path | None, fallback: str 
 
 def _read(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular_file(path, max_bytes=MAX_RESULT_BYTES, what="result file").decode("utf-8")
+    except UserError as exc:
+        return None, str(exc).removeprefix(f"result file {path} ")
     except (OSError, UnicodeDecodeError) as exc:
         return None, f"unreadable ({getattr(exc, 'strerror', None) or type(exc).__name__})"
+    if len(text) > MAX_RESULT_BYTES:
+        return None, f"larger than {MAX_RESULT_BYTES} bytes (a result.json is a few kB)"
     try:
         data = json.loads(text)
     except ValueError as exc:
         return None, f"not valid JSON ({exc})"
+    except RecursionError:  # thousands of nested brackets: hostile, never a kdbench result
+        return None, "nested too deeply to be a result.json"
     problem = check_result(data)
     return (None, problem) if problem else (data, None)
 

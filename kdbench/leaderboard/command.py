@@ -46,7 +46,13 @@ def add_parser(subparsers: Any) -> None:
         description="Rank the runs found under DIR... per setting (dataset, threat model, teacher, student), "
         "averaging seeds, by AutoAttack accuracy (PGD-20 where AutoAttack was not run).",
     )
-    p.add_argument("dirs", type=Path, nargs="+", metavar="DIR", help="folders searched for result.json (recursively)")
+    p.add_argument(
+        "dirs",
+        type=Path,
+        nargs="*",
+        metavar="DIR",
+        help="folders searched for result.json (recursively; default: the runs folder, $KDBENCH_RUNS_DIR)",
+    )
     p.add_argument("--format", choices=FORMATS, help="output format (default: from --out's extension, else table)")
     p.add_argument("--out", type=Path, metavar="FILE", help="write to FILE instead of stdout")
     p.add_argument(
@@ -83,13 +89,17 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     """Collect, rank, render; returns 0 (also when nothing was found, which is said on stderr)."""
     out: Path | None = args.out
     fmt = args.format or (_BY_SUFFIX.get(out.suffix.lower(), "table") if out is not None else "table")
+    if not args.dirs:
+        from kdbench.locations import default_runs_dir
+
+        args.dirs = [default_runs_dir()]
     collection = collect(args.dirs)
     boards = build_boards(collection.runs, sort=args.sort, select=args.select)
     published = load_published(args.published) if args.published is not None else []
     if published and fmt not in ("table", "md", "json"):
         raise UserError(f"--published is shown in the table, md and json formats, not {fmt}")
     requested = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
-    columns = choose_columns(boards, requested)
+    columns = choose_columns(boards, requested, fmt)
     if not boards:
         print(f"kdbench: no usable result.json under {', '.join(map(str, args.dirs))}", file=sys.stderr)
     if fmt == "table":

@@ -1,9 +1,15 @@
 """Group runs by setting, average seeds, rank.
 
-A *setting* is what makes numbers comparable: (dataset, threat model norm and eps, teacher, student),
-the teacher by its identity (recipe hash, checkpoint SHA-256, or zoo name + file SHA-256) where the
-result records it. Each board carries the teacher's own numbers (`Board.teacher_row`), shown above its
-students, and ranks either every run's final model or its best-on-validation one (``select``).
+A *setting* is what makes numbers comparable: (dataset, threat model norm and eps, teacher, student,
+evaluation set, attack protocol), the teacher by its identity (recipe hash, checkpoint SHA-256, or zoo
+name + file SHA-256) where the result records it. The evaluation set is result.json's
+``evaluation.selection.eval_set_sha256`` (the decoded test split and the evaluated indices,
+`kdbench.evaluation.selection`), the protocol its ``evaluation.protocol`` (step rule, starts, CW steps,
+AutoAttack version; `kdbench.evaluation.record`). Runs that agree on the rest but were
+evaluated on other images or with other attack rules get a board of their own, whose note says what
+differs; results of an older kdbench that recorded neither form their own group ("not recorded").
+Each board carries the teacher's own numbers (`Board.teacher_row`), shown above its students, and
+ranks either every run's final model or its best-on-validation one (``select``).
 Inside a setting, runs with the same variant key (`kdbench.leaderboard.collect.variant_key`: the
 resolved recipe without its seed) form one *variant*, whose numbers are the mean over its seeds and
 the sample standard deviation
@@ -15,11 +21,21 @@ of each accuracy a (fractions in [0, 1]), of the training time and of the analys
 are not independent seeds, so they stay apart, one variant per name. A metric a seed did not
 evaluate is left out of that metric's mean (its ``n`` says how many seeds it averages).
 
+A variant with a ``serious`` flag (result.json's ``flag_details``, `kdbench.evaluation.sanity.Flag`)
+is marked unreliable, as RobustBench marks entries whose evaluation was broken: it keeps its rank,
+but its numbers are not to be trusted.
+
 Variants are ranked by the mean of one accuracy, ``autoattack`` by default. When AutoAttack was not
-run for every variant of a setting, comparing AutoAttack with nothing would be meaningless, so that
-setting is ranked by PGD-20 instead and says so (`Board.ranked_by`, `Board.note`). Any other metric
-can be asked for; variants without it rank last. Ties go to the higher clean accuracy, then the
-label.
+run for some variants of a setting, the variants with AutoAttack are ranked by it and the others
+follow in a marked section of their own (`Variant.unranked`), ordered by PGD-20 but given no rank:
+PGD-20 overestimates robustness, so a PGD-20 number is never ranked against AutoAttack ones (as
+RobustBench lists only AutoAttack numbers). A setting where no variant has AutoAttack is ranked by
+PGD-20 and says so (`Board.ranked_by`, `Board.note`). Any other metric can be asked for; variants
+without it rank last. Ties go to the higher clean accuracy, then the label.
+
+Two variants with the same label (one recipe name, two hashes: a ``--set`` changes the hash, not the
+name) get the keys in which their resolved recipes differ appended to the label,
+``kd_cifar10 [train.epochs=5]`` (`disambiguate`).
 """
 
 from __future__ import annotations
@@ -45,8 +61,10 @@ __all__ = [
     "Stat",
     "Variant",
     "build_boards",
+    "disambiguate",
     "run_metrics",
     "selected_metrics",
+    "serious_flags",
 ]
 
 #: Accuracies shown, in column order (``clean`` is ``metrics.clean_acc``, the rest ``metrics.robust``).
@@ -104,6 +122,14 @@ class Setting:
     #: The teacher's identity (`kdbench.teachers.TeacherIdentity.key`): students of different weights of
     #: the same architecture are not comparable. None for results written before it was recorded.
     teacher_id: str | None = None
+    eval_set: str = ""  # evaluation.selection.eval_set_sha256 ("" when not recorded)
+    eval_desc: str = ""  # e.g. "stratified, n=500, 10/10 classes"
+    protocol: str = ""  # evaluation.protocol ("" when not recorded)
+
+    @property
+    def base(self) -> tuple[str, str, str, str | None, str, str | None]:
+        """The setting without its evaluation set and protocol."""
+        return (self.dataset, self.norm, self.eps, self.teacher, self.student, self.teacher_id)
 
     @property
     def eps_value(self) -> float:
@@ -116,7 +142,8 @@ class Setting:
         teacher = f"teacher {self.teacher}" if self.teacher else "no teacher"
         if self.teacher_id and self.teacher_id != self.teacher:
             teacher += f" [{self.teacher_id}]"
-        return f"{self.dataset} · {self.norm} eps {self.eps} · {teacher} · student {self.student}"
+        images = f"eval {self.eval_desc} [{self.eval_set[:8]}]" if self.eval_set else "eval set not recorded"
+        return f"{self.dataset} · {self.norm} eps {self.eps} · {teacher} · student {self.student} · {images}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -125,6 +152,9 @@ class Setting:
             "teacher": self.teacher,
             "teacher_id": self.teacher_id,
             "student": self.student,
+            "eval_set": self.eval_set or None,
+            "eval_set_description": self.eval_desc or None,
+            "protocol": self.protocol or None,
         }
 
 
@@ -143,6 +173,14 @@ class Variant:
     flags: list[tuple[int | None, str]]  # (seed, text) of every flag raised, in seed order
     n_eval: list[int]
     rank: int = 0
+    serious: list[str] = field(default_factory=list)  # distinct texts of the serious flags
+    #: True for a variant listed after the ranked ones, without a rank (no AutoAttack; module doc).
+    unranked: bool = False
+
+    @property
+    def unreliable(self) -> bool:
+        """A serious flag was raised for some seed: the numbers are not to be trusted."""
+        return bool(self.serious)
 
     @property
     def seeds(self) -> list[int | None]:
@@ -202,12 +240,38 @@ def run_metrics(result: dict[str, Any], select: str = "final") -> dict[str, floa
     return out
 
 
+def _evaluation(result: dict[str, Any]) -> tuple[str, str, str]:
+    """``(eval_set, description, protocol)`` from result.json's ``evaluation`` ("" when not recorded)."""
+    evaluation = result.get("evaluation")
+    if not isinstance(evaluation, dict):
+        return "", "", ""
+    selection = evaluation.get("selection")
+    eval_set, desc = "", ""
+    if isinstance(selection, dict) and isinstance(selection.get("eval_set_sha256"), str):
+        eval_set = selection["eval_set_sha256"]
+        desc = f"{selection.get('rule')}, n={selection.get('n')}"
+        covered, classes = selection.get("classes_covered"), selection.get("num_classes")
+        if isinstance(covered, int) and isinstance(classes, int):
+            desc += f", {covered}/{classes} classes"
+    protocol = evaluation.get("protocol")
+    return eval_set, desc, protocol if isinstance(protocol, str) else ""
+
+
 def _setting(result: dict[str, Any]) -> Setting:
     threat = result["threat_model"]
     source = result.get("teacher_source")
     teacher_id = source.get("key") if isinstance(source, dict) and isinstance(source.get("key"), str) else None
+    eval_set, desc, protocol = _evaluation(result)
     return Setting(
-        result["dataset"], str(threat["norm"]), str(threat["eps"]), result.get("teacher"), result["student"], teacher_id
+        result["dataset"],
+        str(threat["norm"]),
+        str(threat["eps"]),
+        result.get("teacher"),
+        result["student"],
+        teacher_id=teacher_id,
+        eval_set=eval_set,
+        eval_desc=desc,
+        protocol=protocol,
     )
 
 
@@ -234,6 +298,33 @@ def _teacher_row(setting: Setting, runs: Sequence[RunRecord]) -> Variant | None:
             n_eval=[n_eval] if isinstance(n_eval, int) else [],
         )
     return None
+
+
+def coverage_flag(result: dict[str, Any]) -> str | None:
+    """A flag text when the recorded evaluation set misses classes of the dataset, else None."""
+    selection = (result.get("evaluation") or {}).get("selection")
+    if not isinstance(selection, dict):
+        return None
+    covered, classes = selection.get("classes_covered"), selection.get("num_classes")
+    if isinstance(covered, int) and isinstance(classes, int) and covered < classes:
+        return f"evaluated on {covered} of {classes} classes: the accuracy is not the dataset's"
+    return None
+
+
+def serious_flags(result: dict[str, Any]) -> list[str]:
+    """The messages of a result's serious flags (``flag_details`` entries with severity "serious"), and
+    the class-coverage flag of its evaluation set when the result does not carry it already."""
+    details = result.get("flag_details")
+    details = details if isinstance(details, list) else []
+    texts = [
+        str(d.get("message"))
+        for d in details
+        if isinstance(d, dict) and d.get("severity") == "serious" and isinstance(d.get("message"), str)
+    ]
+    coverage = coverage_flag(result)
+    if coverage and not any(isinstance(d, dict) and d.get("check") == "class_coverage" for d in details):
+        texts.append(coverage)
+    return texts
 
 
 def _number(value: Any) -> float | None:
@@ -284,8 +375,10 @@ def _variant(key: str, runs: list[RunRecord], select: str = "final") -> Variant:
     seconds = tuple(v for r in runs if (v := _number((r.result.get("train") or {}).get("seconds"))) is not None)
     params = [p for r in runs if isinstance(p := (r.result.get("params") or {}).get("student"), int)]
     flags = [(r.seed, str(text)) for r in runs for text in r.result.get("flags", [])]
+    flags += [(r.seed, text) for r in runs if (text := coverage_flag(r.result)) and text not in dict(flags).values()]
     n_eval = [n for r in runs if isinstance(n := selected_metrics(r.result, select).get("n_eval"), int)]
     methods = sorted({str(r.result["method"]) for r in runs})
+    serious = list(dict.fromkeys(text for r in runs for text in serious_flags(r.result)))
     return Variant(
         key=key,
         label=_label(runs),
@@ -297,7 +390,54 @@ def _variant(key: str, runs: list[RunRecord], select: str = "final") -> Variant:
         params=max(params) if params else None,
         flags=flags,
         n_eval=n_eval,
+        serious=serious,
     )
+
+
+def _flat(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            out.update(_flat(value, dotted))
+        else:
+            out[dotted] = value
+    return out
+
+
+def _recipe_of(variant: Variant) -> dict[str, Any]:
+    """The resolved recipe of a variant's first run (its recipe.toml), flattened to dotted keys."""
+    from kdbench import _toml
+    from kdbench._errors import UserError
+
+    run = variant.runs[0]
+    if run.recipe_file is None:
+        return {}
+    try:
+        return _flat(_toml.load_file(run.recipe_file))
+    except UserError:
+        return {}
+
+
+def disambiguate(variants: list[Variant], most: int = 3) -> None:
+    """Append ``[key=value, ...]`` (the recipe keys that differ, at most ``most``) to labels that repeat;
+    without recipe files, the recipe hash."""
+    by_label: dict[str, list[Variant]] = {}
+    for v in variants:
+        by_label.setdefault(v.label, []).append(v)
+    for same in by_label.values():
+        if len(same) < 2:
+            continue
+        recipes = [_recipe_of(v) for v in same]
+        keys = sorted({k for r in recipes for k in r} - {"name", "seed", "description"})
+        differing = [k for k in keys if len({repr(r.get(k)) for r in recipes}) > 1]
+        for v, recipe in zip(same, recipes, strict=True):
+            if differing and recipe:
+                shown = [f"{k}={recipe.get(k, '-')}" for k in differing[:most]]
+                more = f", +{len(differing) - most}" if len(differing) > most else ""
+                v.label = f"{v.label} [{', '.join(shown)}{more}]"
+            else:
+                v.label = f"{v.label} [{str(v.runs[0].result.get('recipe_hash', ''))[:10]}]"
 
 
 def _split(key: str, runs: list[RunRecord]) -> list[tuple[str, list[RunRecord]]]:
@@ -337,25 +477,45 @@ def build_boards(runs: Iterable[RunRecord], sort: str = "autoattack", select: st
     boards = []
     for setting in sorted(
         by_setting,
-        key=lambda s: (s.dataset, s.norm, s.eps_value, s.eps, s.teacher or "", s.teacher_id or "", s.student),
+        key=lambda s: (
+            s.dataset,
+            s.norm,
+            s.eps_value,
+            s.eps,
+            s.teacher or "",
+            s.teacher_id or "",
+            s.student,
+            s.eval_set,
+            s.protocol,
+        ),
     ):
         variants = [
             _variant(key, group, select) for k, runs_ in by_setting[setting].items() for key, group in _split(k, runs_)
         ]
+        disambiguate(variants)
         ranked_by, note = sort, ""
-        if sort == "autoattack" and any(v.mean("autoattack") is None for v in variants):
-            ranked_by = "pgd20"
-            missing = sum(v.mean("autoattack") is None for v in variants)
+        without = [v for v in variants if v.mean("autoattack") is None]
+        ordered: list[Variant] | None = None
+        if sort == "autoattack" and without and len(without) < len(variants):
+            ordered = _rank([v for v in variants if v.mean("autoattack") is not None], "autoattack")
+            for v in _rank(without, "pgd20"):
+                v.unranked = True
+                ordered.append(v)
+            for i, v in enumerate(ordered, 1):
+                v.rank = i
             note = (
-                f"AutoAttack was not run for {missing} of {len(variants)} variants: ranked by PGD-20, "
-                "which overestimates robustness"
+                f"AutoAttack was not run for {len(without)} of {len(variants)} variants: they follow the ranked "
+                "ones, marked † and unranked, ordered by PGD-20 (which overestimates robustness)"
             )
+        elif sort == "autoattack" and without:
+            ranked_by = "pgd20"
+            note = "AutoAttack was not run for any variant: ranked by PGD-20, which overestimates robustness"
         elif any(v.mean(sort) is None for v in variants):
             note = f"{METRIC_LABELS[sort]} missing for some variants: they rank last"
         boards.append(
             Board(
                 setting=setting,
-                variants=_rank(variants, ranked_by),
+                variants=ordered if ordered is not None else _rank(variants, ranked_by),
                 requested=sort,
                 ranked_by=ranked_by,
                 note=note,
@@ -364,4 +524,26 @@ def build_boards(runs: Iterable[RunRecord], sort: str = "autoattack", select: st
                 selected=select,
             )
         )
+    _note_split_settings(boards)
     return boards
+
+
+def _note_split_settings(boards: list[Board]) -> None:
+    """Boards of one base setting measured differently: each says what differs from the others."""
+    by_base: dict[tuple[Any, ...], list[Board]] = {}
+    for board in boards:
+        by_base.setdefault(board.setting.base, []).append(board)
+    for group in by_base.values():
+        if len(group) < 2:
+            continue
+        for board in group:
+            differs = []
+            others = [b.setting for b in group if b is not board]
+            if any(o.eval_set != board.setting.eval_set for o in others):
+                differs.append("evaluation images")
+            if any(o.protocol != board.setting.protocol for o in others):
+                differs.append("attack settings")
+            text = (
+                f"Not ranked with {len(others)} other board(s) of this setting: they differ in {' and '.join(differs)}"
+            )
+            board.note = f"{board.note}. {text}" if board.note else text

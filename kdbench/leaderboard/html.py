@@ -25,7 +25,7 @@ from urllib.parse import quote
 
 from kdbench.leaderboard.collect import Skipped
 from kdbench.leaderboard.group import ANALYSIS_KEYS, METRIC_LABELS, METRICS, Board, Stat, Variant
-from kdbench.leaderboard.render import cell, header, subtitle, title
+from kdbench.leaderboard.render import cell, header, rank_text, subtitle, title
 
 __all__ = ["bars_svg", "render_html", "scatter_svg"]
 
@@ -351,6 +351,10 @@ def _sort_value(v: Variant, column: str) -> str:
     return "" if mean is None else repr(mean)
 
 
+def _unranked_title(v: Variant) -> str:
+    return ' title="no AutoAttack: not ranked (ordered by PGD-20)"' if v.unranked else ""
+
+
 def _flags_cell(v: Variant) -> str:
     if not v.flags:
         return '<td class="num" data-v="0">0</td>'
@@ -378,14 +382,20 @@ def _table(board: Board, columns: Sequence[str], base: Path, index: int) -> str:
     for v in board.variants:
         runs = "\n".join(str(r.run_dir) for r in v.runs)
         cells = [
-            f'<td class="num" data-v="{v.rank}">{v.rank}</td>',
+            f'<td class="num" data-v="{v.rank}"{_unranked_title(v)}>{escape(rank_text(v))}</td>',
             f'<td class="label" data-v="{escape(v.label)}" title="{escape(runs)}">'
-            f"{'<span class=flag>⚑</span> ' if v.flags else ''}{escape(v.label)}</td>",
+            f"{'<span class=flag>⚑</span> ' if v.flags else ''}{escape(v.label)}"
+            f"{' <span class=flag>⚠ unreliable</span>' if v.unreliable else ''}</td>",
             f'<td data-v="{escape(v.method)}">{escape(v.method)}</td>',
         ]
         for c in columns:
             if c == "flags":
                 cells.append(_flags_cell(v))
+            elif c == "paper" and cell(v, c).startswith("http"):
+                url = cell(v, c)
+                cells.append(
+                    f'<td data-v="{escape(url)}"><a href="{escape(url)}">{escape(url.rsplit("/", 1)[-1])}</a></td>'
+                )
             else:
                 cells.append(f'<td class="num" data-v="{_sort_value(v, c)}">{escape(cell(v, c))}</td>')
         links = []

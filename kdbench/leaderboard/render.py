@@ -10,6 +10,10 @@ student's parameter count), ``time`` (mean training wall time), ``flags`` (how m
 flags the evaluation raised; Markdown lists their texts), ``seeds``, and the `kdbench analyze`
 numbers ``cka_clean cka_adv class_corr_distance feature_change``. By default every column but the
 analysis ones, which are added when any run has them.
+
+A variant with a serious sanity flag (gradient masking, a randomised model, an evaluation set that
+misses classes...) keeps its rank but its label is marked ``⚠ unreliable`` (CSV: column
+``unreliable``; JSON: ``unreliable`` and ``serious_flags``), as RobustBench marks broken evaluations.
 """
 
 from __future__ import annotations
@@ -45,22 +49,36 @@ COLUMNS: dict[str, str] = {
     "cost": "cost",
     "flags": "flags",
     "seeds": "seeds",
+    "teacher_acc": "teacher clean %",
+    "arch": "architecture",
+    "paper": "paper",
     **ANALYSIS_KEYS,
 }
 DEFAULT_COLUMNS = (*METRICS, "params", "time", "cost", "flags", "seeds")
+#: RobustBench-style columns added by default to the formats read in a browser or a program (a terminal
+#: table has no room for them: its title already names the student architecture).
+WIDE_COLUMNS = ("teacher_acc", "arch", "paper")
+#: Marks a variant listed without a rank (no AutoAttack where others have it; `kdbench.leaderboard.group`).
+UNRANKED_MARK = "†"
 RANK_MARK = " ▼"
+#: Appended to the label of a variant with a serious flag (its numbers are not to be trusted).
+UNRELIABLE_MARK = "⚠ unreliable"
 JSON_KIND = "kdbench-leaderboard"
 
 
-def choose_columns(boards: Sequence[Board], requested: Sequence[str] | None = None) -> list[str]:
-    """The columns to show: ``requested`` (validated), else the defaults plus analysis columns in use."""
+def choose_columns(boards: Sequence[Board], requested: Sequence[str] | None = None, fmt: str = "table") -> list[str]:
+    """The columns to show: ``requested`` (validated), else the defaults plus analysis columns in use;
+    for ``fmt`` other than "table" also `WIDE_COLUMNS` (teacher accuracy, architecture, paper link)."""
     if requested:
         for name in requested:
             if name not in COLUMNS:
                 raise UserError(f"--columns: unknown column {name!r}; {did_you_mean(name, COLUMNS)}")
         return list(dict.fromkeys(requested))
     present = [k for k in ANALYSIS_KEYS if any(k in v.analysis for b in boards for v in b.variants)]
-    return [*DEFAULT_COLUMNS, *present]
+    if fmt == "table":
+        teacher = any(_teacher_acc(v) for b in boards for v in b.variants)
+        return [*DEFAULT_COLUMNS[:6], *(["teacher_acc"] if teacher else []), *DEFAULT_COLUMNS[6:], *present]
+    return [*DEFAULT_COLUMNS[:6], *WIDE_COLUMNS, *DEFAULT_COLUMNS[6:], *present]
 
 
 # ------------------------------------------------------------------------------------ formatting
@@ -134,7 +152,42 @@ def cell(variant: Variant, column: str) -> str:
         return str(len(variant.flag_texts))
     if column == "seeds":
         return format_seeds(variant.seeds)
+    if column == "teacher_acc":
+        return _teacher_acc(variant)
+    if column == "arch":
+        return str(variant.runs[0].result.get("student", "-")) if variant.runs else "-"
+    if column == "paper":
+        return method_paper(variant.method) or "-"
     raise KeyError(column)
+
+
+def _teacher_acc(variant: Variant) -> str:
+    """The teacher's clean accuracy from result.json's ``teacher_metrics`` (blank when not recorded)."""
+    values = []
+    for run in variant.runs:
+        metrics = run.result.get("teacher_metrics")
+        value = metrics.get("clean_acc") if isinstance(metrics, dict) else None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            values.append(float(value))
+    return _pct(Stat(tuple(values))) if values else ""
+
+
+def method_paper(method: str) -> str | None:
+    """The paper link a method class declares (``paper = "https://..."``), else the first URL in its docstring."""
+    import inspect
+    import re
+
+    from kdbench._registry import METHODS
+
+    try:
+        cls = METHODS.get(method)
+    except Exception:  # a method not installed here: the board still renders
+        return None
+    link = getattr(cls, "paper", None)
+    if isinstance(link, str) and link:
+        return link
+    match = re.search(r"https?://\S+", inspect.getdoc(cls) or "")
+    return match.group(0).rstrip(".,);") if match else None
 
 
 def header(board: Board, column: str) -> str:
@@ -162,17 +215,26 @@ def subtitle(board: Board, *, with_note: bool = True) -> str:
     return text + (f". {board.note}" if board.note and with_note else "")
 
 
+def rank_text(v: Variant) -> str:
+    return UNRANKED_MARK if v.unranked else str(v.rank)
+
+
 def _rows(board: Board, columns: Sequence[str]) -> list[list[str]]:
-    """The teacher's row (rank ``T``) above its students, then the ranked variants."""
+    """The teacher's row (rank ``T``) above its students, then the variants (unranked ones marked)."""
     teacher = [board.teacher_row] if board.teacher_row is not None else []
-    return [[str(v.rank) if v.runs else "T", v.label, v.method, *(cell(v, c) for c in columns)] for v in teacher] + [
-        [str(v.rank), v.label, v.method, *(cell(v, c) for c in columns)] for v in board.variants
+    return [["T", display_label(v), v.method, *(cell(v, c) for c in columns)] for v in teacher] + [
+        [rank_text(v), display_label(v), v.method, *(cell(v, c) for c in columns)] for v in board.variants
     ]
 
 
 def shown_variants(board: Board) -> list[Variant]:
     """The rows of `_rows`, as variants: the teacher's first when present."""
     return ([board.teacher_row] if board.teacher_row is not None else []) + list(board.variants)
+
+
+def display_label(variant: Variant) -> str:
+    """The variant's label, marked when a serious flag makes its numbers unreliable (as RobustBench does)."""
+    return f"{variant.label} {UNRELIABLE_MARK}" if variant.unreliable else variant.label
 
 
 def _heads(board: Board, columns: Sequence[str]) -> list[str]:
@@ -259,7 +321,8 @@ def render_markdown(boards: Sequence[Board], columns: Sequence[str]) -> str:
             out += ["", "Flags raised by the evaluation's sanity checks:", ""]
             for v in flagged:
                 for seed, text in v.flags:
-                    out.append(f"- **{_md_escape(v.label)}** (seed {'?' if seed is None else seed}): {text}")
+                    serious = " (serious)" if text in v.serious else ""
+                    out.append(f"- **{_md_escape(v.label)}** (seed {'?' if seed is None else seed}){serious}: {text}")
         out.append("")
     return "\n".join(out)
 
@@ -276,9 +339,11 @@ def _csv_columns(columns: Sequence[str]) -> list[str]:
         elif c == "cost":
             names += ["device_seconds_mean", "device"]
         elif c == "flags":
-            names += ["n_flags", "flags"]
+            names += ["n_flags", "flags", "unreliable"]
         elif c == "seeds":
             names += ["n_seeds", "seeds"]
+        elif c in ("teacher_acc", "arch", "paper"):
+            names.append(c)
     return [*names, "runs"]
 
 
@@ -290,7 +355,8 @@ def render_csv(boards: Sequence[Board], columns: Sequence[str]) -> str:
     for board in boards:
         s = board.setting
         for v in board.variants:
-            row: list[Any] = [s.dataset, s.norm, s.eps, s.teacher or "", s.student, v.rank, board.ranked_by]
+            rank = "" if v.unranked else v.rank  # listed without a rank: no AutoAttack (group module doc)
+            row: list[Any] = [s.dataset, s.norm, s.eps, s.teacher or "", s.student, rank, board.ranked_by]
             row += [v.label, v.method]
             for c in columns:
                 if c in METRIC_LABELS or c in ANALYSIS_KEYS:
@@ -309,9 +375,13 @@ def render_csv(boards: Sequence[Board], columns: Sequence[str]) -> str:
                         ";".join(sorted({str(x.get("device")) for x in costs})),
                     ]
                 elif c == "flags":
-                    row += [len(v.flag_texts), " | ".join(v.flag_texts)]
+                    row += [len(v.flag_texts), " | ".join(v.flag_texts), v.unreliable]
                 elif c == "seeds":
                     row += [len(v.runs), ";".join("" if x is None else str(x) for x in v.seeds)]
+                elif c == "teacher_acc":
+                    row.append(cell(v, c).replace("-", ""))
+                elif c in ("arch", "paper"):
+                    row.append(cell(v, c))
             row.append(";".join(str(r.result_file.parent) for r in v.runs))
             writer.writerow(row)
     return buffer.getvalue()
@@ -337,6 +407,7 @@ def board_to_dict(board: Board) -> dict[str, Any]:
         "variants": [
             {
                 "rank": v.rank,
+                "ranked": not v.unranked,
                 "label": v.label,
                 "method": v.method,
                 "variant_key": v.key,
@@ -347,6 +418,8 @@ def board_to_dict(board: Board) -> dict[str, Any]:
                 "train_seconds": v.train_seconds.to_dict(),
                 "n_eval": v.n_eval,
                 "flags": [{"seed": seed, "text": text} for seed, text in v.flags],
+                "unreliable": v.unreliable,
+                "serious_flags": v.serious,
                 "runs": [
                     {
                         "dir": str(r.run_dir),

@@ -24,8 +24,9 @@ GACD (Bai et al., arXiv:2009.09922) share the same machinery, implemented here o
   ``log h = logsigmoid(a.v/tau - log Z - log(N/M))``, the same quantity as RepDistiller's
   ``log(P / (P + N/M + 1e-7))`` without the 1e-7 (negligible next to ``N/M >= 1/M``).
 - **Negatives, mode "exact"**: the positive of a sample is the sample itself; its ``N`` negatives are
-  memory rows of *other classes*, drawn with replacement (RepDistiller's ``random.choice(...,
-  replace=True)`` over ``cls_negative``).
+  memory rows of *other classes*, drawn **without replacement** whenever at least ``N`` such rows
+  exist, and with replacement only otherwise (RepDistiller ``dataset/cifar100.py``:
+  ``replace = True if self.k > len(self.cls_negative[target]) else False``).
 
 Choices of kdbench (not in RepDistiller), all made to keep a step free of host synchronisation:
 
@@ -35,14 +36,13 @@ Choices of kdbench (not in RepDistiller), all made to keep a step free of host s
   not seen yet (label -1) are *allowed* as negatives: they still hold their random initial vectors,
   which belong to no class, so they are valid noise samples. After the first epoch every row that
   training visits is labelled.
-- *Vectorised rejection sampling on the device.* Per anchor ``N + ceil(2N / (C - 1)) + 64``
-  candidate rows are drawn uniformly, candidates of the anchor's class are masked, and a stable sort
-  of the mask moves the valid ones (in their random draw order) to the front; the first ``N`` are
-  taken. With balanced classes a candidate is rejected with probability about 1/C, so for C = 10 and
-  N = 16384 about 18,000 valid candidates are expected and a row runs short with negligible
-  probability (more than 40 standard deviations away). If a row does run short (very unbalanced
-  data), the remaining slots are filled with same-class rows instead of stalling: the fall-back is
-  "any row".
+- *Sampling without replacement on the device.* Every anchor draws a uniform random key per memory
+  row, rows of the anchor's class get a key above every draw, and the ``N`` smallest keys
+  (``topk``) are the negatives: a uniformly random ``N``-subset of the valid rows, in random order,
+  with no Python loop and no host read. An anchor with fewer than ``N`` valid rows (tiny or very
+  unbalanced data) draws its ``N`` negatives with replacement from its valid rows, as RepDistiller
+  does; one with no valid row at all (every row of its class) falls back to any row. The ``B x M``
+  keys cost what the ``B x M`` scores below already cost.
 - *N is clamped* to ``M - 1`` (the rows other than the sample itself): asking for more negatives than
   the dataset has rows only happens on tiny datasets (tests, ``data.train_subset``) and would make
   the noise ratio ``N / M`` exceed 1.
@@ -75,7 +75,6 @@ __all__ = [
     "ContrastMemory",
     "ContrastiveConfig",
     "Embed",
-    "candidate_count",
     "effective_negatives",
     "estimate_z",
     "memory_init_bound",
@@ -108,11 +107,6 @@ def effective_negatives(requested: int, dataset_size: int) -> int:
     if dataset_size < 2:
         raise UserError(f"contrastive distillation needs at least 2 training samples, got {dataset_size}")
     return max(1, min(requested, dataset_size - 1))
-
-
-def candidate_count(negatives: int, num_classes: int) -> int:
-    """Candidates drawn per anchor so that ``negatives`` of another class remain (see the module docstring)."""
-    return negatives + math.ceil(2 * negatives / max(num_classes - 1, 1)) + 64
 
 
 def estimate_z(logits: Tensor, n_data: int) -> Tensor:
@@ -203,17 +197,24 @@ class ContrastMemory(nn.Module):
 
     @torch.no_grad()
     def sample_negatives(self, y: Tensor, n: int, num_classes: int) -> Tensor:
-        """``(B, n)`` row indices drawn uniformly with replacement among rows whose label is not ``y_b``.
+        """``(B, n)`` row indices, for each anchor drawn uniformly among rows whose label is not ``y_b``.
 
-        Vectorised rejection: draw `candidate_count` candidates per anchor on the device, and move the
-        valid ones to the front with a stable sort of the rejection mask (ties keep the random draw
-        order). Unknown rows (never observed) count as valid; a row short of valid candidates is
-        padded with rejected ones (see the module docstring).
+        Without replacement when at least ``n`` such rows exist (RepDistiller's ``np.random.choice(...,
+        replace=False)``): the rows with the ``n`` smallest of ``B x M`` uniform keys, the anchor's own
+        class keyed above every draw. Anchors with fewer valid rows (``0 < v_b < n``) take ``n`` draws
+        with replacement from their ``v_b`` valid rows; with none, any row (see the module docstring).
+        ``num_classes`` is accepted for interface stability; the draw does not need it.
         """
-        candidates = torch.randint(0, self.n_data, (y.shape[0], candidate_count(n, num_classes)), device=y.device)
-        same_class = self.labels[candidates] == y[:, None]
-        order = torch.sort(same_class.to(torch.uint8), dim=1, stable=True).indices[:, :n]
-        return candidates.gather(1, order)
+        del num_classes
+        same_class = self.labels[None, :] == y[:, None]  # (B, M)
+        keys = torch.rand(same_class.shape, device=y.device).masked_fill_(same_class, 2.0)
+        order = keys.topk(n, dim=1, largest=False, sorted=True).indices  # valid rows first, random order
+        valid = self.n_data - same_class.sum(dim=1, keepdim=True)  # (B, 1)
+        # With replacement among the first v_b entries of `order`, which are then all the valid rows.
+        slots = (torch.rand(order.shape, device=y.device) * valid.clamp_min(1)).long().clamp_max(n - 1)
+        with_replacement = order.gather(1, slots)
+        use_order = (valid >= n) | (valid == 0)
+        return torch.where(use_order, order, with_replacement)
 
     def logits(self, name: str, anchor: Tensor, rows: Tensor, tau: float) -> Tensor:
         """``anchor_b . memory[rows_bk] / tau``: ``anchor: (B, dim)``, ``rows: (B, K)`` -> ``(B, K)``.

@@ -12,7 +12,6 @@ import torch
 from kdbench_plugins._contrastive import (
     ContrastMemory,
     Embed,
-    candidate_count,
     effective_negatives,
     estimate_z,
     memory_init_bound,
@@ -185,26 +184,57 @@ def test_negatives_never_share_the_anchor_class_when_enough_other_rows_exist():
     assert len(set(negatives[0].tolist())) > 150
 
 
-def test_unseen_rows_are_allowed_and_short_rows_fall_back_to_any_row():
+def test_negatives_are_drawn_without_replacement_when_enough_rows_exist():
+    # RepDistiller: np.random.choice(cls_negative[target], k, replace=False) whenever k <= #other-class rows.
+    torch.manual_seed(0)
+    n_data, classes = 400, 4
+    mem = ContrastMemory(n_data, 2, ("student",), momentum=0.5)
+    labels = torch.arange(n_data) % classes
+    mem.observe_labels(torch.arange(n_data), labels)
+    y = torch.tensor([0, 1, 2, 3] * 8)
+    negatives = mem.sample_negatives(y, 250, classes)  # 300 other-class rows per anchor: with replacement
+    # would repeat rows in almost every anchor (birthday bound: 1 - prod(1 - i/300) ~ 1)
+    for row in negatives.tolist():
+        assert len(set(row)) == 250
+    # all 300 valid rows are used across anchors of one class: a uniform subset, not a fixed prefix
+    assert len(set(negatives[y == 0].flatten().tolist())) == 300
+
+
+def test_negatives_take_every_valid_row_uniformly():
+    # Each valid row is in a draw of n out of v with probability n / v (a uniform subset).
+    torch.manual_seed(1)
+    n_data = 40
+    mem = ContrastMemory(n_data, 2, ("student",), momentum=0.5)
+    mem.observe_labels(torch.arange(n_data), (torch.arange(n_data) < 20).long())  # rows 0..19 class 1
+    y = torch.zeros(4000, dtype=torch.int64)
+    negatives = mem.sample_negatives(y, 5, num_classes=2)
+    counts = torch.bincount(negatives.flatten(), minlength=n_data).float()
+    assert (counts[20:] == 0).all()
+    assert torch.allclose(counts[:20] / 4000, torch.full((20,), 5 / 20), atol=0.03)
+
+
+def test_unseen_rows_are_allowed_and_short_rows_draw_with_replacement():
     torch.manual_seed(0)
     mem = ContrastMemory(50, 2, ("student",), momentum=0.5)
     mem.observe_labels(torch.arange(10), torch.zeros(10, dtype=torch.int64))  # rows 10.. unseen
     negatives = mem.sample_negatives(torch.tensor([0]), 30, num_classes=2)
     assert (negatives >= 10).all()  # unknown rows are valid, class-0 rows are not
-    # All but 2 rows of class 0: fewer valid candidates than negatives -> valid ones first, then any row.
-    mem.observe_labels(torch.arange(50), (torch.arange(50) >= 48).long())
+    assert len(set(negatives[0].tolist())) == 30
+    # Only rows 45..49 are of another class: fewer than N = 40 -> 40 draws with replacement from them.
+    mem.observe_labels(torch.arange(50), (torch.arange(50) >= 45).long())
     negatives = mem.sample_negatives(torch.tensor([0, 0]), 40, num_classes=2)
     assert negatives.shape == (2, 40)
-    valid = negatives >= 48
-    # once a row runs out of valid candidates, only fall-backs follow
-    assert (valid[:, 1:] <= valid[:, :-1]).all()
-    assert valid[:, 0].all()
+    assert (negatives >= 45).all()
+    assert set(negatives.flatten().tolist()) == {45, 46, 47, 48, 49}
+    # An anchor whose class holds every row has no valid row: any row rather than a stall.
+    mem.observe_labels(torch.arange(50), torch.zeros(50, dtype=torch.int64))
+    negatives = mem.sample_negatives(torch.tensor([0]), 40, num_classes=2)
+    assert len(set(negatives[0].tolist())) == 40
 
 
-def test_negative_count_clamping_and_candidates():
+def test_negative_count_clamping():
     assert effective_negatives(16384, 50_000) == 16384
     assert effective_negatives(16384, 96) == 95
-    assert candidate_count(16384, 10) == 16384 + math.ceil(2 * 16384 / 9) + 64
     from kdbench import UserError
 
     with pytest.raises(UserError, match="at least 2 training samples"):

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from kdbench import Method, Objective, StepContext, StrictModel
 from kdbench.attacks.objectives import cross_entropy
+from kdbench.losses import softened_kl
 
 __all__ = ["ARD", "ARDConfig", "ard_divergence"]
 
@@ -53,15 +54,13 @@ def ard_divergence(student_logits: Tensor, teacher_logits: Tensor, temperature: 
     B x C entries (``nn.KLDivLoss()``'s default, as in the official code); ``"batchmean"`` sums over
     classes and averages over the batch.
     """
-    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
-    log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=1)
-    elementwise = F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True)
-    kl = elementwise.mean() if reduction == "mean" else elementwise.sum(dim=1).mean()
-    return kl * temperature**2
+    return softened_kl(student_logits, teacher_logits, temperature, reduction)
 
 
 class ARD(Method):
     """ARD: the student on PGD examples (CE attack) matches the teacher's softened clean prediction."""
+
+    paper = "https://arxiv.org/abs/1905.09747"
 
     Config = ARDConfig
     config: ARDConfig

@@ -20,7 +20,7 @@ the positive of an anchor is the *memory row* of its own sample, not the other s
 embedding (``idx[:, 0] = index`` in ``ContrastMemory``), so the student is trained through the
 student-anchored half and the teacher head through the teacher-anchored half; Z per side as
 ``M * mean(exp(scores))`` of the first batch; memory init U(-s, s), s = 1/sqrt(d/3); the
-same negative rows for both halves. kdbench's choices (row labels learnt from batches, rejection
+same negative rows for both halves. kdbench's choices (row labels learnt from batches, top-k
 sampling on the device, N clamped to M - 1) are listed in `kdbench_plugins._contrastive`.
 
 The teacher's logits are read only by the optional KD term: with ``kd_weight > 0`` the teacher must
@@ -53,6 +53,8 @@ class CRDConfig(ContrastiveConfig):
 
 class CRD(Method):
     """Contrastive representation distillation: CE plus symmetric NCE between embedded features."""
+
+    paper = "https://arxiv.org/abs/1910.10699"
 
     Config = CRDConfig
     config: CRDConfig

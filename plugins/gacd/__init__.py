@@ -90,6 +90,7 @@ from torch import Tensor
 
 from kdbench import Method, MethodSetup, ModelOutput, Objective, StepContext, UserError
 from kdbench.attacks.objectives import cross_entropy, kl_to
+from kdbench.losses import true_class_probability
 
 __all__ = ["GACD", "GACDConfig", "confidence_weights"]
 
@@ -135,14 +136,15 @@ def confidence_weights(source: WeightSource, teacher_logits: Tensor | None, y: T
     """
     if source == "off" or teacher_logits is None:
         return None
-    p = F.softmax(teacher_logits.detach().float(), dim=1)
     if source == "teacher_max":
-        return p.amax(dim=1)
-    return p.gather(1, y[:, None]).squeeze(1)
+        return F.softmax(teacher_logits.detach().float(), dim=1).amax(dim=1)
+    return true_class_probability(teacher_logits.detach(), y)
 
 
 class GACD(Method):
     """Teacher-anchored contrastive distillation onto adversarial student features, confidence-weighted."""
+
+    paper = "https://arxiv.org/abs/2009.09922"
 
     Config = GACDConfig
     config: GACDConfig

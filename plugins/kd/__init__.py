@@ -17,6 +17,7 @@ from pydantic import Field
 from torch import Tensor
 
 from kdbench import Method, StepContext, StrictModel
+from kdbench.losses import softened_kl
 
 __all__ = ["KD", "KDConfig", "kd_divergence"]
 
@@ -31,13 +32,13 @@ def kd_divergence(student_logits: Tensor, teacher_logits: Tensor, temperature: f
 
     The T^2 factor keeps the gradient scale independent of T (Hinton et al. 2015, section 2).
     """
-    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
-    log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=1)
-    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * temperature**2
+    return softened_kl(student_logits, teacher_logits, temperature, "batchmean")
 
 
 class KD(Method):
     """Hinton distillation on clean inputs from the (robust) teacher."""
+
+    paper = "https://arxiv.org/abs/1503.02531"
 
     Config = KDConfig
     config: KDConfig

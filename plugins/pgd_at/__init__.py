@@ -25,6 +25,8 @@ __all__ = ["PGDAT"]
 class PGDAT(Method):
     """Madry PGD adversarial training: cross-entropy on PGD examples, no teacher."""
 
+    paper = "https://arxiv.org/abs/1706.06083"
+
     needs_teacher: ClassVar[bool] = False
     uses_teacher_logits: ClassVar[bool] = False
     attack_bn_mode: ClassVar[Literal["train", "eval"]] = "train"

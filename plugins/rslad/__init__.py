@@ -25,19 +25,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
-import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor
 
 from kdbench import Method, Number, Objective, StepContext, StrictModel
 from kdbench.attacks.objectives import kl_to
+from kdbench.losses import kl_log_eps
 
 __all__ = ["RSLAD", "RSLADConfig", "rslad_kl"]
 
 Reduction = Literal["mean", "batchmean"]
-#: Inside the official log(b + 1e-5): keeps log finite where the teacher's probability underflows to 0.
-_LOG_EPS = 1e-5
 
 
 class RSLADConfig(StrictModel):
@@ -62,14 +60,13 @@ def rslad_kl(student_logits: Tensor, teacher_probs: Tensor, reduction: Reduction
     ``student_logits: (B, C)``, ``teacher_probs: (B, C)`` (rows sum to 1) -> scalar, averaged over all
     B x C elements (``"mean"``) or summed over classes and averaged over the batch (``"batchmean"``).
     """
-    a = F.log_softmax(student_logits.float(), dim=1)
-    b = teacher_probs.detach().float()
-    elementwise = -b * a + b * torch.log(b + _LOG_EPS)
-    return elementwise.mean() if reduction == "mean" else elementwise.sum(dim=1).mean()
+    return kl_log_eps(student_logits, teacher_probs, reduction)
 
 
 class RSLAD(Method):
     """RSLAD: the teacher's clean soft labels supervise the student on clean and PGD inputs alike."""
+
+    paper = "https://arxiv.org/abs/2108.07969"
 
     Config = RSLADConfig
     config: RSLADConfig

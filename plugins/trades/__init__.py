@@ -20,6 +20,7 @@ from pydantic import Field
 from torch import Tensor
 
 from kdbench import Method, ModelOutput, Objective, StepContext, StrictModel
+from kdbench.losses import softened_kl
 
 __all__ = ["TRADES", "TRADESConfig", "trades_kl"]
 
@@ -30,13 +31,13 @@ class TRADESConfig(StrictModel):
 
 def trades_kl(clean_logits: Tensor, adv_logits: Tensor) -> Tensor:
     """Per-sample ``KL(p(x) || p(x')) = sum_c p_c(x) (log p_c(x) - log p_c(x'))``; logits ``(B, C)`` -> ``(B,)``."""
-    log_p_clean = F.log_softmax(clean_logits.float(), dim=1)
-    log_p_adv = F.log_softmax(adv_logits.float(), dim=1)
-    return (log_p_clean.exp() * (log_p_clean - log_p_adv)).sum(dim=1)
+    return softened_kl(adv_logits, clean_logits, 1.0, "none")
 
 
 class TRADES(Method):
     """TRADES: clean cross-entropy plus beta times the clean-to-adversarial KL of the student."""
+
+    paper = "https://arxiv.org/abs/1901.08573"
 
     Config = TRADESConfig
     config: TRADESConfig
