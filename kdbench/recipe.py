@@ -855,10 +855,11 @@ def check_files(resolved: ResolvedRecipe) -> None:
         if teacher is None or teacher.checkpoint is None:
             continue
         path = resolved.relative(teacher.checkpoint)
-        weights = path / "model.pt" if path.is_dir() else path
-        if not weights.is_file():
+        # Only a missing path is reported here; what exists but is no weights file (a device, a FIFO, a
+        # huge file, a run folder without model.pt) is refused, with its reason, where it is read.
+        if not os.path.lexists(path):
             raise RecipeError(
-                f"file {str(weights)!r} not found" + (" (the run folder has no model.pt)" if path.is_dir() else ""),
+                f"file {str(path)!r} not found",
                 file=resolved.file,
                 key=f"{key}.checkpoint",
                 hint="give the path of a weights file or a finished run folder, relative to the recipe",
