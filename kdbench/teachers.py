@@ -33,7 +33,7 @@ from kdbench.build import (
     network_spec,
 )
 from kdbench.data.base import DatasetInfo
-from kdbench.engine.checkpoint import atomic_write_bytes, load_weights_file
+from kdbench.engine.checkpoint import atomic_write_bytes, load_weights_file, max_weights_bytes
 from kdbench.engine.trainer import freeze
 from kdbench.models.base import Network
 from kdbench.models.normalization import (
@@ -167,7 +167,8 @@ def build_teacher(
         info = build_source(resolved).info()
         model_name = teacher.model
         file = weights / "model.pt" if weights.is_dir() else weights
-        sha = file_sha256(file) if file.is_file() else None  # a missing file is reported by the loader
+        # a missing, special or oversized file is reported by the loader (issue 12's checks), never hashed here
+        sha = file_sha256(file) if file.is_file() and file.stat().st_size <= max_weights_bytes() else None
         identity = TeacherIdentity("checkpoint", model_name, sha256=sha, path=str(weights))
     normalization = teacher_normalization(resolved, info)
     assert normalization is not None
