@@ -30,11 +30,12 @@ from kdbench._errors import UserError
 from kdbench._registry import DATASETS, MODELS
 from kdbench.build import DATA_ROOT_ENV, build_network, load_network_weights, network_spec
 from kdbench.data.base import DatasetSource
-from kdbench.engine.checkpoint import load_weights_only
+from kdbench.engine.checkpoint import load_weights_file
 from kdbench.engine.trainer import freeze
 from kdbench.evaluation import EvalReport
 from kdbench.evaluation import evaluate as _evaluate
 from kdbench.models.base import Network
+from kdbench.models.normalization import recorded_normalization
 from kdbench.recipe import ResolvedRecipe, load_recipe, resolve
 from kdbench.run import RunOutcome, run_recipe
 
@@ -127,7 +128,7 @@ def load_model(path: str | Path, *, dataset: str | None = None, device: str | to
     weights = path / "model.pt" if path.is_dir() else path
     if not weights.is_file():
         raise UserError(f"{weights} not found: give a finished run folder or a kdbench model.pt")
-    payload = load_weights_only(weights)
+    payload = load_weights_file(weights, what="model")
     if not isinstance(payload, dict) or not isinstance(payload.get("model"), str):
         raise UserError(f"{weights} does not record its model; it is not a kdbench model.pt")
     run_dir = weights.parent
@@ -141,7 +142,9 @@ def load_model(path: str | Path, *, dataset: str | None = None, device: str | to
     model_name: str = payload["model"]
     config = MODELS.get(model_name).Config.model_validate(payload.get("options", {}))
     num_classes = int(payload["num_classes"]) if "num_classes" in payload else None
-    net = build_network(model_name, config, network_spec(info, num_classes))
+    # the normalisation the weights were trained with (student.normalize; files of older kdbench: the dataset's)
+    normalization = recorded_normalization(payload, tuple(info.mean), tuple(info.std))
+    net = build_network(model_name, config, network_spec(info, num_classes, normalization))
     load_network_weights(net, weights, what="model")
     return freeze(net.to(device))  # type: ignore[return-value]
 

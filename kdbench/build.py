@@ -29,6 +29,7 @@ from kdbench.evaluation.selection import (
 )
 from kdbench.method import Method, MethodSetup, TeacherSetup
 from kdbench.models.base import Network, NetworkSpec
+from kdbench.models.normalization import Normalization, resolve_normalization
 from kdbench.recipe import ResolvedRecipe, eval_size
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "load_network_weights",
     "network_spec",
     "place",
+    "student_normalization",
 ]
 
 #: Folder with one sub-folder per dataset (cifar10/, cifar100/, stl10/), used when data.root is unset.
@@ -62,6 +64,10 @@ class DataBundle:
     test_images: Tensor  # uint8 (N, C, H, W), on the CPU
     test_labels: Tensor  # int64 (N,)
     selection: EvalSelection | None = None  # which test images those are (None: built by hand)
+    #: data.val_size: the held-out training images (never trained on), their labels and indices in the split
+    val_images: Tensor | None = None
+    val_labels: Tensor | None = None
+    val_indices: Tensor | None = None
 
     @property
     def train_size(self) -> int:
@@ -93,6 +99,7 @@ def build_data(resolved: ResolvedRecipe, hardware: Hardware, rank: int = 0, worl
     train = load_split_cached(source, "train")
     test = load_split_cached(source, "test")
     train_idx = _subset(train.labels, r.data.train_subset, resolved, "data.train_subset")
+    train_idx, val_idx = _hold_out(train.labels, train_idx, r.data.val_size, r.seed, resolved)
     selection = eval_selection(resolved, source, test, info.num_classes)
     test_images, test_labels = test.images[selection.indices], test.labels[selection.indices]
     if r.train.batch_size % world_size:
@@ -115,7 +122,31 @@ def build_data(resolved: ResolvedRecipe, hardware: Hardware, rank: int = 0, worl
         subset_indices=train_idx,
         channels_last=hardware.channels_last,
     )
-    return DataBundle(info, loader, test_images, test_labels, selection)
+    bundle = DataBundle(info, loader, test_images, test_labels, selection)
+    if val_idx is not None:
+        bundle.val_images, bundle.val_labels, bundle.val_indices = train.images[val_idx], train.labels[val_idx], val_idx
+    return bundle
+
+
+def _hold_out(
+    labels: Tensor, train_idx: Tensor | None, val_size: int | None, seed: int, resolved: ResolvedRecipe
+) -> tuple[Tensor | None, Tensor | None]:
+    """Split ``data.val_size`` images off the training images: class-balanced (`balanced_subset`), seeded
+    by the recipe's seed, taken from the train subset when there is one. Returns (train, held-out) indices."""
+    if val_size is None:
+        return train_idx, None
+    pool = train_idx if train_idx is not None else torch.arange(len(labels))
+    if val_size >= len(pool):
+        raise RecipeError(
+            f"holds out {val_size} images but the training split has {len(pool)}",
+            file=resolved.file,
+            key="data.val_size",
+            hint=f"use fewer than {len(pool)} (a few percent of the training images is usual, e.g. 1000 of 50000)",
+        )
+    chosen = balanced_subset(labels[pool], val_size, seed=seed)
+    keep = torch.ones(len(pool), dtype=torch.bool)
+    keep[chosen] = False
+    return pool[keep], pool[chosen]
 
 
 def eval_selection(resolved: ResolvedRecipe, source: DatasetSource, test: SplitData, num_classes: int) -> EvalSelection:
@@ -154,8 +185,17 @@ def _subset(labels: Tensor, n: int | None, resolved: ResolvedRecipe, key: str) -
     return balanced_subset(labels, n)
 
 
-def network_spec(info: DatasetInfo, num_classes: int | None = None) -> NetworkSpec:
-    return NetworkSpec(num_classes or info.num_classes, info.image_size, tuple(info.mean), tuple(info.std))
+def network_spec(
+    info: DatasetInfo, num_classes: int | None = None, normalization: Normalization | None = None
+) -> NetworkSpec:
+    """What a network needs of the data; its input statistics are ``normalization``'s (default: the dataset's)."""
+    mean, std = normalization.stats if normalization is not None else (tuple(info.mean), tuple(info.std))
+    return NetworkSpec(num_classes or info.num_classes, info.image_size, mean, std)
+
+
+def student_normalization(resolved: ResolvedRecipe, info: DatasetInfo) -> Normalization:
+    """The student's resolved ``student.normalize``."""
+    return resolve_normalization(resolved.recipe.student.normalize, tuple(info.mean), tuple(info.std))
 
 
 def build_network(name: str, config: StrictModel, spec: NetworkSpec) -> Network:
@@ -187,7 +227,15 @@ def load_network_weights(net: Network, path: Path, *, what: str = "teacher") -> 
     if not isinstance(state, dict):
         raise UserError(f"{what} checkpoint {path} holds no state_dict")
     state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
-    missing, unexpected = net.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches: most often another class count
+        shapes = _classifier_shape_problem(net, state)
+        detail = shapes or str(exc).replace("\n", " ").replace("\t", "")[:300]
+        raise UserError(
+            f"{what} checkpoint {path} does not fit {type(net).__name__}: {detail}; "
+            "check the model name and that the dataset (its class count) is the one it was trained on"
+        ) from None
     if missing or unexpected:
         parts = [f"missing {len(missing)} keys (e.g. {missing[:2]})"] if missing else []
         parts += [f"unexpected {len(unexpected)} keys (e.g. {unexpected[:2]})"] if unexpected else []
@@ -197,6 +245,21 @@ def load_network_weights(net: Network, path: Path, *, what: str = "teacher") -> 
             f"{saved}check that the model name given for it is the one it was trained as"
         )
     return meta
+
+
+def _classifier_shape_problem(net: Network, state: dict[str, Any]) -> str | None:
+    """'the checkpoint's classifier has 100 outputs but the network 10' when that is the mismatch."""
+    head = getattr(net, "head", None)
+    if not isinstance(head, torch.nn.Linear):
+        return None
+    for key, value in state.items():
+        is_matrix = key.endswith("weight") and isinstance(value, Tensor) and value.dim() == 2
+        if is_matrix and value.shape[1] == head.in_features and value.shape[0] != head.out_features:
+            return (
+                f"its classifier ({key}) has {value.shape[0]} outputs but the recipe's dataset has "
+                f"{head.out_features} classes"
+            )
+    return None
 
 
 def build_method(resolved: ResolvedRecipe, setup: MethodSetup) -> Method:

@@ -30,6 +30,7 @@ from kdbench._registry import ATTACKS, DATASETS, METHODS, MODELS, Registry
 from kdbench.attacks.schedule import EpsPoint, EpsSchedule
 from kdbench.config import Number, StrictModel, hash_payload, introduced
 from kdbench.engine.checkpoint import MAX_WEIGHTS_BYTES_ENV, max_weights_bytes
+from kdbench.models.normalization import NormalizeSetting
 
 __all__ = [
     "AttackSection",
@@ -68,6 +69,12 @@ class DataSection(StrictModel):
     test_subset: int | None = Field(
         None, gt=0, description="old spelling of eval.n_examples (the evaluation set's size); give only one"
     )
+    val_size: int | None = introduced(
+        None,
+        since="0.2",
+        gt=0,
+        description="hold out this many training images (stratified, seeded) for checkpoint selection",
+    )
     augment: bool = Field(True, description="random crop (4-pixel zero padding) and horizontal flip")
     options: dict[str, Any] = Field(default_factory=dict, description="the dataset's own options")
 
@@ -76,15 +83,40 @@ class StudentSection(StrictModel):
     """The network being trained."""
 
     model: str = Field(description="registered model name, e.g. resnet18, mobilenet_v2, timm:<name>")
+    normalize: NormalizeSetting | None = introduced(
+        None,
+        since="0.2",
+        description='input normalisation: "dataset" (default), "none" (raw [0, 1] pixels) or {mean, std}',
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="the model's own options")
 
 
-class TeacherSection(StrictModel):
-    """The frozen network distilled from: a checkpoint, or the result of another recipe."""
+#: ``teacher.model = "robustbench:<name>"`` takes the teacher from the RobustBench model zoo.
+ZOO_PREFIX = "robustbench:"
 
-    model: str | None = Field(None, description="registered model name (default: the teacher recipe's student)")
+
+class TeacherSection(StrictModel):
+    """The frozen network distilled from: a checkpoint, the result of another recipe, or a zoo model."""
+
+    model: str | None = Field(
+        None, description="registered model name or robustbench:<zoo name> (default: the teacher recipe's student)"
+    )
     checkpoint: str | None = Field(None, description="weights file or run directory (relative to the recipe)")
     recipe: str | None = Field(None, description="recipe that trains the teacher; run first unless already done")
+    normalize: NormalizeSetting | None = introduced(
+        None,
+        since="0.2",
+        description='input normalisation: "dataset", "none" (official ARD/RSLAD/TRADES checkpoints) or {mean, std}; '
+        'default: the teacher recipe\'s, else "dataset" (zoo models normalise inside themselves)',
+    )
+    model_dir: str | None = introduced(
+        None,
+        since="0.2",
+        description="folder of RobustBench weights (<dir>/<dataset>/<threat>/<name>.pt); default $KDBENCH_MODEL_DIR",
+    )
+    download: bool = introduced(
+        False, since="0.2", description="allow downloading missing RobustBench weights into model_dir"
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="the model's own options")
     set: dict[str, Any] = Field(
         default_factory=dict,
@@ -92,10 +124,36 @@ class TeacherSection(StrictModel):
         "(--set teacher.set.train.epochs=2, or --teacher-set train.epochs=2)",
     )
 
+    @property
+    def zoo_name(self) -> str | None:
+        """The RobustBench model name of a zoo teacher, else None."""
+        if self.model is not None and self.model.startswith(ZOO_PREFIX):
+            return self.model[len(ZOO_PREFIX) :]
+        return None
+
     @model_validator(mode="after")
     def _one_source(self) -> TeacherSection:
+        if self.zoo_name is not None:
+            if self.checkpoint is not None or self.recipe is not None:
+                raise ValueError("a robustbench: teacher brings its own weights; remove teacher.checkpoint/recipe")
+            if not self.zoo_name:
+                raise ValueError(
+                    'write teacher.model = "robustbench:<model name>", e.g. "robustbench:Zhang2019Theoretically"'
+                )
+            if self.normalize not in (None, "none"):
+                raise ValueError(
+                    "RobustBench zoo models take [0, 1] inputs and normalise inside themselves; "
+                    "remove teacher.normalize"
+                )
+            if self.options:
+                raise ValueError("a robustbench: teacher takes no options")
+            return self
+        if self.model_dir is not None or self.download:
+            raise ValueError("teacher.model_dir and teacher.download are for robustbench: teachers only")
         if (self.checkpoint is None) == (self.recipe is None):
-            raise ValueError("give exactly one of teacher.checkpoint or teacher.recipe")
+            raise ValueError(
+                "give exactly one of teacher.checkpoint or teacher.recipe (or a robustbench: teacher.model, alone)"
+            )
         if self.set and self.recipe is None:
             raise ValueError("teacher.set overrides keys of a teacher recipe; it needs teacher.recipe")
         if self.checkpoint is not None and self.model is None:
@@ -166,6 +224,12 @@ class TrainSection(StrictModel):
     )
     deterministic: bool = Field(False, description="deterministic algorithms (bitwise-reproducible on CPU)")
     log_every: int = Field(50, gt=0, description="steps between progress updates that read values from the device")
+    val_every: int = introduced(
+        1, since="0.2", gt=0, description="with data.val_size: epochs between robust checks on the held-out images"
+    )
+    val_attack: str = introduced(
+        "pgd10", since="0.2", pattern=r"^(clean|fgsm|pgd[1-9][0-9]*)$", description="the held-out check's attack"
+    )
 
     @model_validator(mode="after")
     def _check_milestones(self) -> TrainSection:
@@ -191,6 +255,11 @@ class EvalSection(StrictModel):
     batch_size: int = Field(256, gt=0)
     norm: Literal["linf", "l2"] = "linf"
     eps: Number = Field(8 / 255, ge=0, description='evaluation budget, e.g. "8/255"')
+    teacher: bool = introduced(
+        True,
+        since="0.2",
+        description="also evaluate the teacher on the same examples (cached per teacher in <runs>/.teacher-evals)",
+    )
     step_size: Number | None = introduced(
         None, since="0.2", gt=0, description="PGD/CW step; None: max(eps/4, 2.5*eps/steps) (2/255 for PGD-20 at 8/255)"
     )
@@ -291,9 +360,11 @@ class ResolvedRecipe:
         for a teacher trained by another recipe, that recipe's hash instead of its path.
 
         Options declared with `kdbench.config.introduced` are left out while they hold the default
-        they were introduced with, so adding such an option keeps every existing recipe's hash."""
+        they were introduced with, so adding such an option keeps every existing recipe's hash; see
+        `_drop_defaults` for the few keys that need more than that."""
         data = self._as_dict(hash_payload)
         data.pop("description", None)
+        _drop_defaults(data)
         if self.teacher_recipe is not None:
             data["teacher"]["recipe"] = self.teacher_recipe.hash
         elif self.recipe.teacher is not None and self.recipe.teacher.checkpoint is not None:
@@ -323,6 +394,23 @@ class ResolvedRecipe:
         if p.is_absolute() or self.path is None:
             return p
         return self.path.parent / p
+
+
+def _drop_defaults(data: dict[str, Any]) -> None:
+    """What `introduced` cannot express: ``normalize = "dataset"`` means what the absent key means, and
+    ``teacher.model_dir`` never changes a run (a zoo teacher is pinned by its name; result.json records
+    its file's SHA-256)."""
+    for section in ("student", "teacher"):
+        table = data.get(section)
+        if isinstance(table, dict) and table.get("normalize") == "dataset":
+            del table["normalize"]
+    extra = data.get("teachers")
+    tables = [data.get("teacher"), *(extra.values() if isinstance(extra, dict) else ())]
+    for table in tables:
+        if isinstance(table, dict):
+            table.pop("model_dir", None)
+            if table.get("normalize") == "dataset":
+                del table["normalize"]
 
 
 def _set_dotted(raw: dict[str, Any], key: str, value: Any, file: str, origin: str) -> None:
@@ -395,9 +483,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], file: str) -> dic
 
 
 #: Keys holding paths relative to the recipe file; rebased when a recipe `extends` one elsewhere.
-_PATH_KEYS = (("teacher", "recipe"), ("teacher", "checkpoint"), ("data", "root"))
+_PATH_KEYS = (("teacher", "recipe"), ("teacher", "checkpoint"), ("teacher", "model_dir"), ("data", "root"))
 #: Keys of each ``[teachers.<name>]`` table holding paths, rebased like `_PATH_KEYS`.
-_TEACHER_PATH_KEYS = ("recipe", "checkpoint")
+_TEACHER_PATH_KEYS = ("recipe", "checkpoint", "model_dir")
 
 
 def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
@@ -655,6 +743,14 @@ def _resolve_teacher(
 ) -> tuple[StrictModel, ResolvedRecipe | None]:
     """A teacher table's model config and, when a recipe trains it, that recipe (loaded recursively)."""
     file = resolved.file
+    if teacher.zoo_name is not None:
+        from kdbench.config import EmptyConfig
+        from kdbench.models.zoo import check_zoo_name
+
+        check_zoo_name(
+            teacher.zoo_name, dataset=resolved.recipe.data.dataset, norm=resolved.recipe.eval.norm, file=file
+        )
+        return EmptyConfig(), None  # the zoo entry fixes the architecture and the weights
     teacher_model = teacher.model
     sub: ResolvedRecipe | None = None
     if teacher.recipe is not None:
@@ -676,10 +772,24 @@ def _resolve_teacher(
             )
         teacher_model = sub.recipe.student.model
         teacher_options = teacher.options or sub.recipe.student.options
+        _check_teacher_normalize(teacher.normalize, sub.recipe.student.normalize, file, key)
     else:
         teacher_options = teacher.options
     assert teacher_model is not None
     return _model_config(teacher_model, teacher_options, file, key), sub
+
+
+def _check_teacher_normalize(given: Any, trained: Any, file: str, key: str = "teacher") -> None:
+    """A teacher trained by a recipe normalises as that recipe's student did; another setting is an error."""
+    if given is not None and (given or "dataset") != (trained or "dataset"):
+        shown = trained if isinstance(trained, str) or trained is None else trained.model_dump()
+        raise RecipeError(
+            f"{key}.normalize is {given if isinstance(given, str) else given.model_dump()!r} but the teacher recipe "
+            f"trains its student with normalize = {shown or 'dataset'!r}",
+            file=file,
+            key=f"{key}.normalize",
+            hint=f"remove {key}.normalize (it follows the teacher recipe) or make them agree",
+        )
 
 
 def _check_extra_teacher_names(method_cls: Any, recipe: Recipe, file: str) -> None:

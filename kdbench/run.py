@@ -21,6 +21,7 @@ import hashlib
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,11 +39,11 @@ from kdbench.build import (
     build_network,
     build_source,
     build_student_and_method,
-    check_label_spaces,
     checkpoint_num_classes,
     load_network_weights,
     network_spec,
     place,
+    student_normalization,
 )
 from kdbench.data.base import DatasetInfo
 from kdbench.engine.checkpoint import (
@@ -53,6 +54,7 @@ from kdbench.engine.checkpoint import (
     verify_checksum,
     write_with_checksum,
 )
+from kdbench.engine.cost import cost_record, reset_peak_memory
 from kdbench.engine.distributed import Distributed, setup_distributed
 from kdbench.engine.fingerprint import tensor_digests
 from kdbench.engine.hardware import Hardware, resolve_hardware
@@ -60,11 +62,16 @@ from kdbench.engine.progress import Progress, make_progress, run_log
 from kdbench.engine.trainer import Trainer, freeze
 from kdbench.locations import RUNS_DIR_ENV, default_runs_dir, remember_runs_dir
 from kdbench.models.base import Network, NetworkSpec
-from kdbench.recipe import ResolvedRecipe, check_files
+from kdbench.models.normalization import Normalization, check_recorded, recorded_normalization, resolve_normalization
+from kdbench.models.zoo import default_model_dir, load_zoo_teacher
+from kdbench.recipe import ResolvedRecipe
 from kdbench.results import SCHEMA_VERSION, environment, eps_label, read_result, write_json
+from kdbench.teachers import TEACHER_EVAL_DIR, BuiltTeacher, build_teacher, cached_teacher_eval, load_network_metadata
 
 __all__ = ["RUNS_DIR_ENV", "RunOutcome", "default_out_dir", "run_recipe", "status"]
 
+#: Seed of the attacks' random starts when the teacher is evaluated (whatever the student's seed).
+TEACHER_EVAL_SEED = 0
 #: An evaluation kept after result.json hit a full disk (see `_write_result`).
 PENDING_FILE = "evaluation.pending.json"
 
@@ -188,33 +195,11 @@ def _lock(out: Path) -> Iterator[None]:
         yield
 
 
-def _teacher(resolved: ResolvedRecipe, runs_dir: Path | None, progress: Progress, student_classes: int) -> Network:
-    """The frozen teacher: from teacher.checkpoint, or from the teacher recipe's run (run first if needed)."""
-    r = resolved.recipe
-    assert r.teacher is not None
-    assert resolved.teacher_config is not None
-    if resolved.teacher_recipe is not None:
-        sub = resolved.teacher_recipe
-        info = build_source(sub).info()
-        check_label_spaces(resolved, info.num_classes, student_classes)  # before spending time on the teacher
-        progress.message(f"teacher: recipe {os.path.normpath(sub.file)} (hash {sub.short_hash})")
-        outcome = run_recipe(sub, runs_dir=runs_dir, progress=progress)
-        setup_distributed(sub.recipe.train.device).barrier()  # rank 0 has written model.pt
-        weights = outcome.out_dir / "model.pt"
-        model_name = sub.recipe.student.model
-    else:
-        assert r.teacher.checkpoint is not None
-        assert r.teacher.model is not None
-        check_files(resolved)  # the message names teacher.checkpoint and the resolved path
-        weights = resolved.relative(r.teacher.checkpoint)
-        info = build_source(resolved).info()
-        model_name = r.teacher.model
-    classes = checkpoint_num_classes(weights) or (info.num_classes if resolved.teacher_recipe else student_classes)
-    check_label_spaces(resolved, classes, student_classes)
-    teacher = build_network(model_name, resolved.teacher_config, network_spec(info, classes))
-    load_network_weights(teacher, weights)
-    freeze(teacher)
-    return teacher
+def _train_teacher(sub: ResolvedRecipe, runs_dir: Path | None, progress: Progress) -> Path:
+    """Run a teacher recipe (or find its finished run); its run folder."""
+    outcome = run_recipe(sub, runs_dir=runs_dir, progress=progress)
+    setup_distributed(sub.recipe.train.device).barrier()  # rank 0 has written model.pt
+    return outcome.out_dir
 
 
 def _extra_teacher(
@@ -223,11 +208,30 @@ def _extra_teacher(
     """The additional teacher ``[teachers.<name>]``, frozen; refused when its classes or input size differ.
 
     It sees the student's batches, so its input size must be the student's; its label space must be the
-    student's whenever the method reads teacher logits (`Method.teacher_logit_readers`).
+    student's whenever the method reads teacher logits (`Method.teacher_logit_readers`). Like the main
+    teacher it may be a RobustBench zoo model, and it normalises as ``normalize`` (else its recipe's
+    student, else the dataset) says; a kdbench model.pt that records another normalisation is refused.
     """
     section = resolved.recipe.teachers[name]
     key = f"teachers.{name}"
+    if section.zoo_name is not None:
+        zoo = load_zoo_teacher(
+            section.zoo_name,
+            dataset=resolved.recipe.data.dataset,
+            norm=resolved.recipe.eval.norm,
+            model_dir=resolved.relative(section.model_dir) if section.model_dir else default_model_dir(),
+            download=section.download,
+            image_size=student.image_size,
+            file=resolved.file,
+        )
+        _check_extra_teacher_fits(resolved, key, "model", zoo.network.num_classes, student.image_size, student)
+        progress.message(
+            f"teacher {name!r}: RobustBench {zoo.name} ({zoo.dataset}, {zoo.threat_model}) from {zoo.path}"
+        )
+        freeze(zoo.network)
+        return zoo.network
     sub = resolved.extra_teacher_recipes.get(name)
+    setting = section.normalize
     if sub is not None:
         info = build_source(sub).info()
         _check_extra_teacher_fits(resolved, key, "recipe", info.num_classes, info.image_size, student)
@@ -235,13 +239,26 @@ def _extra_teacher(
         outcome = run_recipe(sub, runs_dir=runs_dir, progress=progress)
         setup_distributed(sub.recipe.train.device).barrier()
         weights, model_name = outcome.out_dir / "model.pt", sub.recipe.student.model
+        if setting is None:
+            setting = sub.recipe.student.normalize
     else:
         assert section.checkpoint is not None and section.model is not None
         info = student
         weights, model_name = resolved.relative(section.checkpoint), section.model
+    normalization = resolve_normalization(setting, tuple(info.mean), tuple(info.std))
+    file = weights / "model.pt" if weights.is_dir() else weights
+    meta = load_network_metadata(file)
+    check_recorded(
+        recorded_normalization(meta, tuple(info.mean), tuple(info.std)),
+        normalization,
+        file=resolved.file,
+        key=f"{key}.normalize",
+        what=f"the weights of teacher {name!r} {weights}",
+    )
     classes = checkpoint_num_classes(weights) or info.num_classes
     _check_extra_teacher_fits(resolved, key, "model", classes, info.image_size, student)
-    teacher = build_network(model_name, resolved.extra_teacher_configs[name], network_spec(info, classes))
+    spec = network_spec(info, classes, normalization)
+    teacher = build_network(model_name, resolved.extra_teacher_configs[name], spec)
     load_network_weights(teacher, weights, what=f"teacher {name!r}")
     freeze(teacher)
     return teacher
@@ -283,8 +300,13 @@ def _execute(
             "run it in one process (without torchrun)"
         )
     data = build_data(resolved, hw, ddp.rank, ddp.world_size)
-    spec = network_spec(data.info)
-    teacher = _teacher(resolved, runs_dir, progress, spec.num_classes) if r.teacher is not None else None
+    normalization = student_normalization(resolved, data.info)
+    spec = network_spec(data.info, normalization=normalization)
+    built = (
+        build_teacher(resolved, spec.num_classes, lambda sub: _train_teacher(sub, runs_dir, progress), progress.message)
+        if r.teacher is not None
+        else None
+    )
     extra_teachers = {
         name: place(_extra_teacher(resolved, name, runs_dir, progress, data.info), hw) for name in r.teachers
     }
@@ -296,7 +318,7 @@ def _execute(
         f"({data.train_size} train images) | {hw.describe()}, {hw.precision} -> {out}"
     )
     try:
-        return _train_and_evaluate(resolved, out, progress, ddp, hw, data, spec, teacher, extra_teachers)
+        return _train_and_evaluate(resolved, out, progress, ddp, hw, data, spec, built, extra_teachers, normalization)
     finally:
         close_log()
 
@@ -313,10 +335,12 @@ def _train_and_evaluate(
     hw: Hardware,
     data: DataBundle,
     spec: NetworkSpec,
-    teacher: Network | None,
+    built: BuiltTeacher | None,
     extra_teachers: dict[str, Network],
+    normalization: Normalization,
 ) -> dict[str, Any]:
     r = resolved.recipe
+    teacher = built.network if built is not None else None
     student, method = build_student_and_method(
         resolved, spec, teacher, data.train_size, hw.device, extra_teachers=extra_teachers
     )
@@ -347,15 +371,27 @@ def _train_and_evaluate(
         teachers=extra_teachers,
         attack_schedule=r.attack.schedule(),
         run_key=resolved.hash,
+        validator=_validator(data, resolved, hw.device) if data.val_images is not None else None,
+        val_every=r.train.val_every,
     )
+    reset_peak_memory(hw.device)
     summary = trainer.fit()
     if not ddp.is_main:
         return {}
-    _save_model(out / "model.pt", student, resolved, spec.num_classes)
+    _save_model(out / "model.pt", student, resolved, spec.num_classes, normalization)
 
     weights_digest = _weights_digest(student)
     pending = _pending_evaluation(resolved, out, weights_digest)
+    tic = time.perf_counter()
     report = pending if pending is not None else _evaluate(student, data, resolved, hw.device, progress)
+    eval_seconds = time.perf_counter() - tic
+    selection = _best_on_validation(trainer, student, data, resolved, hw.device, progress, out, spec, normalization)
+    teacher_record: dict[str, Any] | None = None
+    teacher_eval_seconds = 0.0
+    if built is not None:
+        tic = time.perf_counter()
+        teacher_record = _teacher_record(built, data, resolved, hw.device, progress, out)
+        teacher_eval_seconds = time.perf_counter() - tic
     result = {
         "schema_version": SCHEMA_VERSION,
         "name": r.name,
@@ -376,14 +412,27 @@ def _train_and_evaluate(
             "final": summary.history[-1] if summary.history else {},
         },
         "params": {"student": _count(student), "teacher": _count(teacher) if teacher is not None else None},
-        "env": environment(
-            hw.describe(),
-            {
-                "models": [r.student.model] + ([resolved.to_dict()["teacher"]["model"]] if r.teacher else []),
-                "datasets": [r.data.dataset],
-                "attacks": [r.attack.name],
-                "methods": [r.method.name],
-            },
+        "env": _environment(resolved, hw.describe()),
+        "normalize": {
+            "student": normalization.model_dump(mode="json"),
+            "teacher": (
+                built.normalization.model_dump(mode="json")
+                if built is not None and built.normalization is not None
+                else None
+            ),
+        },
+        "teacher_source": teacher_record["identity"] if teacher_record else None,
+        "teacher_metrics": teacher_record["metrics"] if teacher_record else None,
+        "teacher_flags": teacher_record["flags"] if teacher_record else None,
+        **selection,
+        "cost": cost_record(
+            device=hw.device,
+            world_size=ddp.world_size,
+            train_seconds=summary.seconds,
+            train_images=summary.images_per_second * summary.seconds,
+            eval_seconds=eval_seconds + float(selection.get("validation", {}).get("test_eval_seconds", 0.0)),
+            val_seconds=trainer.val_seconds,
+            teacher_eval_seconds=teacher_eval_seconds,
         ),
         "precision": hw.precision,
         "world_size": ddp.world_size,
@@ -393,6 +442,133 @@ def _train_and_evaluate(
     _write_result(out, result, resolved, report, weights_digest)
     progress.message(f"{r.name}: result in {out / 'result.json'}")
     return result
+
+
+def _validator(data: Any, resolved: ResolvedRecipe, device: torch.device) -> Any:
+    """The cheap robust check on the held-out training images (``train.val_attack``, PGD-10 by default):
+    ``{"score": robust accuracy, "clean_acc", <attack>}``. Never touches the test set."""
+    r = resolved.recipe
+    from kdbench.evaluation import evaluate
+
+    attack = r.train.val_attack
+
+    def check(net: Network) -> dict[str, float]:
+        net = net.to(memory_format=torch.contiguous_format)
+        report = evaluate(
+            net,
+            data.val_images,
+            data.val_labels,
+            ["clean"] if attack == "clean" else ["clean", attack],
+            eps=r.eval.eps,
+            norm=r.eval.norm,
+            batch_size=r.eval.batch_size,
+            device=device,
+            seed=r.seed,
+            sanity=False,
+        )
+        metrics = report.to_dict()
+        robust = metrics["clean_acc"] if attack == "clean" else metrics["robust"][attack]
+        return {"score": float(robust), "clean_acc": float(metrics["clean_acc"]), attack: float(robust)}
+
+    return check
+
+
+def _best_on_validation(
+    trainer: Trainer,
+    student: Network,
+    data: Any,
+    resolved: ResolvedRecipe,
+    device: torch.device,
+    progress: Progress,
+    out: Path,
+    spec: NetworkSpec,
+    normalization: Normalization,
+) -> dict[str, Any]:
+    """With data.val_size: the best-on-validation weights, saved as model_best_val.pt and evaluated on the
+    test set with the full suite (result.json ``validation`` and ``metrics_best_val``). The selection used
+    only the held-out training images."""
+    r = resolved.recipe
+    if data.val_images is None or trainer.best is None:
+        return {}
+    best = trainer.best
+    indices = data.val_indices.to(torch.int64).contiguous().numpy().tobytes()
+    record: dict[str, Any] = {
+        "size": len(data.val_labels),
+        "seed": r.seed,
+        "stratified": True,
+        "indices_sha256": hashlib.sha256(indices).hexdigest(),
+        "attack": r.train.val_attack,
+        "every": r.train.val_every,
+        "best_epoch": int(best["epoch"]),
+        "best_score": float(best["score"]),
+        "best_metrics": best["metrics"],
+        "ranked": "final",
+    }
+    if best["epoch"] == r.train.epochs:  # the final model is the best one: nothing more to evaluate
+        record["best_is_final"] = True
+        return {"validation": record, "metrics_best_val": None}
+    final_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
+    student.load_state_dict(best["student"])
+    _save_model(
+        out / "model_best_val.pt", student, resolved, spec.num_classes, normalization, extra={"epoch": best["epoch"]}
+    )
+    tic = time.perf_counter()
+    progress.message(f"{r.name}: best-on-validation model (epoch {best['epoch']}) on the test set")
+    report = _evaluate(student, data, resolved, device, progress)
+    record["test_eval_seconds"] = round(time.perf_counter() - tic, 3)
+    record["best_is_final"] = False
+    student.load_state_dict(final_state)
+    return {"validation": record, "metrics_best_val": report["metrics"], "flags_best_val": report["flags"]}
+
+
+def _teacher_record(
+    built: BuiltTeacher, data: Any, resolved: ResolvedRecipe, device: torch.device, progress: Progress, out: Path
+) -> dict[str, Any]:
+    """The teacher's identity and its own numbers, measured by `_evaluate` (the student's evaluation, on the
+    same examples), cached per teacher in ``<runs dir>/.teacher-evals/``."""
+    r = resolved.recipe
+    identity = built.identity
+    record: dict[str, Any] = {"identity": identity.to_dict(), "metrics": None, "flags": []}
+    if not r.eval.teacher:
+        return record
+    # A fixed attack seed: the teacher's numbers belong to the teacher, so a seed sweep of students shares them.
+    settings: dict[str, Any] = {
+        "attacks": list(r.eval.attacks),
+        "eps": r.eval.eps,
+        "norm": r.eval.norm,
+        "seed": TEACHER_EVAL_SEED,
+    }
+    if r.eval.step_size is not None:  # a pinned step changes the numbers (absent: earlier cache entries hold)
+        settings["step_size"] = r.eval.step_size
+
+    def run() -> dict[str, Any]:
+        progress.message(f"{r.name}: evaluating the teacher ({identity.key}) once; later runs reuse it")
+        return _evaluate(built.network, data, resolved, device, progress, seed=TEACHER_EVAL_SEED)
+
+    cache_dir = out.parent.parent / TEACHER_EVAL_DIR
+    report, cached = cached_teacher_eval(identity, settings, data.test_images, data.test_labels, cache_dir, run)
+    record["metrics"], record["flags"] = report["metrics"], report["flags"]
+    record["identity"]["metrics_cached"] = cached
+    return record
+
+
+def _environment(resolved: ResolvedRecipe, device: str) -> dict[str, Any]:
+    """result.json's ``env``; a zoo teacher adds the robustbench version instead of a registered model."""
+    r = resolved.recipe
+    zoo = r.teacher is not None and r.teacher.zoo_name is not None
+    teacher_models = [resolved.to_dict()["teacher"]["model"]] if r.teacher is not None and not zoo else []
+    names = {
+        "models": [r.student.model, *teacher_models],
+        "datasets": [r.data.dataset],
+        "attacks": [r.attack.name],
+        "methods": [r.method.name],
+    }
+    env = environment(device, names)
+    if zoo:
+        from importlib.metadata import version
+
+        env["plugins"]["robustbench"] = version("robustbench")
+    return env
 
 
 def _weights_digest(net: torch.nn.Module) -> str:
@@ -458,17 +634,29 @@ def _count(net: torch.nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-def _save_model(path: Path, net: Network, resolved: ResolvedRecipe, num_classes: int) -> None:
-    """The trained weights with what is needed to rebuild the network (safe to load weights_only)."""
+def _save_model(
+    path: Path,
+    net: Network,
+    resolved: ResolvedRecipe,
+    num_classes: int,
+    normalization: Normalization,
+    state: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """The trained weights with what is needed to rebuild the network (safe to load weights_only),
+    including the input normalisation it was trained with."""
     import io
 
+    weights = state if state is not None else net.state_dict()
     payload = {
         "format": 1,
         "model": resolved.recipe.student.model,
         "options": resolved.student_config.model_dump(mode="json"),
         "num_classes": num_classes,
+        "normalize": normalization.model_dump(mode="json"),
         "recipe_hash": resolved.hash,
-        "state_dict": {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
+        **(extra or {}),
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in weights.items()},
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
@@ -481,8 +669,10 @@ def _checkpoint_owner(resolved: ResolvedRecipe) -> dict[str, str]:
 
 
 def _evaluate(
-    net: Network, data: Any, resolved: ResolvedRecipe, device: torch.device, progress: Progress
+    net: Network, data: Any, resolved: ResolvedRecipe, device: torch.device, progress: Progress, seed: int | None = None
 ) -> dict[str, Any]:
+    """The evaluation suite on the run's evaluation examples: the one place that chooses them, used for the
+    student, its best-on-validation weights and the teacher alike."""
     r = resolved.recipe
     from kdbench.evaluation import evaluate
     from kdbench.evaluation.record import evaluation_record, selection_flags
@@ -498,7 +688,7 @@ def _evaluate(
         norm=r.eval.norm,
         batch_size=r.eval.batch_size,
         device=device,
-        seed=r.seed,
+        seed=r.seed if seed is None else seed,
         step_size=r.eval.step_size,
         on_progress=progress.message,
     )

@@ -38,7 +38,7 @@ def test_validate_ok_and_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.strip() == f"kdbench: error: {bad}: train.epoch: unknown key; did you mean 'epochs'? " + (
         "(choices: batch_size, channels_last, compile, compile_mode, deterministic, device, epochs, gamma, log_every, "
-        "lr, milestones, momentum, nesterov, precision, schedule, warmup_epochs, weight_decay)"
+        "lr, milestones, momentum, nesterov, precision, schedule, val_attack, val_every, warmup_epochs, weight_decay)"
     )
 
 

@@ -131,3 +131,32 @@ def test_missing_and_unknown_teacher_names_are_recipe_errors(tmp_path):
     other = write(tmp_path / "kd.toml", STUDENT.replace('name = "mtard"', 'name = "kd"'))
     with pytest.raises(RecipeError, match=r"teachers\.natural: .*reads no other teacher"):
         load_recipe(other)
+
+
+def test_a_second_teacher_follows_normalize_like_the_first(tmp_path):
+    """``[teachers.<name>]`` takes ``normalize`` as ``[teacher]`` does: a teacher recipe's own setting must
+    not be contradicted, and a model.pt recording another normalisation is refused under its key."""
+    from kdbench.build import build_source
+    from kdbench.engine.progress import make_progress
+    from kdbench.run import _extra_teacher
+
+    _teachers(tmp_path)
+    natural = tmp_path / "natural.toml"
+    natural.write_text(natural.read_text().replace('model = "resnet8"', 'model = "resnet8"\nnormalize = "none"'))
+    contradicts = write(
+        tmp_path / "contradicts.toml",
+        STUDENT.replace('recipe = "natural.toml"', 'recipe = "natural.toml"\nnormalize = "dataset"'),
+    )
+    with pytest.raises(RecipeError, match=r"teachers\.natural\.normalize: "):
+        load_recipe(contradicts)
+
+    trained = run_recipe(load_recipe(natural), tmp_path / "natural_run").out_dir
+    from_file = STUDENT.replace('recipe = "natural.toml"', f'model = "resnet8"\ncheckpoint = "{trained}"')
+    resolved = load_recipe(write(tmp_path / "from_file.toml", from_file))
+    info = build_source(resolved).info()
+    with pytest.raises(RecipeError, match=r"teachers\.natural\.normalize: "):
+        _extra_teacher(resolved, "natural", tmp_path / "runs", make_progress(), info)
+    pinned = from_file.replace(f'checkpoint = "{trained}"', f'checkpoint = "{trained}"\nnormalize = "none"')
+    net = _extra_teacher(load_recipe(write(tmp_path / "fixed.toml", pinned)), "natural", None, make_progress(), info)
+    assert net.normalize.mean.flatten().tolist() == [0.0, 0.0, 0.0]
+    assert net.normalize.std.flatten().tolist() == [1.0, 1.0, 1.0]

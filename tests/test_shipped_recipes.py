@@ -35,3 +35,26 @@ def test_distillation_recipes_use_the_robust_teacher():
         assert resolved.teacher_recipe is not None
         assert resolved.teacher_recipe.recipe.method.name == "pgd_at"
         assert resolved.recipe.student.model == "mobilenet_v2"
+
+
+def test_rslad_protocol_recipes_use_the_trades_zoo_teacher():
+    """recipes/paper/{rslad,ard}_cifar10_trades_teacher.toml: the published protocol, validated, not run."""
+    from kdbench.recipe import load_recipes
+
+    rslad = load_recipes(REPO / "recipes" / "paper" / "rslad_cifar10_trades_teacher.toml")
+    ard = load_recipes(REPO / "recipes" / "paper" / "ard_cifar10_trades_teacher.toml")
+    assert [r.recipe.student.model for r in rslad] == ["resnet18", "mobilenet_v2"]
+    for resolved in rslad + ard:
+        r = resolved.recipe
+        assert r.teacher is not None and r.teacher.zoo_name == "Zhang2019Theoretically"
+        assert r.student.normalize == "none"  # the official students take raw pixels
+        assert r.eval.eps == resolved.attack_config.eps == 8 / 255
+        assert resolved.attack_config.steps == 10 and resolved.attack_config.step_size == 2 / 255
+        assert r.train.batch_size == 128 and r.train.lr == 0.1 and r.train.weight_decay == 2e-4
+        assert "autoattack" in r.eval.attacks and "cw" in r.eval.attacks
+    for resolved in rslad:
+        assert resolved.recipe.train.epochs == 300 and resolved.recipe.train.milestones == [215, 260, 285]
+        assert resolved.attack_config.random_start == "normal"
+    for resolved in ard:
+        assert resolved.recipe.method.name == "ard" and resolved.recipe.train.epochs == 200
+        assert resolved.recipe.train.milestones == [100, 150] and resolved.attack_config.random_start == "uniform"

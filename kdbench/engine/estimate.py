@@ -176,7 +176,9 @@ def estimate_run(resolved: ResolvedRecipe, device_type: str | None = None) -> Ru
     spec = network_spec(info)
     f_student = forward_flops(r.student.model, resolved.student_config, spec)
     f_teacher = 0
-    if r.teacher is not None and resolved.teacher_config is not None:
+    # A RobustBench zoo teacher is not a registered model: its forward pass is not counted (the estimate
+    # is then a lower bound), as building it would need robustbench and its weights.
+    if r.teacher is not None and resolved.teacher_config is not None and r.teacher.zoo_name is None:
         teacher_model = resolved.to_dict()["teacher"]["model"]
         f_teacher = forward_flops(teacher_model, resolved.teacher_config, spec)
     steps = attack_passes(resolved)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +89,8 @@ class Trainer:
         teachers: dict[str, Network] | None = None,
         attack_schedule: EpsSchedule | None = None,
         run_key: str | None = None,
+        validator: Callable[[Network], dict[str, float]] | None = None,
+        val_every: int = 1,
     ):
         self.student, self.method, self.teacher, self.attack = student, method, teacher, attack
         self.teachers = dict(teachers or {})  # the additional named teachers (Method.extra_teachers)
@@ -128,6 +130,12 @@ class Trainer:
         # Checked before every checkpoint (never per step): a method must leave the teacher untouched.
         self._teacher_digests = tensor_digests(teacher) if teacher is not None else None
         self._extra_teacher_digests = {name: tensor_digests(net) for name, net in self.teachers.items()}
+        # Checkpoint selection on held-out training images (data.val_size): every ``val_every`` epochs and
+        # after the last one, ``validator`` scores the student ({"score": robust accuracy, ...}); the best
+        # weights are kept (in the checkpoints too, so a resumed run selects as an uninterrupted one would).
+        self.validator, self.val_every = validator, val_every
+        self.best: dict[str, Any] | None = None  # {"epoch", "score", "metrics", "student"}
+        self.val_seconds = 0.0
 
     # ------------------------------------------------------------------------------ checkpointing
 
@@ -148,6 +156,7 @@ class Trainer:
             "seconds": self.seconds,
             "images": self.images,
             "partial": self._partial if batch else None,
+            **({"best": self.best, "val_seconds": self.val_seconds} if self.validator is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> tuple[int, int]:
@@ -163,6 +172,9 @@ class Trainer:
         self.images = int(state["images"])
         partial = state.get("partial")  # absent in checkpoints of kdbench <= 0.1: the epoch's row then says so
         self._partial = partial if isinstance(partial, dict) and partial.get("steps") == state["batch"] else None
+        if self.validator is not None:
+            self.best = state.get("best")
+            self.val_seconds = float(state.get("val_seconds", 0.0))
         return int(state["epoch"]), int(state["batch"])
 
     def _checkpoint(self, epoch: int, batch: int) -> Path:
@@ -324,11 +336,30 @@ class Trainer:
         row["seconds"] = self.seconds
         if counted_from:  # resumed from an old checkpoint without the sums: the means cover fewer steps
             row["resumed_at_step"] = counted_from
+        if self.validator is not None and ((epoch + 1) % self.val_every == 0 or epoch + 1 == self.cfg.epochs):
+            row.update(self._validate(epoch + 1))
         self.history.append(row)
         self.progress.end_epoch({k: v for k, v in row.items() if k in ("loss", "train_acc", "lr")})
         self._checkpoint(epoch + 1, 0)
         if self._stop_signal is not None:
             raise Interrupted(f"stopped by signal {self._stop_signal} after epoch {epoch + 1}; checkpoint saved")
+
+    def _validate(self, epoch: int) -> dict[str, float]:
+        """Score the student on the held-out images; keep its weights when the score is the best so far
+        (ties keep the earlier epoch)."""
+        assert self.validator is not None
+        tic = time.perf_counter()
+        self.student.eval()
+        try:
+            metrics = self.validator(self.student)
+        finally:
+            self.student.train()
+        self.val_seconds += time.perf_counter() - tic
+        score = float(metrics["score"])
+        if self.best is None or score > float(self.best["score"]):
+            state = {k: v.detach().to("cpu", copy=True) for k, v in self.student.state_dict().items()}
+            self.best = {"epoch": epoch, "score": score, "metrics": metrics, "student": state}
+        return {f"val/{k}": v for k, v in metrics.items()}
 
     def _step(self, x: Tensor, y: Tensor, index: Tensor, epoch: int, batch: int) -> tuple[dict[str, Tensor], Any, bool]:
         ctx = StepContext(

@@ -66,6 +66,7 @@ from kdbench.evaluation.sanity import Flag, check_eps_monotone
 from kdbench.evaluation.selection import SelectionError, has_canonical_order, read_examples, select_examples
 from kdbench.evaluation.suite import EvalReport, default_step_size, evaluate, parse_attacks
 from kdbench.models.base import Network
+from kdbench.models.normalization import recorded_normalization, resolve_normalization
 from kdbench.results import SCHEMA_VERSION, environment, eps_label, read_result, write_json
 
 __all__ = [
@@ -154,6 +155,12 @@ def add_eval_parser(subparsers: Any) -> None:
         "--check-steps", action="store_true", help="also check that PGD-50 is no weaker than PGD-20/-10 (costly)"
     )
     p.add_argument("--model", metavar="NAME", help="model of a weights file (default: the name the file records)")
+    p.add_argument(
+        "--normalize",
+        choices=("dataset", "none"),
+        help="input normalisation of a bare weights file: 'none' for the official ARD/RSLAD/TRADES checkpoints "
+        "(default: what the file records, else 'dataset')",
+    )
     p.add_argument("--dataset", metavar="NAME", help="dataset of a weights file, e.g. cifar10")
     p.add_argument(
         "--data-option",
@@ -281,20 +288,41 @@ def _env_root(dataset: str) -> Path | None:
 
 
 def _build_net(
-    model: str, options: dict[str, Any], info: DatasetInfo, num_classes: int | None, weights: Path
+    model: str,
+    options: dict[str, Any],
+    info: DatasetInfo,
+    num_classes: int | None,
+    weights: Path,
+    normalize: str | None = None,
 ) -> Network:
     cls = MODELS.get(model)
     if ":" in model and not cls.accepts_variant:
         raise UserError(f"model {split_variant(model)[0]!r} takes no ':variant'")
     config = _config(cls, options, str(weights), f"options of model {model!r}")
-    return build_network(model, config, network_spec(info, num_classes))
+    # The input normalisation the weights were trained with (model.pt records it; older files and bare
+    # state_dicts used the dataset's statistics).
+    normalization = recorded_normalization(_metadata(weights), tuple(info.mean), tuple(info.std))
+    if normalize is not None:
+        wanted = resolve_normalization(normalize, tuple(info.mean), tuple(info.std))  # type: ignore[arg-type]
+        if normalization is not None and not normalization.same_function(wanted):
+            raise UserError(
+                f"--normalize {normalize}: {weights} was trained with normalize = {normalization.describe()}; "
+                "drop --normalize (the file records its own)"
+            )
+        normalization = wanted
+    return build_network(model, config, network_spec(info, num_classes, normalization))
 
 
 def _load_run(run: Path, args: argparse.Namespace) -> _Target:
     """A run folder: the network from model.pt's metadata, the test split from recipe.toml's data table."""
     from kdbench.recipe import DataSection, EvalSection, _validate
 
-    for flag, value in (("--model", args.model), ("--dataset", args.dataset), ("--data-option", args.data_options)):
+    for flag, value in (
+        ("--model", args.model),
+        ("--dataset", args.dataset),
+        ("--data-option", args.data_options),
+        ("--normalize", getattr(args, "normalize", None)),
+    ):
         if value:
             raise UserError(f"{flag} is for a weights file; the run folder {run} records its own")
     recipe_file = run / "recipe.toml"
@@ -383,7 +411,7 @@ def _load_weights(weights: Path, args: argparse.Namespace) -> _Target:
     info = source.info()
     options: dict[str, Any] = meta["options"] if model == recorded and isinstance(meta.get("options"), dict) else {}
     num_classes = int(meta["num_classes"]) if "num_classes" in meta else None
-    net = _build_net(model, options, info, num_classes, weights)
+    net = _build_net(model, options, info, num_classes, weights, args.normalize)
     load_network_weights(net, weights, what="model")
     test = load_split_cached(source, "test")
     defaults: dict[str, Any] = {"attacks": list(DEFAULT_ATTACKS), "n": None, "seed": 0, "batch_size": 256}

@@ -12,14 +12,17 @@ piped).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from kdbench._errors import UserError
 from kdbench.engine.checkpoint import atomic_write_bytes
 from kdbench.leaderboard.collect import collect
-from kdbench.leaderboard.group import SORT_KEYS, build_boards
+from kdbench.leaderboard.group import SELECTIONS, SORT_KEYS, build_boards
 from kdbench.leaderboard.html import render_html
+from kdbench.leaderboard.published import load_published, published_to_dict, render_published
 from kdbench.leaderboard.render import (
     COLUMNS,
     choose_columns,
@@ -65,6 +68,20 @@ def add_parser(subparsers: Any) -> None:
         "(default: all but the analysis ones, which appear when a run has them)",
     )
     p.add_argument("--title", default="kdbench leaderboard", help="heading of the HTML page")
+    p.add_argument(
+        "--select",
+        choices=SELECTIONS,
+        default="final",
+        help="which weights of each run to rank: its final model (default) or, for runs with data.val_size, "
+        "its best-on-validation model (selected on held-out training images, never on the test set)",
+    )
+    p.add_argument(
+        "--published",
+        type=Path,
+        metavar="FILE",
+        help="also show published numbers from FILE (e.g. benchmarks/published.toml) in separate tables, "
+        "marked 'published' (table, md and json formats)",
+    )
     p.set_defaults(handler=cmd_leaderboard)
 
 
@@ -77,7 +94,10 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
         args.dirs = [default_runs_dir()]
     collection = collect(args.dirs)
-    boards = build_boards(collection.runs, sort=args.sort)
+    boards = build_boards(collection.runs, sort=args.sort, select=args.select)
+    published = load_published(args.published) if args.published is not None else []
+    if published and fmt not in ("table", "md", "json"):
+        raise UserError(f"--published is shown in the table, md and json formats, not {fmt}")
     requested = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
     columns = choose_columns(boards, requested, fmt)
     if not boards:
@@ -95,6 +115,12 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         text = render_html(
             boards, columns, out_file=out, skipped=collection.skipped, sources=args.dirs, page_title=args.title
         )
+    if published and fmt == "json":
+        data = json.loads(text)
+        data["published"] = published_to_dict(published)
+        text = json.dumps(data, indent=2) + "\n"
+    elif published:
+        text += "\n" + render_published(published, markdown=fmt == "md")
     if out is None:
         sys.stdout.write(text)
     else:

@@ -1,12 +1,15 @@
 """Group runs by setting, average seeds, rank.
 
 A *setting* is what makes numbers comparable: (dataset, threat model norm and eps, teacher, student,
-evaluation set, attack protocol). The evaluation set is result.json's
+evaluation set, attack protocol), the teacher by its identity (recipe hash, checkpoint SHA-256, or zoo
+name + file SHA-256) where the result records it. The evaluation set is result.json's
 ``evaluation.selection.eval_set_sha256`` (the decoded test split and the evaluated indices,
 `kdbench.evaluation.selection`), the protocol its ``evaluation.protocol`` (step rule, starts, CW steps,
-AutoAttack version; `kdbench.evaluation.record`). Runs that agree on the first five but were
+AutoAttack version; `kdbench.evaluation.record`). Runs that agree on the rest but were
 evaluated on other images or with other attack rules get a board of their own, whose note says what
 differs; results of an older kdbench that recorded neither form their own group ("not recorded").
+Each board carries the teacher's own numbers (`Board.teacher_row`), shown above its students, and
+ranks either every run's final model or its best-on-validation one (``select``).
 Inside a setting, runs with the same variant key (`kdbench.leaderboard.collect.variant_key`: the
 resolved recipe without its seed) form one *variant*, whose numbers are the mean over its seeds and
 the sample standard deviation
@@ -51,6 +54,7 @@ __all__ = [
     "ANALYSIS_KEYS",
     "METRICS",
     "METRIC_LABELS",
+    "SELECTIONS",
     "SORT_KEYS",
     "Board",
     "Setting",
@@ -59,6 +63,7 @@ __all__ = [
     "build_boards",
     "disambiguate",
     "run_metrics",
+    "selected_metrics",
     "serious_flags",
 ]
 
@@ -114,14 +119,17 @@ class Setting:
     eps: str
     teacher: str | None
     student: str
+    #: The teacher's identity (`kdbench.teachers.TeacherIdentity.key`): students of different weights of
+    #: the same architecture are not comparable. None for results written before it was recorded.
+    teacher_id: str | None = None
     eval_set: str = ""  # evaluation.selection.eval_set_sha256 ("" when not recorded)
     eval_desc: str = ""  # e.g. "stratified, n=500, 10/10 classes"
     protocol: str = ""  # evaluation.protocol ("" when not recorded)
 
     @property
-    def base(self) -> tuple[str, str, str, str | None, str]:
+    def base(self) -> tuple[str, str, str, str | None, str, str | None]:
         """The setting without its evaluation set and protocol."""
-        return (self.dataset, self.norm, self.eps, self.teacher, self.student)
+        return (self.dataset, self.norm, self.eps, self.teacher, self.student, self.teacher_id)
 
     @property
     def eps_value(self) -> float:
@@ -132,6 +140,8 @@ class Setting:
 
     def label(self) -> str:
         teacher = f"teacher {self.teacher}" if self.teacher else "no teacher"
+        if self.teacher_id and self.teacher_id != self.teacher:
+            teacher += f" [{self.teacher_id}]"
         images = f"eval {self.eval_desc} [{self.eval_set[:8]}]" if self.eval_set else "eval set not recorded"
         return f"{self.dataset} · {self.norm} eps {self.eps} · {teacher} · student {self.student} · {images}"
 
@@ -140,6 +150,7 @@ class Setting:
             "dataset": self.dataset,
             "threat_model": {"norm": self.norm, "eps": self.eps},
             "teacher": self.teacher,
+            "teacher_id": self.teacher_id,
             "student": self.student,
             "eval_set": self.eval_set or None,
             "eval_set_description": self.eval_desc or None,
@@ -195,15 +206,32 @@ class Board:
     ranked_by: str
     note: str = ""
     has_analysis: bool = field(default=False)
+    #: The teacher's own numbers (result.json ``teacher_metrics``, kdbench's evaluation on the students'
+    #: examples), shown above its students; None when no run recorded them.
+    teacher_row: Variant | None = None
+    #: Which weights of each run are ranked: "final" or "best_val" (data.val_size's best-on-validation).
+    selected: str = "final"
 
     @property
     def runs(self) -> int:
         return sum(len(v.runs) for v in self.variants)
 
 
-def run_metrics(result: dict[str, Any]) -> dict[str, float | None]:
+#: Which model of a run the leaderboard ranks (`build_boards`'s ``select``).
+SELECTIONS = ("final", "best_val")
+
+
+def selected_metrics(result: dict[str, Any], select: str = "final") -> dict[str, Any]:
+    """result.json's ``metrics`` of the final model, or with ``select="best_val"`` of the best-on-validation
+    model (``metrics_best_val``; the final one's when it was the best, or without data.val_size)."""
+    if select == "best_val" and isinstance(result.get("metrics_best_val"), dict):
+        return dict(result["metrics_best_val"])
+    return dict(result.get("metrics") or {})
+
+
+def run_metrics(result: dict[str, Any], select: str = "final") -> dict[str, float | None]:
     """The accuracies of one result.json by leaderboard key (None when not evaluated)."""
-    metrics = result.get("metrics", {})
+    metrics = selected_metrics(result, select)
     robust = metrics.get("robust") or {}
     out: dict[str, float | None] = {"clean": metrics.get("clean_acc")}
     for key in METRICS[1:]:
@@ -231,6 +259,8 @@ def _evaluation(result: dict[str, Any]) -> tuple[str, str, str]:
 
 def _setting(result: dict[str, Any]) -> Setting:
     threat = result["threat_model"]
+    source = result.get("teacher_source")
+    teacher_id = source.get("key") if isinstance(source, dict) and isinstance(source.get("key"), str) else None
     eval_set, desc, protocol = _evaluation(result)
     return Setting(
         result["dataset"],
@@ -238,10 +268,36 @@ def _setting(result: dict[str, Any]) -> Setting:
         str(threat["eps"]),
         result.get("teacher"),
         result["student"],
-        eval_set,
-        desc,
-        protocol,
+        teacher_id=teacher_id,
+        eval_set=eval_set,
+        eval_desc=desc,
+        protocol=protocol,
     )
+
+
+def _teacher_row(setting: Setting, runs: Sequence[RunRecord]) -> Variant | None:
+    """The teacher's own numbers as a row: from the first run (in file order) that recorded them. Runs of one
+    teacher measure it on the same examples (cached), so they agree; a differing count of examples is kept."""
+    for run in runs:
+        metrics = run.result.get("teacher_metrics")
+        if not isinstance(metrics, dict) or not isinstance(metrics.get("clean_acc"), int | float):
+            continue
+        values = run_metrics({"metrics": metrics})
+        n_eval = metrics.get("n_eval")
+        flags: list[tuple[int | None, str]] = [(None, str(f)) for f in run.result.get("teacher_flags") or []]
+        return Variant(
+            key=f"teacher:{setting.teacher_id}",
+            label=f"teacher {setting.teacher or '?'}",
+            method="(teacher)",
+            runs=[],
+            metrics={m: Stat((v,) if (v := values[m]) is not None else ()) for m in METRICS},
+            analysis={},
+            train_seconds=Stat(()),
+            params=(run.result.get("params") or {}).get("teacher"),
+            flags=flags,
+            n_eval=[n_eval] if isinstance(n_eval, int) else [],
+        )
+    return None
 
 
 def coverage_flag(result: dict[str, Any]) -> str | None:
@@ -307,9 +363,9 @@ def _label(runs: Sequence[RunRecord]) -> str:
     return prefix or sorted(names)[0]
 
 
-def _variant(key: str, runs: list[RunRecord]) -> Variant:
+def _variant(key: str, runs: list[RunRecord], select: str = "final") -> Variant:
     runs = sorted(runs, key=lambda r: (r.seed is None, r.seed or 0, str(r.result_file)))
-    per_run = [run_metrics(r.result) for r in runs]
+    per_run = [run_metrics(r.result, select) for r in runs]
     metrics = {m: Stat(tuple(v for p in per_run if (v := p[m]) is not None)) for m in METRICS}
     analysis: dict[str, Stat] = {}
     for akey in ANALYSIS_KEYS:
@@ -320,7 +376,7 @@ def _variant(key: str, runs: list[RunRecord]) -> Variant:
     params = [p for r in runs if isinstance(p := (r.result.get("params") or {}).get("student"), int)]
     flags = [(r.seed, str(text)) for r in runs for text in r.result.get("flags", [])]
     flags += [(r.seed, text) for r in runs if (text := coverage_flag(r.result)) and text not in dict(flags).values()]
-    n_eval = [n for r in runs if isinstance(n := r.result["metrics"].get("n_eval"), int)]
+    n_eval = [n for r in runs if isinstance(n := selected_metrics(r.result, select).get("n_eval"), int)]
     methods = sorted({str(r.result["method"]) for r in runs})
     serious = list(dict.fromkeys(text for r in runs for text in serious_flags(r.result)))
     return Variant(
@@ -407,19 +463,35 @@ def _rank(variants: list[Variant], metric: str) -> list[Variant]:
     return ranked
 
 
-def build_boards(runs: Iterable[RunRecord], sort: str = "autoattack") -> list[Board]:
-    """One ranked `Board` per setting, settings in (dataset, norm, eps, teacher, student) order."""
+def build_boards(runs: Iterable[RunRecord], sort: str = "autoattack", select: str = "final") -> list[Board]:
+    """One ranked `Board` per setting, settings in (dataset, norm, eps, teacher, student) order.
+
+    ``select`` picks the weights ranked: the final model of each run, or its best-on-validation model."""
     if sort not in SORT_KEYS:
         raise ValueError(f"sort must be one of {SORT_KEYS}, got {sort!r}")
+    if select not in SELECTIONS:
+        raise ValueError(f"select must be one of {SELECTIONS}, got {select!r}")
     by_setting: dict[Setting, dict[str, list[RunRecord]]] = {}
     for run in runs:
         by_setting.setdefault(_setting(run.result), {}).setdefault(run.variant_key, []).append(run)
     boards = []
     for setting in sorted(
         by_setting,
-        key=lambda s: (s.dataset, s.norm, s.eps_value, s.eps, s.teacher or "", s.student, s.eval_set, s.protocol),
+        key=lambda s: (
+            s.dataset,
+            s.norm,
+            s.eps_value,
+            s.eps,
+            s.teacher or "",
+            s.teacher_id or "",
+            s.student,
+            s.eval_set,
+            s.protocol,
+        ),
     ):
-        variants = [_variant(key, group) for k, runs_ in by_setting[setting].items() for key, group in _split(k, runs_)]
+        variants = [
+            _variant(key, group, select) for k, runs_ in by_setting[setting].items() for key, group in _split(k, runs_)
+        ]
         disambiguate(variants)
         ranked_by, note = sort, ""
         without = [v for v in variants if v.mean("autoattack") is None]
@@ -448,6 +520,8 @@ def build_boards(runs: Iterable[RunRecord], sort: str = "autoattack") -> list[Bo
                 ranked_by=ranked_by,
                 note=note,
                 has_analysis=any(v.analysis for v in variants),
+                teacher_row=_teacher_row(setting, [r for group in by_setting[setting].values() for r in group]),
+                selected=select,
             )
         )
     _note_split_settings(boards)

@@ -338,6 +338,10 @@ def _sort_value(v: Variant, column: str) -> str:
         return "" if v.params is None else str(v.params)
     elif column == "time":
         mean = v.train_seconds.mean
+    elif column == "cost":
+        secs = [c["total_device_seconds"] for r in v.runs if isinstance(c := r.result.get("cost"), dict)]
+        nums = [float(x) for x in secs if isinstance(x, int | float)]
+        mean = sum(nums) / len(nums) if nums else None
     elif column == "flags":
         return str(len(v.flag_texts))
     elif column == "seeds":
@@ -403,8 +407,15 @@ def _table(board: Board, columns: Sequence[str], base: Path, index: int) -> str:
         cells.append(f'<td data-v="">{"".join(links) or "-"}</td>')
         cls = ' class="flagged"' if v.flags else ""
         rows.append(f'<tr{cls} data-variant="{escape(v.label)}">' + "".join(cells) + "</tr>")
+    teacher = ""
+    if board.teacher_row is not None:  # above the students, outside the sortable rows
+        t = board.teacher_row
+        shown = ", ".join(
+            f"{escape(header(board, c).removesuffix(' ▼'))} {escape(cell(t, c))}" for c in columns if c in METRIC_LABELS
+        )
+        teacher = f'<p class="teacher"><b>{escape(t.label)}</b> (its own numbers, same examples): {shown}</p>'
     return (
-        f'<div class="scroll"><table class="lb" id="table-{index}"><thead><tr>{"".join(heads)}</tr></thead>'
+        f'{teacher}<div class="scroll"><table class="lb" id="table-{index}"><thead><tr>{"".join(heads)}</tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table></div>"
     )
 

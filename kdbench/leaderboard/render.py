@@ -46,6 +46,7 @@ COLUMNS: dict[str, str] = {
     **METRIC_LABELS,
     "params": "params",
     "time": "train time",
+    "cost": "cost",
     "flags": "flags",
     "seeds": "seeds",
     "teacher_acc": "teacher clean %",
@@ -53,7 +54,7 @@ COLUMNS: dict[str, str] = {
     "paper": "paper",
     **ANALYSIS_KEYS,
 }
-DEFAULT_COLUMNS = (*METRICS, "params", "time", "flags", "seeds")
+DEFAULT_COLUMNS = (*METRICS, "params", "time", "cost", "flags", "seeds")
 #: RobustBench-style columns added by default to the formats read in a browser or a program (a terminal
 #: table has no room for them: its title already names the student architecture).
 WIDE_COLUMNS = ("teacher_acc", "arch", "paper")
@@ -121,6 +122,20 @@ def format_seeds(seeds: Sequence[int | None]) -> str:
     return ", ".join("?" if s is None else str(s) for s in seeds)
 
 
+def format_cost(variant: Variant) -> str:
+    """Mean device-seconds per run (training, validation and evaluation) and the device: ``1.2 h NVIDIA H200``.
+    Device-seconds from different devices are not comparable, so mixed devices are said as such."""
+    costs = [c for r in variant.runs if isinstance(c := r.result.get("cost"), dict)]
+    seconds = [
+        float(c["total_device_seconds"]) for c in costs if isinstance(c.get("total_device_seconds"), int | float)
+    ]
+    if not seconds:
+        return "-"
+    devices = sorted({str(c.get("device", "?")) for c in costs})
+    device = devices[0] if len(devices) == 1 else "mixed devices"
+    return f"{format_seconds(sum(seconds) / len(seconds))} {device}"
+
+
 def cell(variant: Variant, column: str) -> str:
     """The text of one cell (accuracies in percent)."""
     if column in METRIC_LABELS:
@@ -131,6 +146,8 @@ def cell(variant: Variant, column: str) -> str:
         return format_count(variant.params)
     if column == "time":
         return format_seconds(variant.train_seconds.mean)
+    if column == "cost":
+        return format_cost(variant)
     if column == "flags":
         return str(len(variant.flag_texts))
     if column == "seeds":
@@ -138,7 +155,7 @@ def cell(variant: Variant, column: str) -> str:
     if column == "teacher_acc":
         return _teacher_acc(variant)
     if column == "arch":
-        return str(variant.runs[0].result.get("student", "-"))
+        return str(variant.runs[0].result.get("student", "-")) if variant.runs else "-"
     if column == "paper":
         return method_paper(variant.method) or "-"
     raise KeyError(column)
@@ -190,8 +207,9 @@ def subtitle(board: Board, *, with_note: bool = True) -> str:
         size = f"; n_eval {n_eval[0]}"
     elif n_eval:
         size = f"; n_eval differs between runs ({n_eval[0]}-{n_eval[-1]}): numbers are not comparable"
+    model = "best-on-validation model (data.val_size)" if board.selected == "best_val" else "final model"
     text = (
-        f"ranked by {METRIC_LABELS[board.ranked_by]} accuracy; mean ± std over seeds; "
+        f"ranked by {METRIC_LABELS[board.ranked_by]} accuracy of each run's {model}; mean ± std over seeds; "
         f"{len(board.variants)} variants, {board.runs} runs{size}"
     )
     return text + (f". {board.note}" if board.note and with_note else "")
@@ -202,7 +220,16 @@ def rank_text(v: Variant) -> str:
 
 
 def _rows(board: Board, columns: Sequence[str]) -> list[list[str]]:
-    return [[rank_text(v), display_label(v), v.method, *(cell(v, c) for c in columns)] for v in board.variants]
+    """The teacher's row (rank ``T``) above its students, then the variants (unranked ones marked)."""
+    teacher = [board.teacher_row] if board.teacher_row is not None else []
+    return [["T", display_label(v), v.method, *(cell(v, c) for c in columns)] for v in teacher] + [
+        [rank_text(v), display_label(v), v.method, *(cell(v, c) for c in columns)] for v in board.variants
+    ]
+
+
+def shown_variants(board: Board) -> list[Variant]:
+    """The rows of `_rows`, as variants: the teacher's first when present."""
+    return ([board.teacher_row] if board.teacher_row is not None else []) + list(board.variants)
 
 
 def display_label(variant: Variant) -> str:
@@ -254,7 +281,7 @@ def _rich_table(boards: Sequence[Board], columns: Sequence[str], terminal: bool)
         for i, head in enumerate(_heads(board, columns)):
             style = "bold" if head.endswith(RANK_MARK) else None
             table.add_column(head, justify="right" if i == 0 or i >= 3 else "left", style=style, no_wrap=i >= 3)
-        for variant, row in zip(board.variants, _rows(board, columns), strict=True):
+        for variant, row in zip(shown_variants(board), _rows(board, columns), strict=True):
             table.add_row(*row, style="yellow" if variant.flags else None)
         console.print(table)
         console.print()
@@ -309,6 +336,8 @@ def _csv_columns(columns: Sequence[str]) -> list[str]:
             names.append("params_student")
         elif c == "time":
             names.append("train_seconds_mean")
+        elif c == "cost":
+            names += ["device_seconds_mean", "device"]
         elif c == "flags":
             names += ["n_flags", "flags", "unreliable"]
         elif c == "seeds":
@@ -338,6 +367,13 @@ def render_csv(boards: Sequence[Board], columns: Sequence[str]) -> str:
                 elif c == "time":
                     mean = v.train_seconds.mean
                     row.append("" if mean is None else round(mean, 3))
+                elif c == "cost":
+                    costs = [x for r in v.runs if isinstance(x := r.result.get("cost"), dict)]
+                    secs = [float(x["total_device_seconds"]) for x in costs if "total_device_seconds" in x]
+                    row += [
+                        round(sum(secs) / len(secs), 3) if secs else "",
+                        ";".join(sorted({str(x.get("device")) for x in costs})),
+                    ]
                 elif c == "flags":
                     row += [len(v.flag_texts), " | ".join(v.flag_texts), v.unreliable]
                 elif c == "seeds":
@@ -358,6 +394,16 @@ def board_to_dict(board: Board) -> dict[str, Any]:
         "ranked_by": board.ranked_by,
         "requested_sort": board.requested,
         "note": board.note,
+        "selected": board.selected,
+        "teacher": (
+            {
+                "label": board.teacher_row.label,
+                "metrics": {m: board.teacher_row.metrics[m].to_dict() for m in METRICS},
+                "n_eval": board.teacher_row.n_eval,
+            }
+            if board.teacher_row is not None
+            else None
+        ),
         "variants": [
             {
                 "rank": v.rank,

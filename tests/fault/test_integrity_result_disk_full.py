@@ -17,7 +17,8 @@ from ..conftest import write
 from .conftest import TINY_RECIPE
 from .test_disk_full import NO_SPACE, _fill_disk_on
 
-run_module = importlib.import_module("kdbench.run")  # the module: `kdbench.run` is the API function
+# the module, not the function `kdbench.run` (kdbench/__init__.py exports the Python API's run)
+run_module = importlib.import_module("kdbench.run")
 
 
 def test_disk_full_at_result_json_keeps_the_evaluation(tmp_path, capsys, monkeypatch):

@@ -27,7 +27,8 @@ from kdbench.run import run_recipe
 from ..conftest import write
 from .conftest import TINY_RECIPE
 
-run_module = importlib.import_module("kdbench.run")  # the module: `kdbench.run` is the API function
+# the module, not the function `kdbench.run` (kdbench/__init__.py exports the Python API's run)
+run_module = importlib.import_module("kdbench.run")
 
 
 def test_finished_is_checked_again_under_the_lock(tmp_path, monkeypatch):

@@ -1,0 +1,242 @@
+"""Where a run's teacher comes from, and who it is.
+
+A teacher is one of
+
+* ``teacher.recipe``: the student of another recipe, trained first unless its run is finished;
+* ``teacher.checkpoint``: a weights file (a kdbench model.pt, a training checkpoint, or a bare state_dict
+  such as TRADES' ``model_cifar_wrn.pt``) for the registered ``teacher.model``;
+* ``teacher.model = "robustbench:<name>"``: a RobustBench zoo model (`kdbench.models.zoo`).
+
+Its identity (`TeacherIdentity`) pins the weights, not the path: the teacher recipe's hash, the
+checkpoint file's SHA-256, or the zoo name plus its file's SHA-256. result.json records it, the
+teacher's own evaluation is cached under it, and the leaderboard groups students by it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from kdbench.build import (
+    build_network,
+    build_source,
+    check_label_spaces,
+    checkpoint_num_classes,
+    load_network_weights,
+    network_spec,
+)
+from kdbench.data.base import DatasetInfo
+from kdbench.engine.checkpoint import atomic_write_bytes, load_weights_file, max_weights_bytes
+from kdbench.engine.trainer import freeze
+from kdbench.models.base import Network
+from kdbench.models.normalization import (
+    Normalization,
+    check_recorded,
+    recorded_normalization,
+    resolve_normalization,
+)
+from kdbench.models.zoo import default_model_dir, file_sha256, load_zoo_teacher
+from kdbench.recipe import ResolvedRecipe, check_files
+
+__all__ = [
+    "TEACHER_EVAL_DIR",
+    "BuiltTeacher",
+    "TeacherIdentity",
+    "build_teacher",
+    "cached_teacher_eval",
+    "examples_fingerprint",
+    "load_network_metadata",
+    "teacher_normalization",
+]
+
+
+@dataclass(frozen=True)
+class TeacherIdentity:
+    """What pins a teacher's weights. ``key`` is short and stable: ``recipe:<hash>``, ``sha256:<hex>``
+    or ``robustbench:<name>@<hex>`` (first 12 hex digits)."""
+
+    source: str  # "recipe" | "checkpoint" | "robustbench"
+    model: str
+    recipe_hash: str | None = None
+    sha256: str | None = None
+    zoo: dict[str, str] | None = None  # {"name", "dataset", "threat_model"}
+    path: str | None = None
+
+    @property
+    def key(self) -> str:
+        if self.source == "recipe":
+            return f"recipe:{(self.recipe_hash or '')[:12]}"
+        if self.source == "robustbench":
+            assert self.zoo is not None
+            return f"robustbench:{self.zoo['name']}@{(self.sha256 or '')[:12]}"
+        return f"sha256:{(self.sha256 or '')[:12]}"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"source": self.source, "key": self.key, "model": self.model}
+        for name in ("recipe_hash", "sha256", "zoo", "path"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
+
+
+@dataclass
+class BuiltTeacher:
+    """A frozen teacher network, its identity and its input normalisation (None: inside a zoo model)."""
+
+    network: Network
+    identity: TeacherIdentity
+    normalization: Normalization | None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def teacher_normalization(resolved: ResolvedRecipe, info: DatasetInfo) -> Normalization | None:
+    """The teacher's resolved normalisation: ``teacher.normalize``, else the teacher recipe's student's,
+    else the dataset's; None for a zoo teacher (which normalises inside itself)."""
+    teacher = resolved.recipe.teacher
+    assert teacher is not None
+    if teacher.zoo_name is not None:
+        return None
+    setting = teacher.normalize
+    if setting is None and resolved.teacher_recipe is not None:
+        setting = resolved.teacher_recipe.recipe.student.normalize
+    return resolve_normalization(setting, tuple(info.mean), tuple(info.std))
+
+
+def _model_dir(resolved: ResolvedRecipe) -> Path:
+    teacher = resolved.recipe.teacher
+    assert teacher is not None
+    return resolved.relative(teacher.model_dir) if teacher.model_dir else default_model_dir()
+
+
+def build_teacher(
+    resolved: ResolvedRecipe,
+    student_classes: int,
+    train_teacher_recipe: Callable[[ResolvedRecipe], Path],
+    say: Callable[[str], None],
+) -> BuiltTeacher:
+    """The frozen teacher of ``resolved``. ``train_teacher_recipe`` runs a teacher recipe (or finds its
+    finished run) and returns its run folder."""
+    r = resolved.recipe
+    teacher = r.teacher
+    assert teacher is not None
+    assert resolved.teacher_config is not None
+    if teacher.zoo_name is not None:
+        info = build_source(resolved).info()
+        model_dir = _model_dir(resolved)
+        zoo = load_zoo_teacher(
+            teacher.zoo_name,
+            dataset=r.data.dataset,
+            norm=r.eval.norm,
+            model_dir=model_dir,
+            download=teacher.download,
+            image_size=info.image_size,
+            file=resolved.file,
+        )
+        check_label_spaces(resolved, zoo.network.num_classes, student_classes)
+        freeze(zoo.network)
+        say(f"teacher: RobustBench {zoo.name} ({zoo.dataset}, {zoo.threat_model}) from {zoo.path}")
+        identity = TeacherIdentity(
+            "robustbench",
+            teacher.model or "",
+            sha256=zoo.sha256,
+            zoo={"name": zoo.name, "dataset": zoo.dataset, "threat_model": zoo.threat_model},
+            path=str(zoo.path),
+        )
+        return BuiltTeacher(zoo.network, identity, None)
+
+    if resolved.teacher_recipe is not None:
+        sub = resolved.teacher_recipe
+        info = build_source(sub).info()
+        check_label_spaces(resolved, info.num_classes, student_classes)  # before spending time on the teacher
+        say(f"teacher: recipe {os.path.normpath(sub.file)} (hash {sub.short_hash})")
+        weights = train_teacher_recipe(sub) / "model.pt"
+        model_name = sub.recipe.student.model
+        identity = TeacherIdentity("recipe", model_name, recipe_hash=sub.hash, path=str(weights))
+    else:
+        assert teacher.checkpoint is not None and teacher.model is not None
+        check_files(resolved)  # the message names teacher.checkpoint and the resolved path
+        weights = resolved.relative(teacher.checkpoint)
+        info = build_source(resolved).info()
+        model_name = teacher.model
+        file = weights / "model.pt" if weights.is_dir() else weights
+        # a missing, special or oversized file is reported by the loader (issue 12's checks), never hashed here
+        sha = file_sha256(file) if file.is_file() and file.stat().st_size <= max_weights_bytes() else None
+        identity = TeacherIdentity("checkpoint", model_name, sha256=sha, path=str(weights))
+    normalization = teacher_normalization(resolved, info)
+    assert normalization is not None
+    meta = load_network_metadata(weights)
+    check_recorded(
+        recorded_normalization(meta, tuple(info.mean), tuple(info.std)),
+        normalization,
+        file=resolved.file,
+        key="teacher.normalize",
+        what=f"the teacher's weights {weights}",
+    )
+    classes = checkpoint_num_classes(weights) or (info.num_classes if resolved.teacher_recipe else student_classes)
+    check_label_spaces(resolved, classes, student_classes)
+    network = build_network(model_name, resolved.teacher_config, network_spec(info, classes, normalization))
+    load_network_weights(network, weights)
+    freeze(network)
+    return BuiltTeacher(network, identity, normalization)
+
+
+def load_network_metadata(weights: Path) -> dict[str, Any]:
+    """kdbench metadata of a weights file (empty for bare state_dicts and unreadable files)."""
+    file = weights / "model.pt" if weights.is_dir() else weights
+    try:
+        payload = load_weights_file(file)
+    except Exception:
+        return {}
+    if isinstance(payload, dict) and "state_dict" in payload:
+        return {k: v for k, v in payload.items() if k != "state_dict"}
+    return {}
+
+
+# ------------------------------------------------------------------------ the teacher's own numbers
+
+#: Cached teacher evaluations live in ``<runs dir>/.teacher-evals/`` (one file per teacher and examples).
+TEACHER_EVAL_DIR = ".teacher-evals"
+
+
+def examples_fingerprint(images: Tensor, labels: Tensor) -> str:
+    """sha256 over the exact evaluation tensors, so "the same examples" is checked, not assumed."""
+    digest = hashlib.sha256()
+    for t in (images, labels):
+        t = t.detach().cpu().contiguous()
+        digest.update(str((tuple(t.shape), str(t.dtype))).encode())
+        digest.update(t.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cached_teacher_eval(
+    identity: TeacherIdentity,
+    settings: dict[str, Any],
+    images: Tensor,
+    labels: Tensor,
+    cache_dir: Path,
+    evaluate: Callable[[], dict[str, Any]],
+) -> tuple[dict[str, Any], bool]:
+    """The teacher's ``{"metrics", "flags"}`` on ``images``/``labels`` under the evaluation ``settings``,
+    from the cache when this teacher was evaluated on these examples before, else from ``evaluate()``
+    (then cached). Returns (record, whether it came from the cache)."""
+    key_data = {"teacher": identity.key, "examples": examples_fingerprint(images, labels), **settings}
+    key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()
+    path = cache_dir / f"{identity.key.replace(':', '_').replace('@', '_')}-{key[:16]}.json"
+    try:
+        cached = json.loads(path.read_text())
+        if cached.get("key") == key and isinstance(cached.get("metrics"), dict):
+            return {"metrics": cached["metrics"], "flags": list(cached.get("flags", []))}, True
+    except (OSError, ValueError):
+        pass
+    record = evaluate()
+    payload = {"key": key, **key_data, "identity": identity.to_dict(), **record}
+    atomic_write_bytes(path, (json.dumps(payload, indent=2) + "\n").encode())
+    return record, False
