@@ -21,9 +21,10 @@ def test_quickstart_runs_end_to_end(cifar_root, tmp_path):
     cmd = [sys.executable, "-m", "kdbench", "run", str(REPO / "recipes" / "quickstart.toml")]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    last = proc.stdout.strip().splitlines()[-1]
-    assert last.startswith("result: ")
-    result = json.loads((tmp_path / last.removeprefix("result: ")).read_text())  # absolute paths stay absolute
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1].startswith("total time: ")  # the command's last line, after the result's
+    result_line = next(line for line in reversed(lines) if line.startswith("result: "))
+    result = json.loads((tmp_path / result_line.removeprefix("result: ")).read_text())  # absolute paths stay absolute
     assert result["schema_version"] == 1 and result["name"] == "quickstart"
     assert result["teacher"] == "resnet20" and result["student"] == "resnet8" and result["method"] == "kd"
     m = result["metrics"]
