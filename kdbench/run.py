@@ -531,6 +531,14 @@ def _teacher_record(
     record: dict[str, Any] = {"identity": identity.to_dict(), "metrics": None, "flags": []}
     if not r.eval.teacher:
         return record
+    classes = data.info.num_classes
+    if getattr(built.network, "num_classes", classes) != classes:
+        # A teacher from another label space (feature transfer, e.g. CRD from CIFAR-100 to CIFAR-10) has no
+        # accuracy on these labels: say so instead of evaluating it.
+        record["flags"] = [
+            f"teacher not evaluated: it predicts {built.network.num_classes} classes, the dataset has {classes}"
+        ]
+        return record
     # A fixed attack seed: the teacher's numbers belong to the teacher, so a seed sweep of students shares them.
     settings: dict[str, Any] = {
         "attacks": list(r.eval.attacks),
