@@ -116,6 +116,7 @@ def build(
     )
     if channels_last is not None:
         recipe += f"channels_last = {'true' if channels_last else 'false'}\n"
+    tmp_path.mkdir(parents=True, exist_ok=True)  # callers may pass a sub-folder of their tmp_path
     (tmp_path / "teacher.toml").write_text(teacher)
     path = tmp_path / f"{method}.toml"
     path.write_text(recipe)
