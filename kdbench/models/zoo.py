@@ -250,7 +250,7 @@ def find_final_linear(model: nn.Module, example: Tensor) -> nn.Linear:
             return module
     raise UserError(
         f"{type(model).__name__}: its output is not the output of a linear layer, so kdbench cannot take "
-        "penultimate features from it; use it with a logit-only method (kd, ard, rslad)"
+        "penultimate features from it; use it with a method that reads only the teacher's logits"
     )
 
 
