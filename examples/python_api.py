@@ -21,7 +21,7 @@ outcome = kdbench.run(
     quiet=False,
 )
 print(outcome.out_dir, "reused" if outcome.reused else "trained")
-print(outcome.result["metrics"])
+print(outcome.result.metrics)
 
 # %% [markdown]
 # ## 2. Load the trained student and classify a few test images

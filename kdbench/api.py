@@ -25,7 +25,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdbench import _toml
 from kdbench._errors import UserError
 from kdbench._registry import DATASETS, MODELS
 from kdbench.build import DATA_ROOT_ENV, build_network, load_network_weights, network_spec
@@ -38,6 +37,7 @@ from kdbench.models.base import Network
 from kdbench.models.normalization import recorded_normalization
 from kdbench.recipe import ResolvedRecipe, load_recipe, resolve
 from kdbench.run import RunOutcome, run_recipe
+from kdbench.run_folder import RunFolder
 
 __all__ = ["evaluate", "load_model", "load_results", "resolve_recipe", "run"]
 
@@ -72,7 +72,8 @@ def run(
 
     ``recipe``: a path, a dict, or a `ResolvedRecipe` (then ``set``/``teacher_set`` must be empty).
     A finished run with the same hash is reused (``outcome.reused``). Returns ``outcome.out_dir`` (the
-    run folder) and ``outcome.result`` (result.json's content). ``quiet=False`` shows the progress.
+    run folder) and ``outcome.result`` (a `kdbench.results.Result`, typed: ``outcome.result.metrics.clean_acc``;
+    ``.dump()`` is result.json's content). ``quiet=False`` shows the progress.
     A sweep recipe is refused: run its variants with `kdbench.recipe.load_recipes` and this function.
     """
     from kdbench.engine.progress import make_progress
@@ -106,7 +107,7 @@ def _source(dataset: str, options: dict[str, Any], root: Path | None, download: 
 
 def _run_data(run_dir: Path) -> tuple[str, dict[str, Any], Path | None, dict[str, Any]]:
     """dataset name, its options, its folder and the whole [data] table, from a run's recipe.toml."""
-    raw = _toml.load_file(run_dir / "recipe.toml")
+    raw = RunFolder(run_dir).recipe_table()
     data = raw.get("data", {})
     root = data.get("root")
     folder = None
@@ -151,15 +152,18 @@ def load_model(path: str | Path, *, dataset: str | None = None, device: str | to
 
 def _test_split(dataset: str, n: int | None, root: str | Path | None, options: dict[str, Any]) -> tuple[Tensor, Tensor]:
     from kdbench.data.cache import load_split_cached
+    from kdbench.evaluation.selection import has_canonical_order, select_examples
 
     source = _source(dataset, options, Path(root) if root is not None else None)
     test = load_split_cached(source, "test")
-    images, labels = test.images, test.labels
-    if n is not None:
-        if n > len(labels):
-            raise UserError(f"n={n} but the {dataset} test split has {len(labels)} images")
-        images, labels = images[:n], labels[:n]
-    return images, labels
+    if n is None:
+        return test.images, test.labels
+    if n > len(test.labels):
+        raise UserError(f"n={n} but the {dataset} test split has {len(test.labels)} images")
+    # The dataset's fixed selection, as `kdbench run` and `kdbench eval` evaluate: the first n of a canonical
+    # order (torchvision's files), else n images of the seeded class-stratified order (an ImageFolder copy).
+    chosen = select_examples(test.images, test.labels, canonical=has_canonical_order(source), n=n, n_key="n")
+    return test.images[chosen.indices], test.labels[chosen.indices]
 
 
 def evaluate(
@@ -180,7 +184,8 @@ def evaluate(
 
     ``model`` maps images float in [0, 1] ``(B, 3, H, W)`` to logits (a torchvision or timm model
     needs its normalisation inside it). ``data``: a registered dataset name (``"cifar10"``; the test
-    split under ``root``, default ``$KDBENCH_DATA_ROOT/<name>``; the first ``n`` images) or
+    split under ``root``, default ``$KDBENCH_DATA_ROOT/<name>``; ``n`` images of the dataset's fixed
+    selection, the same as ``kdbench eval --n`` evaluates) or
     ``(images, labels)``. ``attacks``: evaluation attacks (``kdbench list evaluation``); ``eps`` may
     be ``"8/255"``. Returns `kdbench.evaluation.EvalReport` (``clean_acc``, ``robust``, ``worst``,
     ``flags``; ``to_dict()`` is result.json's ``metrics``).

@@ -16,13 +16,16 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from kdbench._errors import PluginError, UserError, did_you_mean
 from kdbench._registry import Registry, registries
+
+if TYPE_CHECKING:
+    from kdbench.results import Result
 
 __all__ = ["COMMAND_MODULES", "main"]
 
@@ -206,7 +209,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     clock = getattr(progress, "clock", None)
     if clock is not None:
         clock.plan.update(clock_plan(planned))
-    rows: list[tuple[str, dict[str, Any] | None, str]] = []
+    rows: list[tuple[str, Result | None, str]] = []
     previous_sigterm = _sigterm_as_interrupt()
     try:
         for resolved in variants:
@@ -256,53 +259,53 @@ def _teacher_key(item: str) -> str:
     return f"teacher.set.{item.strip()}"
 
 
-def _metric_cells(result: dict[str, Any]) -> list[str]:
-    m = result["metrics"]
-    robust = m.get("robust", {})
-    cells = [f"{m['clean_acc']:.4f}"]
+def _metric_cells(result: Result) -> list[str]:
+    m = result.metrics
+    robust = m.robust
+    cells = [f"{m.clean_acc:.4f}"]
     for key in ("fgsm", "pgd20", "cw", "autoattack"):
         value = robust.get(key)
         cells.append("-" if value is None else f"{value:.4f}")
     return cells
 
 
-def _print_result(result: dict[str, Any], out: Path) -> None:
-    m = result["metrics"]
-    robust = {k: v for k, v in m.get("robust", {}).items() if v is not None}
-    parts = [f"clean {m['clean_acc']:.4f}"] + [f"{k} {v:.4f}" for k, v in robust.items()]
-    print(f"{result['name']}: {' | '.join(parts)} (n={m.get('n_eval')})")
-    for flag in result.get("flags", []):
+def _print_result(result: Result, out: Path) -> None:
+    m = result.metrics
+    robust = {k: v for k, v in m.robust.items() if v is not None}
+    parts = [f"clean {m.clean_acc:.4f}"] + [f"{k} {v:.4f}" for k, v in robust.items()]
+    print(f"{result.name}: {' | '.join(parts)} (n={m.n_eval})")
+    for flag in result.flags:
         print(f"  flag: {flag}")
     print(f"result: {out / 'result.json'}")
 
 
 def _print_teacher(resolved: Any, runs_dir: Path | None) -> None:
     """The teacher's own accuracy (from its run's result.json), so a bad teacher is seen at once."""
-    from kdbench.results import read_result
     from kdbench.run import default_out_dir
+    from kdbench.run_folder import RunFolder
 
     sub = resolved.teacher_recipe
     if sub is None:
         return
-    folder = default_out_dir(sub, runs_dir)
-    result = read_result(folder / "result.json")
+    folder = RunFolder(default_out_dir(sub, runs_dir))
+    result = folder.read_result()
     if result is None:
         return
-    m = result["metrics"]
-    robust = {k: v for k, v in m.get("robust", {}).items() if v is not None and k != "worst"}
-    parts = [f"clean {m['clean_acc']:.4f}"] + [f"{k} {v:.4f}" for k, v in robust.items()]
-    print(f"teacher {result['name']}: {' | '.join(parts)} (n={m.get('n_eval')}; {folder})")
+    m = result.metrics
+    robust = {k: v for k, v in m.robust.items() if v is not None and k != "worst"}
+    parts = [f"clean {m.clean_acc:.4f}"] + [f"{k} {v:.4f}" for k, v in robust.items()]
+    print(f"teacher {result.name}: {' | '.join(parts)} (n={m.n_eval}; {folder.path})")
 
 
-def _print_summary(rows: list[tuple[str, dict[str, Any] | None, str]]) -> None:
+def _print_summary(rows: list[tuple[str, Result | None, str]]) -> None:
     header = ["run", "method", "seed", "clean", "fgsm", "pgd20", "cw", "autoattack", "flags", "result"]
     table = [header]
     for name, result, where in rows:
         if result is None:
             table.append([name, "-", "-", "-", "-", "-", "-", "-", "-", where])
         else:
-            flags = str(len(result.get("flags", [])))
-            table.append([name, result["method"], str(result["seed"]), *_metric_cells(result), flags, where])
+            flags = str(len(result.flags))
+            table.append([name, result.method, str(result.seed), *_metric_cells(result), flags, where])
     widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1])

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from kdbench._errors import UserError
-from kdbench.engine.checkpoint import CheckpointStore, atomic_write_bytes, load_weights_file
+from kdbench.engine.checkpoint import atomic_write_bytes, load_weights_file
+from kdbench.run_folder import RunFolder
 
 __all__ = ["FORMATS", "add_parser", "cmd_export", "export_safetensors"]
 
@@ -54,22 +55,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _model_file(run: Path) -> Path:
-    """``run``'s model.pt; unfinished or foreign folders are one-line `UserError`s."""
+    """``run``'s model.pt (or ``run`` itself, a model file); unfinished or foreign folders are one-line `UserError`s."""
     if run.is_file():
         return run
-    if not run.exists():
-        raise UserError(f"{run} not found; give a run folder (runs/<name>/<hash>/) or its model.pt")
-    model = run / "model.pt"
-    if model.is_file():
-        return model
-    positions = CheckpointStore(run / "checkpoints").positions()
-    if positions:
-        newest = CheckpointStore(run / "checkpoints").path(positions[0]).name
-        raise UserError(
-            f"run {run} is not finished (no model.pt yet; newest checkpoint {newest}); "
-            "finish it with `kdbench run` on its recipe, then export"
-        )
-    raise UserError(f"{run} is not a kdbench run folder (it has no model.pt); give runs/<name>/<hash>/")
+    return RunFolder(run).require_model("export")
 
 
 def _canonical(blob: bytes) -> bytes:

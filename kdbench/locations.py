@@ -98,6 +98,6 @@ def find_finished_elsewhere(name: str, recipe_hash: str, here: Path) -> Path | N
         if folder.resolve() == here_resolved:
             continue
         result = read_result(folder / "result.json")
-        if result is not None and result.get("recipe_hash") == recipe_hash and (folder / "model.pt").is_file():
+        if result is not None and result.recipe_hash == recipe_hash and (folder / "model.pt").is_file():
             return folder
     return None

@@ -482,8 +482,15 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], file: str) -> dic
     return raw
 
 
-#: Keys holding paths relative to the recipe file; rebased when a recipe `extends` one elsewhere.
-_PATH_KEYS = (("teacher", "recipe"), ("teacher", "checkpoint"), ("teacher", "model_dir"), ("data", "root"))
+#: Keys holding paths relative to the recipe file; rebased when a recipe `extends` one elsewhere
+#: (``eval.examples`` only when it is a path, not a list of indices).
+_PATH_KEYS = (
+    ("teacher", "recipe"),
+    ("teacher", "checkpoint"),
+    ("teacher", "model_dir"),
+    ("data", "root"),
+    ("eval", "examples"),
+)
 #: Keys of each ``[teachers.<name>]`` table holding paths, rebased like `_PATH_KEYS`.
 _TEACHER_PATH_KEYS = ("recipe", "checkpoint", "model_dir")
 
@@ -499,6 +506,21 @@ def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _drop_provenance(raw: dict[str, Any], path: Path) -> None:
+    """A run folder's recipe.toml records where it came from in a ``[run]`` table
+    (`kdbench.run_folder`): provenance, not a setting, so it is left out when the file is read as a recipe."""
+    from kdbench.run_folder import PROVENANCE_TABLE
+
+    if isinstance(raw.get(PROVENANCE_TABLE), dict):
+        try:
+            with open(path, "rb") as fh:
+                first = fh.readline(4096)
+        except OSError:
+            return
+        if first.startswith(b"# resolved recipe "):
+            raw.pop(PROVENANCE_TABLE)
+
+
 def read_raw(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A recipe file as a dict, with ``extends = "base.toml"`` merged in (recursively, cycles refused).
 
@@ -506,6 +528,7 @@ def read_raw(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     pointing where they pointed from the base file's folder.
     """
     raw = _toml.load_file(path)
+    _drop_provenance(raw, path)
     parent = raw.pop("extends", None)
     if parent is None:
         return raw

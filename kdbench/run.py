@@ -1,12 +1,7 @@
 """Run a recipe end to end: teacher, training, evaluation, result files.
 
-Output folder (default ``runs/<name>/<short hash>/``)::
-
-    recipe.toml      the resolved recipe (every default filled in)
-    metrics.jsonl    one JSON object per finished epoch
-    checkpoints/     crash-safe training checkpoints (resume is automatic)
-    model.pt         the trained network's weights, with its model name and options
-    result.json      schema_version 1 (kdbench.results)
+Output folder (default ``runs/<name>/<short hash>/``): a `kdbench.run_folder.RunFolder`, which owns
+its files (recipe.toml, metrics.jsonl, checkpoints/, model.pt, result.json: `kdbench.results.Result`).
 
 A finished run (result.json with the same recipe hash) is reported and not run again; an
 interrupted one resumes from its newest good checkpoint.
@@ -14,22 +9,16 @@ interrupted one resumes from its newest good checkpoint.
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import hashlib
 import os
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from kdbench import _toml
 from kdbench._errors import RecipeError, UserError
 from kdbench._registry import METHODS
 from kdbench.build import (
@@ -46,14 +35,6 @@ from kdbench.build import (
     student_normalization,
 )
 from kdbench.data.base import DatasetInfo
-from kdbench.engine.checkpoint import (
-    CheckpointStore,
-    DiskFullError,
-    atomic_write_bytes,
-    remove_stale_temp_files,
-    verify_checksum,
-    write_with_checksum,
-)
 from kdbench.engine.cost import cost_record, reset_peak_memory
 from kdbench.engine.distributed import Distributed, setup_distributed
 from kdbench.engine.fingerprint import tensor_digests
@@ -65,21 +46,22 @@ from kdbench.models.base import Network, NetworkSpec
 from kdbench.models.normalization import Normalization, check_recorded, recorded_normalization, resolve_normalization
 from kdbench.models.zoo import default_model_dir, load_zoo_teacher
 from kdbench.recipe import ResolvedRecipe
-from kdbench.results import SCHEMA_VERSION, environment, eps_label, read_result, write_json
+from kdbench.results import SCHEMA_VERSION, Result, environment, eps_label
+from kdbench.run_folder import RunFolder, RunStatus
 from kdbench.teachers import TEACHER_EVAL_DIR, BuiltTeacher, build_teacher, cached_teacher_eval, load_network_metadata
 
 __all__ = ["RUNS_DIR_ENV", "RunOutcome", "default_out_dir", "run_recipe", "status"]
 
 #: Seed of the attacks' random starts when the teacher is evaluated (whatever the student's seed).
 TEACHER_EVAL_SEED = 0
-#: An evaluation kept after result.json hit a full disk (see `_write_result`).
-PENDING_FILE = "evaluation.pending.json"
 
 
 @dataclass
 class RunOutcome:
+    """Where a run is and its result (None on data-parallel processes other than rank 0)."""
+
     out_dir: Path
-    result: dict[str, Any]
+    result: Result | None
     reused: bool
 
 
@@ -96,103 +78,34 @@ def run_recipe(
     progress: Progress | None = None,
 ) -> RunOutcome:
     """Train and evaluate ``resolved`` into ``out_dir`` (reusing a finished result)."""
-    out = out_dir or default_out_dir(resolved, runs_dir)
+    folder = RunFolder(out_dir or default_out_dir(resolved, runs_dir))
     progress = progress or make_progress()
-    done = _finished(resolved, out)
+    done = folder.finished(resolved.hash)
     if done is not None:
-        progress.message(f"{resolved.recipe.name}: already finished in {out} (hash {resolved.short_hash})")
-        return RunOutcome(out, done, reused=True)
-    out.mkdir(parents=True, exist_ok=True)
+        progress.message(f"{resolved.recipe.name}: already finished in {folder.path} (hash {resolved.short_hash})")
+        return RunOutcome(folder.path, done, reused=True)
+    folder.path.mkdir(parents=True, exist_ok=True)
     if out_dir is None:
         remember_runs_dir(default_runs_dir(runs_dir))
     ddp = setup_distributed(resolved.recipe.train.device)
     if not ddp.is_main:  # rank 0 owns the folder; the others train beside it and write nothing
-        return RunOutcome(out, _execute(resolved, out, runs_dir, progress, ddp), reused=False)
-    with _lock(out):
+        return RunOutcome(folder.path, _execute(resolved, folder, runs_dir, progress, ddp), reused=False)
+    with folder.lock():
         # Again under the lock: another process may have finished this run since the check above.
-        done = _finished(resolved, out)
+        done = folder.finished(resolved.hash)
         if done is not None:
-            progress.message(f"{resolved.recipe.name}: finished meanwhile in {out} (hash {resolved.short_hash})")
-            return RunOutcome(out, done, reused=True)
-        remove_stale_temp_files(out)  # left by a process killed mid-write (the lock says none is writing)
-        _claim(resolved, out)
-        result = _execute(resolved, out, runs_dir, progress, ddp)
-    return RunOutcome(out, result, reused=False)
-
-
-def status(resolved: ResolvedRecipe, out: Path) -> str:
-    """``done`` (result present), ``partial`` (checkpoints, no result) or ``new``."""
-    if _finished(resolved, out) is not None:
-        return "done"
-    if CheckpointStore(out / "checkpoints").positions():
-        return "partial"
-    return "new"
-
-
-def _finished(resolved: ResolvedRecipe, out: Path) -> dict[str, Any] | None:
-    """result.json of this recipe, when model.pt beside it passes its checksum.
-
-    A damaged model.pt (or one without checksum, written by an older kdbench) makes the run unfinished,
-    with a warning: the run then rebuilds model.pt from its last good checkpoint and evaluates again
-    (or trains again when no checkpoint is left), so a damaged file is never used or reported.
-    """
-    result = read_result(out / "result.json")
-    if result is None and (out / "result.json").exists():
-        print(f"kdbench: warning: ignoring {out / 'result.json'}: not a readable kdbench result", file=sys.stderr)
-    if result is None or result.get("recipe_hash") != resolved.hash:
-        return None
-    model = out / "model.pt"
-    problem = verify_checksum(model) if model.is_file() else "is missing"
-    if problem is not None:
-        print(
-            f"kdbench: warning: {model} {problem}; the run is not counted as finished and is rebuilt "
-            "from its last good checkpoint",
-            file=sys.stderr,
-        )
-        return None
-    return result
-
-
-def _claim(resolved: ResolvedRecipe, out: Path) -> None:
-    """Write recipe.toml, refusing a folder that holds another recipe's run."""
-    recipe_file = out / "recipe.toml"
-    header = f"resolved recipe {resolved.recipe.name}, hash {resolved.hash}"
-    if recipe_file.is_file():
-        first = _first_line(recipe_file)
-        if first is not None and first.startswith("# resolved recipe ") and resolved.hash in first:
-            return
-        if first is not None and first.startswith("# resolved recipe "):
-            raise UserError(
-                f"{out} holds a run of another recipe ({first.lstrip('# ')}); "
-                "choose another --out or delete that folder"
+            progress.message(
+                f"{resolved.recipe.name}: finished meanwhile in {folder.path} (hash {resolved.short_hash})"
             )
-        # Empty, binary or hand-edited: rewritten below. Safe, since checkpoints record their own run and
-        # those of another run are refused anyway.
-        print(f"kdbench: warning: {recipe_file} is empty, unreadable or not kdbench's; rewriting it", file=sys.stderr)
-    source = f"from {resolved.file}" + (f" with --set {' '.join(resolved.overrides)}" if resolved.overrides else "")
-    atomic_write_bytes(recipe_file, _toml.dumps(resolved.to_dict(), header=f"{header}\n{source}").encode())
+            return RunOutcome(folder.path, done, reused=True)
+        folder.claim(resolved, runs_dir)
+        result = _execute(resolved, folder, runs_dir, progress, ddp)
+    return RunOutcome(folder.path, result, reused=False)
 
 
-def _first_line(path: Path) -> str | None:
-    """The first line of a text file, or None when it is empty, binary or unreadable (reads 4 kB at most)."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(4096)
-        line = head.split(b"\n", 1)[0].decode("utf-8").rstrip("\r") if head else None
-    except (OSError, UnicodeDecodeError):
-        return None
-    return line if line and line.isprintable() else None
-
-
-@contextlib.contextmanager
-def _lock(out: Path) -> Iterator[None]:
-    """One process per run folder (a second `kdbench run` of the same recipe fails fast)."""
-    with open(out / ".lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"{out} is being written by another kdbench process") from None
-        yield
+def status(resolved: ResolvedRecipe, out: Path) -> RunStatus:
+    """``done`` (result present), ``partial`` (checkpoints, no result) or ``new``."""
+    return RunFolder(out).status(resolved.hash)
 
 
 def _train_teacher(sub: ResolvedRecipe, runs_dir: Path | None, progress: Progress) -> Path:
@@ -286,9 +199,9 @@ def _check_extra_teacher_fits(
 
 
 def _execute(
-    resolved: ResolvedRecipe, out: Path, runs_dir: Path | None, progress: Progress, ddp: Distributed
-) -> dict[str, Any]:
-    """Train and evaluate; returns result.json's content ({} on processes other than rank 0)."""
+    resolved: ResolvedRecipe, folder: RunFolder, runs_dir: Path | None, progress: Progress, ddp: Distributed
+) -> Result | None:
+    """Train and evaluate; returns the result (None on processes other than rank 0)."""
     r = resolved.recipe
     hw = resolve_hardware(
         r.train.device, r.train.precision, r.train.channels_last, r.train.deterministic, ddp.local_rank
@@ -312,13 +225,16 @@ def _execute(
     }
     close_log = _nothing
     if ddp.is_main:  # from here on this run's lines also go to its train.log (the teacher's went to its own)
-        progress, close_log = run_log(progress, out, tensorboard=bool(getattr(progress, "tensorboard", False)))
+        progress, close_log = run_log(progress, folder.path, tensorboard=bool(getattr(progress, "tensorboard", False)))
     progress.message(
         f"{r.name}: {r.method.name} | student {r.student.model} | {r.data.dataset} "
-        f"({data.train_size} train images) | {hw.describe()}, {hw.precision} -> {out}"
+        f"({data.train_size} train images) | {hw.describe()}, {hw.precision} -> {folder.path}"
     )
+    teacher_evals = default_runs_dir(runs_dir) / TEACHER_EVAL_DIR
     try:
-        return _train_and_evaluate(resolved, out, progress, ddp, hw, data, spec, built, extra_teachers, normalization)
+        return _train_and_evaluate(
+            resolved, folder, progress, ddp, hw, data, spec, built, extra_teachers, normalization, teacher_evals
+        )
     finally:
         close_log()
 
@@ -329,7 +245,7 @@ def _nothing() -> None:
 
 def _train_and_evaluate(
     resolved: ResolvedRecipe,
-    out: Path,
+    folder: RunFolder,
     progress: Progress,
     ddp: Distributed,
     hw: Hardware,
@@ -338,7 +254,8 @@ def _train_and_evaluate(
     built: BuiltTeacher | None,
     extra_teachers: dict[str, Network],
     normalization: Normalization,
-) -> dict[str, Any]:
+    teacher_evals: Path,
+) -> Result | None:
     r = resolved.recipe
     teacher = built.network if built is not None else None
     student, method = build_student_and_method(
@@ -363,8 +280,8 @@ def _train_and_evaluate(
         train=r.train,
         hardware=hw,
         seed=r.seed,
-        store=CheckpointStore(out / "checkpoints", owner=_checkpoint_owner(resolved)),
-        metrics_path=out / "metrics.jsonl",
+        store=folder.checkpoints(owner=_checkpoint_owner(resolved)),
+        metrics_path=folder.metrics_file,
         progress=progress,
         distributed=ddp,
         method_name=r.method.name,
@@ -377,22 +294,22 @@ def _train_and_evaluate(
     reset_peak_memory(hw.device)
     summary = trainer.fit()
     if not ddp.is_main:
-        return {}
-    _save_model(out / "model.pt", student, resolved, spec.num_classes, normalization)
+        return None
+    folder.write_model(_model_payload(student, resolved, spec.num_classes, normalization))
 
     weights_digest = _weights_digest(student)
-    pending = _pending_evaluation(resolved, out, weights_digest)
+    pending = folder.pending_evaluation(resolved.hash, weights_digest)
     tic = time.perf_counter()
     report = pending if pending is not None else _evaluate(student, data, resolved, hw.device, progress)
     eval_seconds = time.perf_counter() - tic
-    selection = _best_on_validation(trainer, student, data, resolved, hw.device, progress, out, spec, normalization)
+    selection = _best_on_validation(trainer, student, data, resolved, hw.device, progress, folder, spec, normalization)
     teacher_record: dict[str, Any] | None = None
     teacher_eval_seconds = 0.0
     if built is not None:
         tic = time.perf_counter()
-        teacher_record = _teacher_record(built, data, resolved, hw.device, progress, out)
+        teacher_record = _teacher_record(built, data, resolved, hw.device, progress, teacher_evals)
         teacher_eval_seconds = time.perf_counter() - tic
-    result = {
+    record = {
         "schema_version": SCHEMA_VERSION,
         "name": r.name,
         "recipe_hash": resolved.hash,
@@ -439,8 +356,9 @@ def _train_and_evaluate(
         "deterministic": r.train.deterministic,
         "seed": r.seed,
     }
-    _write_result(out, result, resolved, report, weights_digest)
-    progress.message(f"{r.name}: result in {out / 'result.json'}")
+    result = Result.parse(record)  # the writer checks its own output against the contract
+    folder.write_result(result, evaluation=report, weights_digest=weights_digest)
+    progress.message(f"{r.name}: result in {folder.result_file}")
     return result
 
 
@@ -480,7 +398,7 @@ def _best_on_validation(
     resolved: ResolvedRecipe,
     device: torch.device,
     progress: Progress,
-    out: Path,
+    folder: RunFolder,
     spec: NetworkSpec,
     normalization: Normalization,
 ) -> dict[str, Any]:
@@ -509,8 +427,9 @@ def _best_on_validation(
         return {"validation": record, "metrics_best_val": None}
     final_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
     student.load_state_dict(best["student"])
-    _save_model(
-        out / "model_best_val.pt", student, resolved, spec.num_classes, normalization, extra={"epoch": best["epoch"]}
+    folder.write_model(
+        _model_payload(student, resolved, spec.num_classes, normalization, extra={"epoch": best["epoch"]}),
+        best_val=True,
     )
     tic = time.perf_counter()
     progress.message(f"{r.name}: best-on-validation model (epoch {best['epoch']}) on the test set")
@@ -522,10 +441,11 @@ def _best_on_validation(
 
 
 def _teacher_record(
-    built: BuiltTeacher, data: Any, resolved: ResolvedRecipe, device: torch.device, progress: Progress, out: Path
+    built: BuiltTeacher, data: Any, resolved: ResolvedRecipe, device: torch.device, progress: Progress, cache_dir: Path
 ) -> dict[str, Any]:
     """The teacher's identity and its own numbers, measured by `_evaluate` (the student's evaluation, on the
-    same examples), cached per teacher in ``<runs dir>/.teacher-evals/``."""
+    same examples), cached per teacher in ``cache_dir`` (``<runs dir>/.teacher-evals/``, wherever --out puts
+    the student)."""
     r = resolved.recipe
     identity = built.identity
     record: dict[str, Any] = {"identity": identity.to_dict(), "metrics": None, "flags": []}
@@ -553,7 +473,6 @@ def _teacher_record(
         progress.message(f"{r.name}: evaluating the teacher ({identity.key}) once; later runs reuse it")
         return _evaluate(built.network, data, resolved, device, progress, seed=TEACHER_EVAL_SEED)
 
-    cache_dir = out.parent.parent / TEACHER_EVAL_DIR
     report, cached = cached_teacher_eval(identity, settings, data.test_images, data.test_labels, cache_dir, run)
     record["metrics"], record["flags"] = report["metrics"], report["flags"]
     record["identity"]["metrics_cached"] = cached
@@ -584,51 +503,6 @@ def _weights_digest(net: torch.nn.Module) -> str:
     return hashlib.sha256("".join(tensor_digests(net).values()).encode()).hexdigest()
 
 
-def _pending_places(resolved: ResolvedRecipe, out: Path) -> list[Path]:
-    """Where an evaluation is kept when result.json cannot be written: the run folder, else the temp folder."""
-    return [out / PENDING_FILE, Path(tempfile.gettempdir()) / f"kdbench-evaluation-{resolved.hash}.json"]
-
-
-def _pending_evaluation(resolved: ResolvedRecipe, out: Path, weights_digest: str) -> dict[str, Any] | None:
-    """An evaluation kept by an earlier attempt whose result.json hit a full disk, for these exact weights."""
-    for spot in _pending_places(resolved, out):
-        kept = read_result(spot)
-        if kept is not None and kept.get("recipe_hash") == resolved.hash and kept.get("weights") == weights_digest:
-            report = kept.get("report")
-            if isinstance(report, dict) and isinstance(report.get("metrics"), dict):
-                print(f"kdbench: using the evaluation kept in {spot} (not evaluating again)", file=sys.stderr)
-                return report
-    return None
-
-
-def _write_result(
-    out: Path, result: dict[str, Any], resolved: ResolvedRecipe, report: dict[str, Any], weights_digest: str
-) -> None:
-    """Write result.json; on a full disk keep the evaluation elsewhere so that the rerun does not redo it."""
-    try:
-        write_json(out / "result.json", result)
-    except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        kept = None
-        payload = {"schema_version": SCHEMA_VERSION, "recipe_hash": resolved.hash, "weights": weights_digest}
-        for spot in _pending_places(resolved, out):
-            try:
-                write_json(spot, {**payload, "report": report})
-            except OSError:
-                continue
-            kept = spot
-            break
-        where = f"the evaluation is kept in {kept}" if kept else "the evaluation could not be kept anywhere"
-        raise DiskFullError(
-            f"disk full while writing {out / 'result.json'} ({exc.strerror or 'no space left'}); {where}; "
-            "free some space and run the same command (it writes the result without evaluating again)"
-        ) from None
-    for spot in _pending_places(resolved, out):
-        with contextlib.suppress(OSError):
-            spot.unlink()
-
-
 def _compile(net: Network, mode: str) -> None:
     """torch.compile the pass the engine and the attacks call, keeping the module (and its state_dict keys).
 
@@ -642,17 +516,16 @@ def _count(net: torch.nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-def _save_model(
-    path: Path,
+def _model_payload(
     net: Network,
     resolved: ResolvedRecipe,
     num_classes: int,
     normalization: Normalization,
     state: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
-) -> None:
-    """The trained weights with what is needed to rebuild the network (safe to load weights_only),
-    including the input normalisation it was trained with."""
+) -> bytes:
+    """model.pt's bytes: the trained weights with what is needed to rebuild the network (safe to load
+    weights_only), including the input normalisation it was trained with."""
     import io
 
     weights = state if state is not None else net.state_dict()
@@ -668,7 +541,7 @@ def _save_model(
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    write_with_checksum(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
 def _checkpoint_owner(resolved: ResolvedRecipe) -> dict[str, str]:

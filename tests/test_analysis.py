@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from kdbench import _toml
 from kdbench.analysis import (
     adversarial_inputs,
     class_correlation_distance,
@@ -203,7 +204,15 @@ def test_analyze_asks_for_the_teacher_when_the_recipe_path_does_not_resolve(tmp_
     )
     assert main(["run", str(student), "--runs-dir", str(runs), "--quiet"]) == 0
     (run,) = (runs / "student").iterdir()
-    # From the run folder, the path (relative to the original recipe's folder) does not resolve.
+    # Today's folders name the teacher run's weights: analyze needs nothing else.
+    assert main(["analyze", str(run), "--n", "8"]) == 0
+    # A folder of an older kdbench kept the teacher recipe's path relative to the original recipe's folder,
+    # which does not resolve from the run folder (and the teacher run is not beside the student's).
+    raw = _toml.load_file(run / "recipe.toml")
+    raw.pop("run")
+    raw["teacher"] = {"model": raw["teacher"]["model"], "recipe": relative, "options": raw["teacher"]["options"]}
+    header = "\n".join((run / "recipe.toml").read_text().splitlines()[:2])
+    (run / "recipe.toml").write_text(_toml.dumps(raw, header=header.replace("# ", "")))
     capsys.readouterr()
     assert main(["analyze", str(run), "--n", "8"]) == 2
     err = capsys.readouterr().err.strip()

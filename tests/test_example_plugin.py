@@ -54,7 +54,7 @@ def test_quick_recipe_runs_end_to_end(tmp_path):
     outcome = run_recipe(
         resolved, tmp_path / "feature_mse_quick", runs_dir=tmp_path / "runs", progress=make_progress(True)
     )
-    result = outcome.result
+    result = outcome.result.dump()
     assert result["method"] == "feature_mse"
     assert result["env"]["plugins"][DISTRIBUTION] == metadata.version(DISTRIBUTION)
     assert 0.0 <= result["metrics"]["clean_acc"] <= 1.0

@@ -66,7 +66,7 @@ def test_pgd20_breaks_natural_training_and_pgd_at_resists(cifar_root, tmp_path):
     results = {}
     for method in ("natural", "pgd_at"):
         path = write(tmp_path / f"{method}.toml", ROBUSTNESS.format(name=f"robust_{method}", method=method))
-        results[method] = run_recipe(load_recipe(path), tmp_path / method).result["metrics"]
+        results[method] = run_recipe(load_recipe(path), tmp_path / method).result.dump()["metrics"]
     natural, adversarial = results["natural"], results["pgd_at"]
     assert natural["clean_acc"] > 0.25
     assert natural["robust"]["pgd20"] <= 0.05

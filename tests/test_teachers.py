@@ -64,8 +64,8 @@ def test_teacher_identity_and_cached_numbers_on_the_students_examples(tmp_path):
     runs = tmp_path / "runs"
     first = load_recipe(write(tmp_path / "a.toml", _student("a", 'recipe = "teacher.toml"')))
     second = load_recipe(write(tmp_path / "b.toml", "seed = 1\n" + _student("b", 'recipe = "teacher.toml"')))
-    a = run_recipe(first, runs_dir=runs, progress=_quiet()).result
-    b = run_recipe(second, runs_dir=runs, progress=_quiet()).result
+    a = run_recipe(first, runs_dir=runs, progress=_quiet()).result.dump()
+    b = run_recipe(second, runs_dir=runs, progress=_quiet()).result.dump()
     teacher_result = json.loads(next((runs / "teacher").glob("*/result.json")).read_text())
 
     source = a["teacher_source"]
@@ -98,7 +98,7 @@ def test_checkpoint_teacher_with_another_normalisation_is_refused(tmp_path):
 
     # the same file with the recipe agreeing: its identity is the file's SHA-256
     ok = load_recipe(write(tmp_path / "s2.toml", _student("s2", f'model = "resnet8"\ncheckpoint = "{weights}"')))
-    result = run_recipe(ok, runs_dir=runs, progress=_quiet()).result
+    result = run_recipe(ok, runs_dir=runs, progress=_quiet()).result.dump()
     import hashlib
 
     assert result["teacher_source"]["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
@@ -164,7 +164,7 @@ def test_best_on_validation_model_is_evaluated_on_the_test_set(tmp_path):
         ),
     )
     out = tmp_path / "out"
-    result = run_recipe(load_recipe(path), out, progress=_quiet()).result
+    result = run_recipe(load_recipe(path), out, progress=_quiet()).result.dump()
     val = result["validation"]
     assert val["size"] == 32 and val["attack"] == "pgd2" and val["ranked"] == "final"
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -176,7 +176,7 @@ def test_zoo_teacher_runs_in_a_distillation_recipe(tmp_path, cifar_root):
         "train": {"epochs": 1, "batch_size": 32},
         "eval": {"attacks": ["clean"], "n_examples": 16},
     }
-    result = run_recipe(resolve(raw), tmp_path / "runs" / "zoo" / "x", progress=make_progress(quiet=True)).result
+    result = run_recipe(resolve(raw), tmp_path / "runs" / "zoo" / "x", progress=make_progress(quiet=True)).result.dump()
     source = result["teacher_source"]
     assert source["source"] == "robustbench" and source["zoo"]["name"] == "Wong2020Fast"
     assert source["key"].startswith("robustbench:Wong2020Fast@") and result["teacher_metrics"]["n_eval"] == 16

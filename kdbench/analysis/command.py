@@ -33,8 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from kdbench import _toml
-from kdbench._errors import RecipeError, UserError
+from kdbench._errors import UserError
 from kdbench.analysis.cka import linear_cka
 from kdbench.analysis.correlation import class_correlation_distance
 from kdbench.analysis.stability import PGD_STEPS, adversarial_inputs, relative_feature_change
@@ -49,8 +48,9 @@ from kdbench.build import (
 from kdbench.data.cache import load_split_cached
 from kdbench.evaluation.selection import has_canonical_order, select_examples
 from kdbench.models.base import Network
-from kdbench.recipe import ResolvedRecipe, load_recipe, resolve
-from kdbench.results import eps_label, read_result, write_json
+from kdbench.recipe import ResolvedRecipe, resolve
+from kdbench.results import eps_label, read_result
+from kdbench.run_folder import RunFolder
 
 __all__ = ["DEFAULT_N", "add_parser", "analyze_run", "cmd_analyze"]
 
@@ -87,53 +87,26 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _resolve(run: Path, teacher_checkpoint: Path | None) -> tuple[ResolvedRecipe, Path]:
-    """The run's resolved recipe and the teacher's weights file (or run folder)."""
-    recipe_file = run / "recipe.toml"
-    raw = _toml.load_file(recipe_file)
+    """The run's resolved recipe and the teacher's weights file (or run folder), from the folder alone."""
+    folder = RunFolder(run)
+    raw = folder.recipe_table()
     teacher = raw.get("teacher")
     if not isinstance(teacher, dict):
         raise UserError(f"{run} was trained without a teacher: analyze compares a student with its teacher")
     if teacher_checkpoint is not None:
         if not teacher_checkpoint.exists():
             raise UserError(f"--teacher-checkpoint {teacher_checkpoint} not found")
-        # Replace the teacher's source only: model and options stay those of the run.
-        raw["teacher"] = {
-            "model": teacher.get("model"),
-            "checkpoint": str(teacher_checkpoint.resolve()),
-            "options": teacher.get("options", {}),
-        }
-        return resolve(raw, path=recipe_file), teacher_checkpoint
-    try:
-        resolved = load_recipe(recipe_file)
-    except RecipeError as exc:
-        if exc.key == "teacher.recipe":
-            raise UserError(
-                f"{recipe_file}: teacher.recipe {teacher.get('recipe')!r} does not resolve from the run folder "
-                f"(it is relative to the original recipe); {_HINT}"
-            ) from None
-        raise
-    r = resolved.recipe
-    assert r.teacher is not None
-    if resolved.teacher_recipe is None:
-        assert r.teacher.checkpoint is not None
-        weights = resolved.relative(r.teacher.checkpoint)
+        weights: Path | None = teacher_checkpoint.resolve()
+    else:
+        weights = folder.teacher_weights()
+        if weights is None:
+            raise UserError(f"{run}: the teacher comes from the model zoo; {_HINT}")
         if not weights.exists():
-            raise UserError(
-                f"{recipe_file}: teacher.checkpoint {r.teacher.checkpoint!r} is not at {weights} "
-                f"(it is relative to the original recipe); {_HINT}"
-            )
-        return resolved, weights
-    from kdbench.run import default_out_dir
-
-    sub = resolved.teacher_recipe
-    candidates = [run.parent.parent / sub.recipe.name / sub.short_hash, default_out_dir(sub)]
-    for folder in candidates:
-        if (folder / "model.pt").is_file():
-            return resolved, folder
-    raise UserError(
-        f"no finished run of the teacher recipe {sub.file} (hash {sub.short_hash}) in "
-        f"{' or '.join(str(c) for c in candidates)}; {_HINT}"
-    )
+            raise UserError(f"{folder.recipe_file}: the teacher's weights are not at {weights}; {_HINT}")
+    # Resolve with the teacher given by its weights (model and options those of the run), so nothing the
+    # folder does not hold is needed.
+    raw["teacher"] = {"model": teacher.get("model"), "checkpoint": str(weights), "options": teacher.get("options", {})}
+    return resolve(raw, path=folder.recipe_file), weights
 
 
 def _test_images(resolved: ResolvedRecipe, n: int | None) -> tuple[Tensor, Tensor, Any]:
@@ -196,10 +169,11 @@ def analyze_run(
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
-    result_file = run / "result.json"
-    for needed in ("recipe.toml", "model.pt", "result.json"):
-        if not (run / needed).is_file():
-            raise UserError(f"{run} has no {needed}: give a finished run folder (runs/<name>/<hash>/)")
+    folder = RunFolder(run)
+    result_file = folder.result_file
+    for needed in (folder.recipe_file, folder.model_file, result_file):
+        if not needed.is_file():
+            raise UserError(f"{run} has no {needed.name}: give a finished run folder (runs/<name>/<hash>/)")
     if read_result(result_file) is None:
         raise UserError(f"{result_file} is unreadable or of another schema version")
     resolved, teacher_weights = _resolve(run, teacher_checkpoint)
@@ -246,8 +220,7 @@ def analyze_run(
     data = read_result(result_file)
     if data is None:
         raise UserError(f"{result_file} changed during the analysis and is no longer readable")
-    data["analysis"] = analysis
-    write_json(result_file, data)
+    data.updated(analysis=analysis).write(result_file)
     return analysis
 
 

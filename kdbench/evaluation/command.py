@@ -68,6 +68,7 @@ from kdbench.evaluation.suite import EvalReport, default_step_size, evaluate, pa
 from kdbench.models.base import Network
 from kdbench.models.normalization import recorded_normalization, resolve_normalization
 from kdbench.results import SCHEMA_VERSION, environment, eps_label, read_result, write_json
+from kdbench.run_folder import RunFolder
 
 __all__ = [
     "DEFAULT_ATTACKS",
@@ -325,16 +326,12 @@ def _load_run(run: Path, args: argparse.Namespace) -> _Target:
     ):
         if value:
             raise UserError(f"{flag} is for a weights file; the run folder {run} records its own")
-    recipe_file = run / "recipe.toml"
-    weights = run / "model.pt"
-    if not recipe_file.is_file():
-        raise UserError(f"{run} is not a kdbench run folder (no recipe.toml)")
-    if not weights.is_file():
-        raise UserError(f"{run} has no model.pt: the run is not finished (run `kdbench run` on its recipe first)")
-    raw = _toml.load_file(recipe_file)
-    # Only [data], [eval] and seed matter here: the method, attack and teacher of the run (whose recipe
-    # path is relative to a file elsewhere) are not needed, nor need their plugins be installed.
-    file = str(recipe_file)
+    folder = RunFolder(run)
+    raw = folder.recipe_table()
+    weights = folder.require_model("evaluate it")
+    # Only [data], [eval] and seed matter here: the method, attack and teacher of the run are not needed,
+    # nor need their plugins be installed. Paths are relative to the folder (`kdbench.run_folder`).
+    file = str(folder.recipe_file)
     data: DataSection = _validate(DataSection, raw.get("data"), file, "data")
     ev: EvalSection = _validate(EvalSection, raw.get("eval", {}), file, "eval")
     seed = raw.get("seed", 0)
@@ -354,7 +351,7 @@ def _load_run(run: Path, args: argparse.Namespace) -> _Target:
     sizes = [v for v in (ev.n_examples, data.test_subset) if v is not None]
     examples = None
     if ev.examples is not None and args.examples is None:
-        # recipe.toml keeps the path as written, relative to the original recipe: look beside the run.
+        # relative to the run folder (folders of an older kdbench kept it as written: look beside the run too)
         try:
             examples = read_examples(ev.examples, run, what=f"{file}: eval.examples")
         except SelectionError as err:
@@ -391,7 +388,7 @@ def _load_run(run: Path, args: argparse.Namespace) -> _Target:
         has_canonical_order(source),
         info.num_classes,
         defaults,
-        run / "eval.json",
+        folder.eval_file,
     )
 
 
@@ -509,24 +506,24 @@ def update_result(run: Path, evaluation: dict[str, Any]) -> None:
     ``reevaluated`` (kdbench version, git commit, when); everything else (training, params, analysis,
     env of the training) stays. The original is copied to result.json.orig once (never overwritten).
     """
-    path = run / "result.json"
-    result = read_result(path)
+    folder = RunFolder(run)
+    result = read_result(folder.result_file)
     if result is None:
-        raise UserError(f"{path}: missing or not a result.json of schema_version {SCHEMA_VERSION}; nothing to update")
-    orig = run / "result.json.orig"
-    if not orig.exists():
-        atomic_write_bytes(orig, path.read_bytes())
-    for key in ("threat_model", "metrics", "flags", "flag_details", "evaluation"):
-        result[key] = evaluation[key]
+        raise UserError(
+            f"{folder.result_file}: missing or not a result.json of schema_version {SCHEMA_VERSION}; nothing to update"
+        )
+    if not folder.original_result_file.exists():
+        atomic_write_bytes(folder.original_result_file, folder.result_file.read_bytes())
     env = evaluation.get("env", {})
-    result["reevaluated"] = {
+    changes = {key: evaluation[key] for key in ("threat_model", "metrics", "flags", "flag_details", "evaluation")}
+    changes["reevaluated"] = {
         "kdbench": env.get("kdbench"),
         "git_commit": env.get("git_commit"),
         "device": env.get("device"),
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "seconds": evaluation.get("seconds", {}).get("total"),
     }
-    write_json(path, result)
+    result.updated(**changes).write(folder.result_file)
 
 
 def _sweep_plot_path(out: Path) -> Path:

@@ -31,8 +31,7 @@ from typing import Any
 
 from kdbench import _toml
 from kdbench._errors import UserError
-from kdbench.leaderboard.collect import check_result
-from kdbench.results import write_json
+from kdbench.results import Result, ResultError, write_json
 
 __all__ = ["FIELDS", "add_parser", "architecture_name", "cmd_robustbench", "model_info", "percent"]
 
@@ -223,13 +222,10 @@ def cmd_robustbench(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise UserError(f"{path} not found: give a finished run folder (runs/<name>/<hash>/)")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path} cannot be read as JSON ({exc})") from None
-    problem = check_result(data)
-    if problem:
-        raise UserError(f"{path}: {problem}")
-    info = model_info(run, data, _parse_fields(args.fields))
+        result = Result.read(path)
+    except ResultError as exc:
+        raise UserError(f"{path}: {exc}") from None
+    info = model_info(run, result.dump(), _parse_fields(args.fields))
     if args.out is not None and str(args.out) == "-":
         sys.stdout.write(json.dumps(info, indent=2) + "\n")
         return 0

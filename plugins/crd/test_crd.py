@@ -236,8 +236,8 @@ def test_resume_restores_weights_and_memory_bank_exactly(tmp_path, monkeypatch):
 def test_transfer_across_label_spaces_runs_crd_and_refuses_kd(tmp_path):
     path = _write(tmp_path, teacher_classes=5)
     outcome = run_recipe(load_recipe(path), tmp_path / "crd")
-    assert outcome.result["train"]["final"]["epoch"] == 2
-    assert "loss/crd_t" in outcome.result["train"]["final"]
+    assert outcome.result.train.final["epoch"] == 2
+    assert "loss/crd_t" in outcome.result.train.final
     with pytest.raises(RecipeError, match="teacher has 5 classes and the student 10"):
         run_recipe(load_recipe(path, ["method.name=kd"]), tmp_path / "kd")
     with pytest.raises(UserError, match="teacher has 5 classes and the student 10"):

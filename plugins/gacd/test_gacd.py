@@ -415,7 +415,7 @@ def test_transfer_run_from_a_5_class_teacher_to_a_10_class_student(tmp_path: Pat
     path = tmp_path / "student.toml"
     path.write_text(textwrap.dedent(STUDENT))
     outcome = run_recipe(load_recipe(path), tmp_path / "gacd")
-    final = outcome.result["train"]["final"]
+    final = outcome.result.train.final
     assert final["epoch"] == 2
     assert {"loss/ce_adv", "loss/gacd_t", "loss/gacd_s"} <= set(final)
     with pytest.raises(UserError, match="teacher has 5 classes and the student 10"):

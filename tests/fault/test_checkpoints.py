@@ -205,7 +205,7 @@ def test_export_of_an_unfinished_or_foreign_folder_is_a_one_line_error(tmp_path,
     cases = [
         (out, f"run {out} is not finished (no model.pt yet; newest checkpoint ckpt-e0002-b000000.pt); "),
         (tmp_path / "missing", f"{tmp_path / 'missing'} not found; give a run folder"),
-        (tmp_path / "elsewhere", f"{tmp_path / 'elsewhere'} is not a kdbench run folder (it has no model.pt)"),
+        (tmp_path / "elsewhere", f"{tmp_path / 'elsewhere'} is not a kdbench run folder (no recipe.toml, no model.pt)"),
     ]
     (tmp_path / "elsewhere").mkdir()
     capsys.readouterr()

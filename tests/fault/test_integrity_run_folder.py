@@ -11,40 +11,36 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 from kdbench.data.cache import load_split_cached
 from kdbench.data.sources import FakeSource
 from kdbench.recipe import load_recipe
 from kdbench.run import run_recipe
+from kdbench.run_folder import RunFolder
 
 from ..conftest import write
 from .conftest import TINY_RECIPE
-
-# the module, not the function `kdbench.run` (kdbench/__init__.py exports the Python API's run)
-run_module = importlib.import_module("kdbench.run")
 
 
 def test_finished_is_checked_again_under_the_lock(tmp_path, monkeypatch):
     recipe = write(tmp_path / "tiny.toml", TINY_RECIPE)
     finished = run_recipe(load_recipe(recipe), tmp_path / "finished").out_dir
     out = tmp_path / "out"
-    original_lock = run_module._lock
+    original_lock = RunFolder.lock
 
     @contextlib.contextmanager
-    def lock_after_the_other_process_finished(folder: Path) -> Iterator[None]:
+    def lock_after_the_other_process_finished(folder: RunFolder) -> Iterator[None]:
         # What a second process sees when the first one finishes between its check and its lock.
-        shutil.copytree(finished, folder, dirs_exist_ok=True)
+        shutil.copytree(finished, folder.path, dirs_exist_ok=True)
         with original_lock(folder):
             yield
 
-    monkeypatch.setattr(run_module, "_lock", lock_after_the_other_process_finished)
+    monkeypatch.setattr(RunFolder, "lock", lock_after_the_other_process_finished)
     outcome = run_recipe(load_recipe(recipe), out)
 
     assert outcome.reused
