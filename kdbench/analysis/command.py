@@ -96,11 +96,12 @@ def _resolve(run: Path, teacher_checkpoint: Path | None) -> tuple[ResolvedRecipe
     if teacher_checkpoint is not None:
         if not teacher_checkpoint.exists():
             raise UserError(f"--teacher-checkpoint {teacher_checkpoint} not found")
-        weights: Path | None = teacher_checkpoint.resolve()
+        weights = teacher_checkpoint.resolve()
     else:
-        weights = folder.teacher_weights()
-        if weights is None:
+        found = folder.teacher_weights()
+        if found is None:
             raise UserError(f"{run}: the teacher comes from the model zoo; {_HINT}")
+        weights = found
         if not weights.exists():
             raise UserError(f"{folder.recipe_file}: the teacher's weights are not at {weights}; {_HINT}")
     # Resolve with the teacher given by its weights (model and options those of the run), so nothing the
