@@ -14,21 +14,12 @@ import torch
 from PIL import Image
 
 from kdbench._errors import UserError
-from kdbench.data import sources
+from kdbench.data import decode
 from kdbench.data.base import DatasetSource, Split, SplitData
 from kdbench.data.cache import cache_file, default_cache_dir, load_split_cached
 from kdbench.data.loader import DeviceLoader, balanced_subset, crop_flip
-from kdbench.data.sources import (
-    CIFAR10,
-    CIFAR10_CLASSES,
-    CIFAR100,
-    CIFAR100_CLASSES,
-    STL10,
-    STL10_CLASSES,
-    FakeSource,
-    ImageFolderSource,
-    decode_images,
-)
+from kdbench.data.sources import CIFAR10, CIFAR100, STL10, FakeSource, ImageFolderSource, decode_images
+from kdbench.data.standard import CIFAR10_CLASSES, CIFAR100_CLASSES, STL10_CLASSES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -417,7 +408,7 @@ def test_decoders_agree_and_stay_quiet(tmp_path: Path, monkeypatch: pytest.Monke
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # torchvision's per-call deprecation warning must not escape
         default = decode_images(files)
-    monkeypatch.setattr(sources, "_backend", lambda: "pillow")
+    monkeypatch.setattr(decode, "_backend", lambda: "pillow")
     assert torch.equal(decode_images(files, num_workers=2), default)
     assert torch.equal(decode_images(files, num_workers=1), default)
 

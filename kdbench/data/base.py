@@ -14,9 +14,11 @@ from torch import Tensor
 
 from kdbench.config import EmptyConfig, StrictModel
 
-__all__ = ["DatasetInfo", "DatasetSource", "Split", "SplitData"]
+__all__ = ["SPLITS", "DatasetInfo", "DatasetSource", "Split", "SplitData"]
 
 Split = Literal["train", "test"]
+#: The splits every source provides, in the order they are decoded.
+SPLITS: tuple[Split, ...] = ("train", "test")
 
 
 class SplitData(NamedTuple):

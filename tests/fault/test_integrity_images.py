@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-import kdbench.data.sources as sources
+import kdbench.data.decode as decode
 from kdbench.data.sources import read_image_folder
 
 
@@ -95,9 +95,9 @@ KINDS = ["grey8", "palette", "rgba8", "grey-alpha8", "cmyk", "grey16", "rgb16", 
 @pytest.mark.parametrize("backend", ["torchvision", "pillow"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_mode_and_bit_depth_decodes_to_the_right_8_bit_rgb(tmp_path, monkeypatch, backend, kind):
-    if backend == "torchvision" and not sources._torchvision_decoder_available():
+    if backend == "torchvision" and not decode._torchvision_decoder_available():
         pytest.skip("torchvision has no image decoder here")
-    monkeypatch.setattr(sources, "_backend", lambda: backend)  # choose the decoder, as a missing one would
+    monkeypatch.setattr(decode, "_backend", lambda: backend)  # choose the decoder, as a missing one would
     folder = tmp_path / "train" / "a"
     folder.mkdir(parents=True)
     path = folder / ("x.jpg" if kind == "cmyk" else "x.png")
