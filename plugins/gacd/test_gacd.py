@@ -94,6 +94,7 @@ Z_T_ADV = [[1.0, 0.0, 0.0], [-1.0, 0.5, 0.0]]
 
 
 def _golden(weight_source: str = "clean", **options: Any):
+    options.setdefault("positives", "current")  # the golden values below are of "current" unless a test asks
     cls = METHODS.get("gacd")
     setup = MethodSetup(3, 2, 2, 3, N_DATA, torch.device("cpu"))
     method = cls(cls.Config(embed_dim=2, negatives=3, weight_source=weight_source, **options), setup)
@@ -177,6 +178,13 @@ def test_memory_positives_golden_value():
         for b in range(2)
     ]
     assert got.tolist() == pytest.approx(expected, rel=1e-5)
+
+
+def test_default_positives_are_memory_rows_and_current_for_the_teacher_anchored_ablation():
+    cls = METHODS.get("gacd")
+    assert cls.Config().positives == "memory"
+    assert cls.Config(anchors="teacher").positives == "current"
+    assert cls.Config(anchors="both").positives == "memory"
 
 
 def test_memory_positives_need_both_anchors():
