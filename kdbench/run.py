@@ -35,6 +35,7 @@ from kdbench.build import (
     student_normalization,
 )
 from kdbench.data.base import DatasetInfo
+from kdbench.engine.compile import compile_network
 from kdbench.engine.cost import cost_record, reset_peak_memory
 from kdbench.engine.distributed import Distributed, setup_distributed
 from kdbench.engine.fingerprint import tensor_digests
@@ -267,10 +268,9 @@ def _train_and_evaluate(
     ddp.broadcast_module(student)
     ddp.broadcast_module(method)
     if r.train.compile:
-        _compile(student, r.train.compile_mode)
-        for net in [teacher, *extra_teachers.values()]:
+        for net in [student, teacher, *extra_teachers.values()]:
             if net is not None:
-                _compile(net, r.train.compile_mode)
+                compile_network(net, r.train.compile_mode)
     trainer = Trainer(
         student=student,
         method=method,
@@ -501,15 +501,6 @@ def _environment(resolved: ResolvedRecipe, device: str) -> dict[str, Any]:
 def _weights_digest(net: torch.nn.Module) -> str:
     """One sha256 over the network's tensors: ties a kept evaluation to the exact weights it measured."""
     return hashlib.sha256("".join(tensor_digests(net).values()).encode()).hexdigest()
-
-
-def _compile(net: Network, mode: str) -> None:
-    """torch.compile the pass the engine and the attacks call, keeping the module (and its state_dict keys).
-
-    ``mode="reduce-overhead"`` records CUDA graphs: every training batch has the same shape (the loader
-    drops the short last batch), so the attack's repeated passes replay one graph.
-    """
-    net.forward_all = torch.compile(net.forward_all, mode=mode)  # type: ignore[method-assign]
 
 
 def _count(net: torch.nn.Module) -> int:

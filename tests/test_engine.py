@@ -126,7 +126,7 @@ def test_signal_mid_epoch_checkpoints_and_resumes_exactly(recipes, tmp_path, mon
     resolved = load_recipe(recipes)
     reference = run_recipe(resolved, tmp_path / "ref").out_dir
 
-    original = Trainer._step
+    original = Trainer.step
     state = {"steps": 0}
 
     def signal_on_fourth_step(self, *args):
@@ -136,10 +136,10 @@ def test_signal_mid_epoch_checkpoints_and_resumes_exactly(recipes, tmp_path, mon
             self._stop_signal = 15  # as the SIGTERM handler would
         return out
 
-    monkeypatch.setattr(Trainer, "_step", signal_on_fourth_step)
+    monkeypatch.setattr(Trainer, "step", signal_on_fourth_step)
     with pytest.raises(Interrupted):
         run_recipe(resolved, tmp_path / "sig")
-    monkeypatch.setattr(Trainer, "_step", original)
+    monkeypatch.setattr(Trainer, "step", original)
     names = sorted(p.name for p in (tmp_path / "sig" / "checkpoints").glob("*.pt"))
     assert names[-1] == "ckpt-e0001-b000001.pt"  # 3 batches per epoch: the 4th step is epoch 2, batch 1
     run_recipe(resolved, tmp_path / "sig")

@@ -83,7 +83,7 @@ def test_two_teachers_train_and_resume_bitwise_with_the_methods_state(tmp_path, 
     ref_state = _final_state(reference)
     assert ref_state["method"]["natural_weight"].item() != 0.5  # the weights moved over 6 steps
 
-    original = Trainer._step
+    original = Trainer.step
     steps = {"n": 0}
 
     def signal_on_fourth_step(self, *args):
@@ -93,10 +93,10 @@ def test_two_teachers_train_and_resume_bitwise_with_the_methods_state(tmp_path, 
             self._stop_signal = 15
         return out
 
-    monkeypatch.setattr(Trainer, "_step", signal_on_fourth_step)
+    monkeypatch.setattr(Trainer, "step", signal_on_fourth_step)
     with pytest.raises(Interrupted):
         run_recipe(resolved, tmp_path / "sig", runs_dir=tmp_path / "runs")
-    monkeypatch.setattr(Trainer, "_step", original)
+    monkeypatch.setattr(Trainer, "step", original)
     run_recipe(resolved, tmp_path / "sig", runs_dir=tmp_path / "runs")
     state = _final_state(tmp_path / "sig")
     for part in ("student", "method"):

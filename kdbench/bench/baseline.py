@@ -1,6 +1,6 @@
 """The conventional training loop that published robust-distillation code runs, for the speed comparison.
 
-What it does differently from kdbench's fast path (`kdbench.engine.trainer.Trainer._step` fed by
+What it does differently from kdbench's fast path (`kdbench.engine.trainer.Trainer.step` fed by
 `kdbench.data.loader.DeviceLoader`), each the way the ARD (github.com/goldblum/AdversariallyRobustDistillation,
 main.py) and RSLAD (github.com/zibojia/RSLAD) training scripts do it:
 

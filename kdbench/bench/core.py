@@ -1,7 +1,7 @@
 """Time a recipe's training step and evaluation, count its FLOPs, and compare with the conventional loop.
 
 The components are built exactly as `kdbench.run` builds them (`kdbench.build`, `resolve_hardware`,
-the same seeds and memory format), and the step timed is `Trainer._step` on batches of
+the same seeds and memory format), and the step timed is `Trainer.step` on batches of
 `DeviceLoader.epoch`, i.e. what ``kdbench run`` executes per batch: the training attack, the teacher's
 passes and the student's update. Only speed is measured, so the teacher need not be trained: its
 weights come from the teacher recipe's finished run or ``teacher.checkpoint`` when present, else the
@@ -34,7 +34,6 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -58,6 +57,7 @@ from kdbench.build import (
 )
 from kdbench.data.cache import load_split_cached
 from kdbench.engine.checkpoint import CheckpointStore
+from kdbench.engine.compile import compiled
 from kdbench.engine.hardware import Hardware, resolve_hardware
 from kdbench.engine.progress import make_progress
 from kdbench.engine.trainer import Trainer, freeze
@@ -311,21 +311,6 @@ def _teacher(resolved: ResolvedRecipe, runs_dir: Path | None, student_classes: i
     return teacher, str(weights) if weights is not None else "random init"
 
 
-@contextmanager
-def _compiled(nets: list[Network], enabled: bool, mode: str = "default") -> Iterator[None]:
-    """``train.compile``: torch.compile each network's ``forward_all`` for the block, as `kdbench.run` compiles."""
-    if not enabled:
-        yield
-        return
-    for net in nets:
-        net.forward_all = torch.compile(net.forward_all, mode=mode)  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        for net in nets:
-            del net.forward_all  # the instance attribute; the class's method is back
-
-
 def _global_seed(seed: int, epoch: int) -> int:
     """A seed for the global RNG (attack starts) per epoch; any fixed value serves a speed measurement."""
     return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63)
@@ -427,7 +412,7 @@ def benchmark(
         report["load_average_end"] = _load_average()
         return report
 
-    # ---- the fast path: Trainer._step on DeviceLoader batches
+    # ---- the fast path: Trainer.step on DeviceLoader batches
     model_flops, fast = _fast_path(resolved, hw, data.train, student, teacher, method, steps, warmup, say)
     # Free the resident split before the baseline runs (a new empty tensor: a slice would keep the storage).
     data.train.images = data.train.images.new_empty((0, *data.train.images.shape[1:]))
@@ -468,7 +453,7 @@ def _fast_path(
     warmup: int,
     say: Callable[[str], None],
 ) -> tuple[int, Timing]:
-    """Count the FLOPs of one `Trainer._step` (uncompiled), then time ``warmup + steps`` more."""
+    """Count the FLOPs of one `Trainer.step` (uncompiled), then time ``warmup + steps`` more."""
     r = resolved.recipe
     with tempfile.TemporaryDirectory(prefix="kdbench-bench-") as tmp:
         trainer = Trainer(
@@ -490,13 +475,13 @@ def _fast_path(
 
         def fast_step() -> int:
             epoch, batch, (x, y, index) = next(batches)
-            trainer._step(x, y, index, epoch, batch)
+            trainer.step(x, y, index, epoch, batch)
             return int(x.shape[0])
 
         model_flops = count_flops(fast_step)  # one real step, uncompiled; also the first warm-up
         say(f"fast path: {model_flops / 1e9:.2f} GFLOP per step; timing {steps} steps after {warmup} warm-up")
         mode = getattr(r.train, "compile_mode", "default")  # train.compile_mode, where the schema has it
-        with _compiled([n for n in (student, teacher) if n is not None], r.train.compile, mode):
+        with compiled([student, teacher], r.train.compile, mode):
             timing = time_steps(fast_step, steps=steps, warmup=warmup, device=hw.device)
     return model_flops, timing
 

@@ -275,7 +275,7 @@ class Trainer:
         sync_seconds = getattr(self.progress, "sync_seconds", None)
         last_sync = time.perf_counter()
         for x, y, index in self.loader.epoch(epoch, start_batch=start_batch):
-            terms, logits, used_attack = self._step(x, y, index, epoch, batch)
+            terms, logits, used_attack = self.step(x, y, index, epoch, batch)
             attacked = attacked or used_attack
             # Only the terms of the first bad step are reported: once the weights are NaN every term is.
             fresh = first_bad < 0
@@ -361,7 +361,13 @@ class Trainer:
             self.best = {"epoch": epoch, "score": score, "metrics": metrics, "student": state}
         return {f"val/{k}": v for k, v in metrics.items()}
 
-    def _step(self, x: Tensor, y: Tensor, index: Tensor, epoch: int, batch: int) -> tuple[dict[str, Tensor], Any, bool]:
+    def step(self, x: Tensor, y: Tensor, index: Tensor, epoch: int, batch: int) -> tuple[dict[str, Tensor], Any, bool]:
+        """One optimisation step on the batch ``(x, y, index)`` (on the device): the method's loss (its
+        attack included), backward, optimiser and scheduler, with no host synchronisation.
+
+        Returns the loss terms (device tensors), the logits the method reports for training accuracy and
+        whether the engine's attack ran. `fit` calls it for every batch; ``kdbench bench`` times it.
+        """
         ctx = StepContext(
             x=x,
             y=y,

@@ -72,7 +72,7 @@ class Built:
         out = []
         for _ in range(n):
             epoch, batch, (x, y, index) = next(it)
-            terms, _logits, _attacked = self.trainer._step(x, y, index, epoch, batch)
+            terms, _logits, _attacked = self.trainer.step(x, y, index, epoch, batch)
             out.append(terms)
         return out
 
