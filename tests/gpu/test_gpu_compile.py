@@ -1,7 +1,7 @@
 """``train.compile``: the compiled step computes the eager step, and ``reduce-overhead`` replays CUDA graphs.
 
-kdbench compiles each network's ``forward_all`` (`kdbench.engine.compile.compile_network`), the pass the attack and the loss
-call. The CUDA tier checks what can only break on a GPU: inductor's CUDA kernels, CUDA-graph trees with the
+kdbench compiles each network's ``forward_all`` (`kdbench.engine.compile.compile_network`), the pass the attack and the
+loss call. The CUDA tier checks what can only break on a GPU: inductor's CUDA kernels, CUDA-graph trees with the
 attack's many forwards before one backward, and the BatchNorm mode switches around the attack. A CPU run
 of the default mode exists too but compiles for minutes on a small CPU: it is marked ``slow``.
 """
