@@ -62,7 +62,7 @@ class TeacherIdentity:
     """What pins a teacher's weights. ``key`` is short and stable: ``recipe:<hash>``, ``sha256:<hex>``
     or ``robustbench:<name>@<hex>`` (first 12 hex digits)."""
 
-    source: str  # "recipe" | "checkpoint" | "robustbench"
+    source: str  # "recipe" | "checkpoint" | "robustbench" | "untrained" (kdbench bench only)
     model: str
     recipe_hash: str | None = None
     sha256: str | None = None
@@ -119,11 +119,18 @@ def _model_dir(resolved: ResolvedRecipe) -> Path:
 def build_teacher(
     resolved: ResolvedRecipe,
     student_classes: int,
-    train_teacher_recipe: Callable[[ResolvedRecipe], Path],
+    train_teacher_recipe: Callable[[ResolvedRecipe], Path | None],
     say: Callable[[str], None],
+    *,
+    untrained_ok: bool = False,
 ) -> BuiltTeacher:
-    """The frozen teacher of ``resolved``. ``train_teacher_recipe`` runs a teacher recipe (or finds its
-    finished run) and returns its run folder."""
+    """The frozen teacher of ``resolved``, the one builder `kdbench.run` and ``kdbench bench`` share.
+
+    ``train_teacher_recipe`` runs a teacher recipe (or finds its finished run) and returns its run
+    folder. With ``untrained_ok`` (``kdbench bench``, which times a step and trains nothing) it may return
+    None, and a missing teacher checkpoint is allowed too: the teacher is then its architecture with
+    random weights (identity path ``"random init"``), which costs exactly as much per step.
+    """
     r = resolved.recipe
     teacher = r.teacher
     assert teacher is not None
@@ -157,15 +164,20 @@ def build_teacher(
         info = build_source(sub).info()
         check_label_spaces(resolved, info.num_classes, student_classes)  # before spending time on the teacher
         say(f"teacher: recipe {os.path.normpath(sub.file)} (hash {sub.short_hash})")
-        weights = train_teacher_recipe(sub) / "model.pt"
+        run = train_teacher_recipe(sub)
         model_name = sub.recipe.student.model
+        if run is None:
+            return _untrained(resolved, model_name, info, info.num_classes, student_classes)
+        weights = run / "model.pt"
         identity = TeacherIdentity("recipe", model_name, recipe_hash=sub.hash, path=str(weights))
     else:
         assert teacher.checkpoint is not None and teacher.model is not None
-        check_files(resolved)  # the message names teacher.checkpoint and the resolved path
         weights = resolved.relative(teacher.checkpoint)
         info = build_source(resolved).info()
         model_name = teacher.model
+        if untrained_ok and not weights.exists():
+            return _untrained(resolved, model_name, info, student_classes, student_classes)
+        check_files(resolved)  # the message names teacher.checkpoint and the resolved path
         file = weights / "model.pt" if weights.is_dir() else weights
         # a missing, special or oversized file is reported by the loader (issue 12's checks), never hashed here
         sha = file_sha256(file) if file.is_file() and file.stat().st_size <= max_weights_bytes() else None
@@ -186,6 +198,17 @@ def build_teacher(
     load_network_weights(network, weights)
     freeze(network)
     return BuiltTeacher(network, identity, normalization)
+
+
+def _untrained(
+    resolved: ResolvedRecipe, model_name: str, info: DatasetInfo, classes: int, student_classes: int
+) -> BuiltTeacher:
+    """The teacher's architecture with random weights (``kdbench bench`` without a trained teacher)."""
+    check_label_spaces(resolved, classes, student_classes)
+    normalization = teacher_normalization(resolved, info)
+    network = build_network(model_name, resolved.teacher_config, network_spec(info, classes, normalization))
+    freeze(network)
+    return BuiltTeacher(network, TeacherIdentity("untrained", model_name, path="random init"), normalization)
 
 
 def load_network_metadata(weights: Path) -> dict[str, Any]:

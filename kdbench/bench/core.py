@@ -46,25 +46,24 @@ from kdbench._errors import UserError
 from kdbench.build import (
     build_attack,
     build_data,
-    build_network,
     build_source,
     build_student_and_method,
-    check_label_spaces,
-    checkpoint_num_classes,
     load_network_weights,
     network_spec,
     place,
+    student_normalization,
 )
 from kdbench.data.cache import load_split_cached
 from kdbench.engine.checkpoint import CheckpointStore
 from kdbench.engine.compile import compiled
 from kdbench.engine.hardware import Hardware, resolve_hardware
 from kdbench.engine.progress import make_progress
-from kdbench.engine.trainer import Trainer, freeze
+from kdbench.engine.trainer import Trainer
 from kdbench.method import Method
 from kdbench.models.base import Network
 from kdbench.recipe import ResolvedRecipe
 from kdbench.results import git_commit
+from kdbench.teachers import build_teacher
 
 from .baseline import ConventionalLoop, conventional_loader, default_num_workers
 from .peaks import Peak, device_peak
@@ -279,36 +278,22 @@ def _step_block(timing: Timing, *, flops: int, model_flops: int, peak: Peak, war
 def _teacher(resolved: ResolvedRecipe, runs_dir: Path | None, student_classes: int) -> tuple[Network | None, str]:
     """The frozen teacher and where its weights came from ("random init" when no trained weights exist).
 
-    Mirrors `kdbench.run`'s teacher, except that an unfinished teacher recipe is not run: its
-    architecture is used with random weights, which costs exactly as much per step.
+    `kdbench.teachers.build_teacher`, the builder `kdbench.run` uses (normalisation, zoo models, label
+    spaces), except that an unfinished teacher recipe is not run: its architecture is used with random
+    weights, which costs exactly as much per step.
     """
-    from kdbench.run import default_out_dir, status
+    from kdbench.run import default_out_dir
+    from kdbench.run_folder import RunFolder
 
-    r = resolved.recipe
-    if r.teacher is None or resolved.teacher_config is None:
+    if resolved.recipe.teacher is None or resolved.teacher_config is None:
         return None, "none"
-    weights: Path | None
-    if resolved.teacher_recipe is not None:
-        sub = resolved.teacher_recipe
-        out = default_out_dir(sub, runs_dir)
-        weights = out / "model.pt" if status(sub, out) == "done" else None
-        info = build_source(sub).info()
-        model_name = sub.recipe.student.model
-    else:
-        assert r.teacher.checkpoint is not None and r.teacher.model is not None
-        path = resolved.relative(r.teacher.checkpoint)
-        weights = path if path.exists() else None
-        info = build_source(resolved).info()
-        model_name = r.teacher.model
-    classes = (checkpoint_num_classes(weights) if weights is not None else None) or (
-        info.num_classes if resolved.teacher_recipe is not None else student_classes
-    )
-    check_label_spaces(resolved, classes, student_classes)
-    teacher = build_network(model_name, resolved.teacher_config, network_spec(info, classes))
-    if weights is not None:
-        load_network_weights(teacher, weights)
-    freeze(teacher)
-    return teacher, str(weights) if weights is not None else "random init"
+
+    def finished_run(sub: ResolvedRecipe) -> Path | None:
+        folder = RunFolder(default_out_dir(sub, runs_dir))
+        return folder.path if folder.status(sub.hash) == "done" else None
+
+    built = build_teacher(resolved, student_classes, finished_run, lambda _line: None, untrained_ok=True)
+    return built.network, built.identity.path or built.identity.key
 
 
 def _global_seed(seed: int, epoch: int) -> int:
@@ -351,7 +336,7 @@ def benchmark(
 
     torch.manual_seed(r.seed)  # as kdbench.run: model initialisation
     data = build_data(resolved, hw)
-    spec = network_spec(data.info)
+    spec = network_spec(data.info, normalization=student_normalization(resolved, data.info))  # as kdbench.run
     teacher, teacher_weights = _teacher(resolved, opts.runs_dir, spec.num_classes)
     student, method = build_student_and_method(resolved, spec, teacher, data.train_size, hw.device)
     student_weights = "random init"
