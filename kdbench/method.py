@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Generic, Literal
 
 import torch
 from torch import Tensor, nn
@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from kdbench._errors import PluginError
 from kdbench.attacks.base import Attack, JointOutput, Objective
 from kdbench.attacks.objectives import TeacherObjective
-from kdbench.config import EmptyConfig, StrictModel
+from kdbench.config import ConfigT, EmptyConfig, StrictModel
 from kdbench.models.base import ModelOutput, Network
 
 __all__ = ["MAIN_TEACHER", "Method", "MethodSetup", "ReentrantViewError", "StepContext", "TeacherSetup", "TeacherViews"]
@@ -62,11 +62,12 @@ class MethodSetup:
     teachers: Mapping[str, TeacherSetup] = field(default_factory=dict)
 
 
-class Method(nn.Module):
+class Method(nn.Module, Generic[ConfigT]):
     """Base class of every registered method (distillation loss or teacher-training loss).
 
     Constructor: ``(config: Config, setup: MethodSetup)``. Required: `loss`. Optional:
-    `attack_objective` (default: no attack) and the class attributes below.
+    `attack_objective` (default: no attack) and the class attributes below. Subclass
+    ``Method[MyConfig]`` (with ``Config = MyConfig``) to have ``self.config`` typed as ``MyConfig``.
     """
 
     Config: ClassVar[type[StrictModel]] = EmptyConfig
@@ -87,13 +88,13 @@ class Method(nn.Module):
     #: Link to the method's paper (the leaderboard's "paper" column), e.g. "https://arxiv.org/abs/1503.02531".
     paper: ClassVar[str | None] = None
 
-    def __init__(self, config: StrictModel, setup: MethodSetup):
+    def __init__(self, config: ConfigT, setup: MethodSetup):
         super().__init__()
-        self.config = config
+        self.config: ConfigT = config
         self.setup = setup
 
     @classmethod
-    def teacher_logit_readers(cls, config: StrictModel) -> list[str]:
+    def teacher_logit_readers(cls, config: ConfigT) -> list[str]:
         """The parts of this configuration that read the teacher's logits in the student's label space.
 
         Non-empty means teacher and student must share their classes (every teacher, the additional
@@ -104,7 +105,7 @@ class Method(nn.Module):
         return ["its loss"] if cls.uses_teacher_logits else []
 
     @classmethod
-    def run_problems(cls, config: StrictModel, *, epochs: int) -> dict[str, str]:
+    def run_problems(cls, config: ConfigT, *, epochs: int) -> dict[str, str]:
         """Options that cannot work with this run's length: option name -> what is wrong (default: none).
 
         The recipe loader reports the first one as a one-line error at ``method.<option>`` (e.g. a
