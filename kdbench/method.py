@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, Literal
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +29,9 @@ from kdbench.config import ConfigT, EmptyConfig, StrictModel
 from kdbench.models.base import ModelOutput, Network
 
 __all__ = ["MAIN_TEACHER", "Method", "MethodSetup", "ReentrantViewError", "StepContext", "TeacherSetup", "TeacherViews"]
+
+#: A step-context view's type (`ModelOutput`, the x' tensor), for `StepContext._cached`.
+_View = TypeVar("_View")
 
 #: The name of the recipe's ``[teacher]`` in `StepContext.teachers` and `kdbench.attacks.objectives.with_teacher`.
 MAIN_TEACHER = "teacher"
@@ -196,11 +199,13 @@ class StepContext:
         """
         return self._cache.get(key)
 
-    def _cached(self, key: str, compute: Callable[[], Any]) -> Any:
-        if key not in self._cache:
-            with self._computing_view(key):
-                self._cache[key] = compute()
-        return self._cache[key]
+    def _cached(self, key: str, compute: Callable[[], _View]) -> _View:
+        if key in self._cache:
+            cached: _View = self._cache[key]  # stored by this method under this key, from the same compute
+            return cached
+        with self._computing_view(key):
+            value = self._cache[key] = compute()
+        return value
 
     @contextmanager
     def _computing_view(self, key: str) -> Iterator[None]:

@@ -63,7 +63,8 @@ class TinyNet(Network):
         self.head = nn.Linear(self.feature_dim, spec.num_classes)
 
     def features(self, x: Tensor) -> Tensor:
-        return self.body(x)
+        feats: Tensor = self.body(x)
+        return feats
 
 
 def make_context(

@@ -22,3 +22,13 @@ def test_ruff_check_and_format():
 def test_mypy_on_the_core():
     proc = subprocess.run(["mypy"], cwd=REPO, capture_output=True, text=True)  # [tool.mypy] packages = kdbench
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+def test_mypy_is_strict_on_the_core():
+    """The mypy test above checks what [tool.mypy] asks for: strict, Any-returns included (issue 16)."""
+    import tomllib
+
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["mypy"]
+    assert config["packages"] == ["kdbench"]
+    assert config.get("strict") is True
+    assert config.get("warn_return_any") is True

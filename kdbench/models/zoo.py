@@ -295,7 +295,8 @@ class ZooNetwork(Network):
         return self.forward_all(x).features
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.model(x)
+        logits: Tensor = self.model(x)
+        return logits
 
 
 class ZooTeacher:
