@@ -41,7 +41,9 @@ class EmptyConfig(StrictModel):
 #: The configuration type a component is generic over: ``class KD(Method[KDConfig])`` types
 #: ``self.config`` as ``KDConfig``. A bare ``Method`` (or ``Attack``, ``DatasetSource``) means
 #: ``Method[StrictModel]`` (PEP 696 default, hence typing_extensions' TypeVar on Python 3.11).
-ConfigT = TypeVar("ConfigT", bound=StrictModel, default=StrictModel)
+#: Covariant, so that a ``Method[KDConfig]`` is a ``Method`` (what registries hold and return); the
+#: class methods that take a config (`Method.run_problems`) therefore take any `StrictModel`.
+ConfigT = TypeVar("ConfigT", bound=StrictModel, default=StrictModel, covariant=True)
 
 
 def parse_number(value: Any) -> Any:

@@ -97,7 +97,7 @@ class Method(nn.Module, Generic[ConfigT]):
         self.setup = setup
 
     @classmethod
-    def teacher_logit_readers(cls, config: ConfigT) -> list[str]:
+    def teacher_logit_readers(cls, config: StrictModel) -> list[str]:
         """The parts of this configuration that read the teacher's logits in the student's label space.
 
         Non-empty means teacher and student must share their classes (every teacher, the additional
@@ -108,7 +108,7 @@ class Method(nn.Module, Generic[ConfigT]):
         return ["its loss"] if cls.uses_teacher_logits else []
 
     @classmethod
-    def run_problems(cls, config: ConfigT, *, epochs: int) -> dict[str, str]:
+    def run_problems(cls, config: StrictModel, *, epochs: int) -> dict[str, str]:
         """Options that cannot work with this run's length: option name -> what is wrong (default: none).
 
         The recipe loader reports the first one as a one-line error at ``method.<option>`` (e.g. a

@@ -35,7 +35,7 @@ from pydantic import Field, PositiveInt, field_validator, model_validator
 from torch import Tensor
 
 from kdbench._errors import UserError
-from kdbench.config import EmptyConfig, StrictModel
+from kdbench.config import ConfigT, EmptyConfig, StrictModel
 from kdbench.data.base import DatasetInfo, DatasetSource, Split, SplitData
 
 __all__ = [
@@ -366,7 +366,7 @@ def _one_line(exc: BaseException) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-class _StandardSource(DatasetSource):
+class _StandardSource(DatasetSource[ConfigT]):
     """A standard dataset readable from torchvision's files or from an ImageFolder tree."""
 
     name: ClassVar[str]
@@ -481,7 +481,7 @@ class _StandardSource(DatasetSource):
         return f"{self.name} v{_DECODE_VERSION} split={split} layout={layout} root={where} config={config} {files}"
 
 
-class _CIFAR(_StandardSource):
+class _CIFAR(_StandardSource[EmptyConfig]):
     native_size = 32
 
     def canonical_test_order(self) -> bool:
@@ -524,7 +524,7 @@ class STL10Config(StrictModel):
     image_size: PositiveInt | None = None
 
 
-class STL10(_StandardSource):
+class STL10(_StandardSource[STL10Config]):
     """STL-10, labelled splits only: 5,000 train / 8,000 test images, 96x96 (or resized), 10 classes.
 
     torchvision's binaries are read directly rather than through ``torchvision.datasets.STL10``,
@@ -540,7 +540,7 @@ class STL10(_StandardSource):
     class_names = STL10_CLASSES
 
     def _image_size(self) -> int:
-        size = self.config.image_size  # type: ignore[attr-defined]
+        size = self.config.image_size
         return self.native_size if size is None else int(size)
 
     def _has_torchvision_files(self) -> bool:
@@ -609,7 +609,7 @@ class ImageFolderConfig(StrictModel):
         return value
 
 
-class ImageFolderSource(DatasetSource):
+class ImageFolderSource(DatasetSource[ImageFolderConfig]):
     """Images in ``root/train/<class>/`` and ``root/test/<class>/`` (JPEG or PNG), labels = sorted class names.
 
     Both splits must hold the same class folders, so label ``i`` means the same class in both.
@@ -618,7 +618,7 @@ class ImageFolderSource(DatasetSource):
     Config = ImageFolderConfig
     name = "imagefolder"
 
-    def __init__(self, config: StrictModel, root: Path | None, download: bool):
+    def __init__(self, config: ImageFolderConfig, root: Path | None, download: bool):
         super().__init__(config, root, download)
         self._info: DatasetInfo | None = None
 
@@ -653,7 +653,7 @@ class ImageFolderSource(DatasetSource):
 
     def info(self) -> DatasetInfo:
         if self._info is None:
-            cfg: ImageFolderConfig = self.config  # type: ignore[assignment]
+            cfg = self.config
             classes = self._classes()
             size = cfg.image_size
             if size is None:
@@ -673,7 +673,7 @@ class ImageFolderSource(DatasetSource):
         if split not in _SPLITS:
             raise UserError(f"imagefolder: unknown split {split!r}; choose train or test")
         classes = self._classes()
-        data, _ = read_image_folder(self._root() / split, classes, self.config.image_size)  # type: ignore[attr-defined]
+        data, _ = read_image_folder(self._root() / split, classes, self.config.image_size)
         expected = self.info().image_size
         if data.images.shape[2] != expected or data.images.shape[3] != expected:
             raise UserError(
@@ -722,7 +722,7 @@ class FakeConfig(StrictModel):
 FAKE_MAX_BYTES = 4 * 2**30
 
 
-class FakeSource(DatasetSource):
+class FakeSource(DatasetSource[FakeConfig]):
     """Deterministic, learnable synthetic images: one smooth random prototype per class plus pixel noise.
 
     Unlike torchvision's FakeData the label is visible in the image, so a test can check that
@@ -735,13 +735,13 @@ class FakeSource(DatasetSource):
     noise_std: ClassVar[float] = 0.1
 
     def info(self) -> DatasetInfo:
-        cfg: FakeConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         names = tuple(f"class{i}" for i in range(cfg.num_classes))
         # Approximate statistics of uniform prototypes blurred by the upsampling.
         return DatasetInfo(cfg.num_classes, cfg.image_size, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), names)
 
     def _prototypes(self) -> Tensor:
-        cfg: FakeConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         gen = torch.Generator().manual_seed(cfg.seed)
         low = torch.rand((cfg.num_classes, 3, 4, 4), generator=gen)
         return F.interpolate(low, size=(cfg.image_size, cfg.image_size), mode="bilinear", align_corners=False)
@@ -749,7 +749,7 @@ class FakeSource(DatasetSource):
     def load(self, split: Split) -> SplitData:
         if split not in _SPLITS:
             raise UserError(f"fake: unknown split {split!r}; choose train or test")
-        cfg: FakeConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         n = cfg.train_size if split == "train" else cfg.test_size
         # Each split has its own stream, so changing test_size never changes the train images.
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + (1 if split == "train" else 2))
