@@ -17,13 +17,20 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from kdbench._errors import PluginError, UserError, did_you_mean
 from kdbench._plugin_checks import component_problems
 
+if TYPE_CHECKING:
+    from kdbench.attacks.base import Attack
+    from kdbench.data.base import DatasetSource
+    from kdbench.method import Method
+    from kdbench.models.base import Network
+
 __all__ = ["ATTACKS", "DATASETS", "METHODS", "MODELS", "Entry", "Registry", "registries"]
 
+#: The base class of one kind of component; a registry holds subclasses of it (classes, not instances).
 T = TypeVar("T")
 
 #: Set to 1 to load only kdbench's own distribution; third-party entry points are then ignored.
@@ -32,16 +39,16 @@ CORE_DISTRIBUTION = "kdbench"
 
 
 @dataclass
-class Entry:
-    """One registered name: where it comes from and, once loaded, the object."""
+class Entry(Generic[T]):
+    """One registered name: where it comes from and, once loaded, the component class."""
 
     name: str
     distribution: str
     version: str
     target: str  # "module:attr" of the entry point, or "<python>" for in-process registration
     entry_point: metadata.EntryPoint | None = None
-    obj: Any = None
-    conflicts: list[Entry] = field(default_factory=list)
+    obj: type[T] | None = None
+    conflicts: list[Entry[T]] = field(default_factory=list)
 
     @property
     def provider(self) -> str:
@@ -49,24 +56,25 @@ class Entry:
 
 
 class Registry(Generic[T]):
-    """Names -> components of one kind, discovered from the entry-point group ``kdbench.<kind>``.
+    """Names -> component classes of one kind, discovered from the entry-point group ``kdbench.<kind>``.
 
-    ``base`` is the type every component must be a subclass of; a plugin registering anything else is
-    reported instead of failing later in the middle of a run.
+    ``base`` is the class every component must be a subclass of (``Registry[Method]`` holds subclasses
+    of `Method`, and `get` returns ``type[Method]``); a plugin registering anything else is reported
+    instead of failing later in the middle of a run.
     """
 
     def __init__(self, kind: str, base: type[T]):
         self.kind = kind
         self.group = f"kdbench.{kind}"
         self.base = base
-        self._entries: dict[str, Entry] | None = None
+        self._entries: dict[str, Entry[T]] | None = None
 
     # discovery --------------------------------------------------------------------------------
 
-    def _discover(self) -> dict[str, Entry]:
+    def _discover(self) -> dict[str, Entry[T]]:
         if self._entries is not None:
             return self._entries
-        entries: dict[str, Entry] = {}
+        entries: dict[str, Entry[T]] = {}
         only_core = os.environ.get(DISABLE_AUTOLOAD_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
         for ep in metadata.entry_points(group=self.group):
             dist = getattr(ep, "dist", None)
@@ -74,7 +82,7 @@ class Registry(Generic[T]):
             version = dist.version if dist is not None else "?"
             if only_core and dist_name != CORE_DISTRIBUTION:
                 continue
-            entry = Entry(ep.name, dist_name, version, ep.value, entry_point=ep)
+            entry: Entry[T] = Entry(ep.name, dist_name, version, ep.value, entry_point=ep)
             if ep.name in entries:
                 if entries[ep.name].distribution == dist_name and entries[ep.name].target == ep.value:
                     continue  # the same distribution seen twice on sys.path
@@ -84,9 +92,9 @@ class Registry(Generic[T]):
         self._entries = entries
         return entries
 
-    def register(self, name: str, obj: T, *, distribution: str = "<python>") -> T:
-        """Register ``obj`` under ``name`` from Python code (tests, notebooks). Returns ``obj``."""
-        self._check_type(name, obj, distribution)
+    def register(self, name: str, obj: type[T], *, distribution: str = "<python>") -> type[T]:
+        """Register class ``obj`` under ``name`` from Python code (tests, notebooks). Returns ``obj``."""
+        obj = self._check_type(name, obj, distribution)
         entries = self._discover()
         if name in entries:
             raise PluginError(
@@ -105,7 +113,7 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._discover())
 
-    def entries(self) -> Iterator[Entry]:
+    def entries(self) -> Iterator[Entry[T]]:
         entries = self._discover()
         for name in sorted(entries):
             yield entries[name]
@@ -113,7 +121,7 @@ class Registry(Generic[T]):
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and split_variant(name)[0] in self._discover()
 
-    def entry(self, name: str) -> Entry:
+    def entry(self, name: str) -> Entry[T]:
         """The entry for ``name`` (without loading it); unknown names get close matches."""
         base_name, _ = split_variant(name)
         entries = self._discover()
@@ -121,8 +129,8 @@ class Registry(Generic[T]):
             raise UserError(f"unknown {self.kind[:-1]} {base_name!r}; {did_you_mean(base_name, entries)}")
         return entries[base_name]
 
-    def get(self, name: str) -> T:
-        """Load and return the component registered as ``name`` (a ``:variant`` suffix is ignored)."""
+    def get(self, name: str) -> type[T]:
+        """Load and return the component class registered as ``name`` (a ``:variant`` suffix is ignored)."""
         entry = self.entry(name)
         if entry.conflicts:
             providers = ", ".join(e.provider + f" ({e.target})" for e in [entry, *entry.conflicts])
@@ -134,7 +142,7 @@ class Registry(Generic[T]):
             entry.obj = self._load(entry)
         return entry.obj
 
-    def _load(self, entry: Entry) -> T:
+    def _load(self, entry: Entry[T]) -> type[T]:
         assert entry.entry_point is not None
         try:
             obj = entry.entry_point.load()
@@ -145,10 +153,10 @@ class Registry(Generic[T]):
                 f"plugin {entry.provider} failed to load {self.group} entry point "
                 f"'{entry.name} = {entry.target}': {type(exc).__name__}: {exc}"
             ) from exc
-        self._check_type(entry.name, obj, f"{entry.provider} ('{entry.name} = {entry.target}')")
-        return obj
+        return self._check_type(entry.name, obj, f"{entry.provider} ('{entry.name} = {entry.target}')")
 
-    def _check_type(self, name: str, obj: Any, provider: str) -> None:
+    def _check_type(self, name: str, obj: object, provider: str) -> type[T]:
+        """``obj`` itself, once it is known to be a valid subclass of ``base``; a `PluginError` otherwise."""
         if not (isinstance(obj, type) and issubclass(obj, self.base)):
             raise PluginError(
                 f"{self.group} entry point {name!r} from {provider} is {obj!r}, "
@@ -157,6 +165,7 @@ class Registry(Generic[T]):
         problems = component_problems(obj, self.base)
         if problems:  # refused whole, at load time, rather than half-used in the middle of a run
             raise PluginError(f"{self.kind[:-1]} {name!r} from {provider} is not a valid plugin: {'; '.join(problems)}")
+        return obj
 
 
 def split_variant(name: str) -> tuple[str, str | None]:
@@ -165,7 +174,7 @@ def split_variant(name: str) -> tuple[str, str | None]:
     return base, (variant if sep else None)
 
 
-def _make_registries() -> tuple[Registry[Any], Registry[Any], Registry[Any], Registry[Any]]:
+def _make_registries() -> tuple[Registry[Network], Registry[DatasetSource], Registry[Attack], Registry[Method]]:
     # Imported here so that the interfaces can import this module without a cycle.
     from kdbench.attacks.base import Attack
     from kdbench.data.base import DatasetSource
@@ -184,5 +193,5 @@ MODELS, DATASETS, ATTACKS, METHODS = _make_registries()
 
 
 def registries() -> dict[str, Registry[Any]]:
-    """All registries by kind name."""
+    """All registries by kind name (of different kinds, hence ``Registry[Any]``)."""
     return {r.kind: r for r in (MODELS, DATASETS, ATTACKS, METHODS)}

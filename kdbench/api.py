@@ -147,7 +147,7 @@ def load_model(path: str | Path, *, dataset: str | None = None, device: str | to
     normalization = recorded_normalization(payload, tuple(info.mean), tuple(info.std))
     net = build_network(model_name, config, network_spec(info, num_classes, normalization))
     load_network_weights(net, weights, what="model")
-    return freeze(net.to(device))  # type: ignore[return-value]
+    return freeze(net.to(device))
 
 
 def _test_split(dataset: str, n: int | None, root: str | Path | None, options: dict[str, Any]) -> tuple[Tensor, Tensor]:

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from kdbench._errors import RecipeError, UserError
-from kdbench._registry import ATTACKS, DATASETS, METHODS, MODELS, split_variant
+from kdbench._registry import MODELS, split_variant
 from kdbench.attacks.base import Attack
 from kdbench.config import StrictModel
 from kdbench.data.base import DatasetInfo, DatasetSource, SplitData
@@ -86,9 +86,7 @@ def dataset_root(resolved: ResolvedRecipe) -> Path | None:
 
 
 def build_source(resolved: ResolvedRecipe) -> DatasetSource:
-    data = resolved.recipe.data
-    cls = DATASETS.get(data.dataset)
-    return cls(resolved.data_config, dataset_root(resolved), data.download)
+    return resolved.data_class(resolved.data_config, dataset_root(resolved), resolved.recipe.data.download)
 
 
 def build_data(resolved: ResolvedRecipe, hardware: Hardware, rank: int = 0, world_size: int = 1) -> DataBundle:
@@ -263,19 +261,16 @@ def _classifier_shape_problem(net: Network, state: dict[str, Any]) -> str | None
 
 
 def build_method(resolved: ResolvedRecipe, setup: MethodSetup) -> Method:
-    cls = METHODS.get(resolved.recipe.method.name)
-    return cls(resolved.method_config, setup).to(setup.device)
+    return resolved.method_class(resolved.method_config, setup).to(setup.device)
 
 
 def build_attack(resolved: ResolvedRecipe) -> Attack:
-    cls = ATTACKS.get(resolved.recipe.attack.name)
-    return cls(resolved.attack_config)
+    return resolved.attack_class(resolved.attack_config)
 
 
 def check_label_spaces(resolved: ResolvedRecipe, teacher_classes: int, student_classes: int) -> None:
     """Logit-based methods need the teacher and the student to share their classes."""
-    cls = METHODS.get(resolved.recipe.method.name)
-    readers = cls.teacher_logit_readers(resolved.method_config)
+    readers = resolved.method_class.teacher_logit_readers(resolved.method_config)
     if readers and teacher_classes != student_classes:
         raise RecipeError(
             f"method {resolved.recipe.method.name!r} compares teacher and student logits ({', '.join(readers)}), "

@@ -11,8 +11,18 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import to_jsonable_python
+from typing_extensions import TypeVar
 
-__all__ = ["HASH_NEUTRAL", "EmptyConfig", "Number", "StrictModel", "hash_payload", "introduced", "parse_number"]
+__all__ = [
+    "HASH_NEUTRAL",
+    "ConfigT",
+    "EmptyConfig",
+    "Number",
+    "StrictModel",
+    "hash_payload",
+    "introduced",
+    "parse_number",
+]
 
 #: Key in a field's ``json_schema_extra`` marking an option added after recipes already existed.
 HASH_NEUTRAL = "kdbench_introduced"
@@ -26,6 +36,14 @@ class StrictModel(BaseModel):
 
 class EmptyConfig(StrictModel):
     """A component without options."""
+
+
+#: The configuration type a component is generic over: ``class KD(Method[KDConfig])`` types
+#: ``self.config`` as ``KDConfig``. A bare ``Method`` (or ``Attack``, ``DatasetSource``) means
+#: ``Method[StrictModel]`` (PEP 696 default, hence typing_extensions' TypeVar on Python 3.11).
+#: Covariant, so that a ``Method[KDConfig]`` is a ``Method`` (what registries hold and return); the
+#: class methods that take a config (`Method.run_problems`) therefore take any `StrictModel`.
+ConfigT = TypeVar("ConfigT", bound=StrictModel, default=StrictModel, covariant=True)
 
 
 def parse_number(value: Any) -> Any:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -25,10 +25,13 @@ from torch import Tensor, nn
 from kdbench._errors import PluginError
 from kdbench.attacks.base import Attack, JointOutput, Objective
 from kdbench.attacks.objectives import TeacherObjective
-from kdbench.config import EmptyConfig, StrictModel
+from kdbench.config import ConfigT, EmptyConfig, StrictModel
 from kdbench.models.base import ModelOutput, Network
 
 __all__ = ["MAIN_TEACHER", "Method", "MethodSetup", "ReentrantViewError", "StepContext", "TeacherSetup", "TeacherViews"]
+
+#: A step-context view's type (`ModelOutput`, the x' tensor), for `StepContext._cached`.
+_View = TypeVar("_View")
 
 #: The name of the recipe's ``[teacher]`` in `StepContext.teachers` and `kdbench.attacks.objectives.with_teacher`.
 MAIN_TEACHER = "teacher"
@@ -62,11 +65,12 @@ class MethodSetup:
     teachers: Mapping[str, TeacherSetup] = field(default_factory=dict)
 
 
-class Method(nn.Module):
+class Method(nn.Module, Generic[ConfigT]):
     """Base class of every registered method (distillation loss or teacher-training loss).
 
     Constructor: ``(config: Config, setup: MethodSetup)``. Required: `loss`. Optional:
-    `attack_objective` (default: no attack) and the class attributes below.
+    `attack_objective` (default: no attack) and the class attributes below. Subclass
+    ``Method[MyConfig]`` (with ``Config = MyConfig``) to have ``self.config`` typed as ``MyConfig``.
     """
 
     Config: ClassVar[type[StrictModel]] = EmptyConfig
@@ -87,9 +91,9 @@ class Method(nn.Module):
     #: Link to the method's paper (the leaderboard's "paper" column), e.g. "https://arxiv.org/abs/1503.02531".
     paper: ClassVar[str | None] = None
 
-    def __init__(self, config: StrictModel, setup: MethodSetup):
+    def __init__(self, config: ConfigT, setup: MethodSetup):
         super().__init__()
-        self.config = config
+        self.config: ConfigT = config
         self.setup = setup
 
     @classmethod
@@ -195,11 +199,13 @@ class StepContext:
         """
         return self._cache.get(key)
 
-    def _cached(self, key: str, compute: Callable[[], Any]) -> Any:
-        if key not in self._cache:
-            with self._computing_view(key):
-                self._cache[key] = compute()
-        return self._cache[key]
+    def _cached(self, key: str, compute: Callable[[], _View]) -> _View:
+        if key in self._cache:
+            cached: _View = self._cache[key]  # stored by this method under this key, from the same compute
+            return cached
+        with self._computing_view(key):
+            value = self._cache[key] = compute()
+        return value
 
     @contextmanager
     def _computing_view(self, key: str) -> Iterator[None]:

@@ -38,7 +38,7 @@ def add_parser(subparsers: Any) -> None:
     check.set_defaults(handler=cmd_plugins_check)
 
 
-def _where(entry: Entry) -> str:
+def _where(entry: Entry[Any]) -> str:
     provider = f"{entry.distribution} {entry.version}".strip()
     return f"{provider}, {entry.target}"
 

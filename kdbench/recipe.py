@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from stat import S_ISREG
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -31,6 +31,11 @@ from kdbench.attacks.schedule import EpsPoint, EpsSchedule
 from kdbench.config import Number, StrictModel, hash_payload, introduced
 from kdbench.engine.checkpoint import MAX_WEIGHTS_BYTES_ENV, max_weights_bytes
 from kdbench.models.normalization import NormalizeSetting
+
+if TYPE_CHECKING:
+    from kdbench.attacks.base import Attack
+    from kdbench.data.base import DatasetSource
+    from kdbench.method import Method
 
 __all__ = [
     "AttackSection",
@@ -305,7 +310,12 @@ class Recipe(StrictModel):
 
 @dataclass
 class ResolvedRecipe:
-    """A validated recipe with every component looked up and configured."""
+    """A validated recipe with every component looked up and configured.
+
+    The method, attack and dataset classes are looked up once, here, and kept: later code reads
+    ``resolved.method_class`` instead of asking the registry again (models are built by name, since
+    the student and each teacher name their own).
+    """
 
     recipe: Recipe
     path: Path | None
@@ -314,6 +324,9 @@ class ResolvedRecipe:
     student_config: StrictModel
     teacher_config: StrictModel | None
     data_config: StrictModel
+    method_class: type[Method]
+    attack_class: type[Attack]
+    data_class: type[DatasetSource]
     teacher_recipe: ResolvedRecipe | None = None
     overrides: list[str] = field(default_factory=list)
     #: The additional teachers of ``[teachers.<name>]``: model config and, when trained by a recipe, that recipe.
@@ -732,6 +745,9 @@ def resolve(
         student_config=student_config,
         teacher_config=None,
         data_config=data_config,
+        method_class=method_cls,
+        attack_class=attack_cls,
+        data_class=data_cls,
         overrides=list(overrides or []),
     )
 
@@ -815,7 +831,7 @@ def _check_teacher_normalize(given: Any, trained: Any, file: str, key: str = "te
         )
 
 
-def _check_extra_teacher_names(method_cls: Any, recipe: Recipe, file: str) -> None:
+def _check_extra_teacher_names(method_cls: type[Method], recipe: Recipe, file: str) -> None:
     """Every teacher the method lists in ``extra_teachers`` is given, and no other one."""
     wanted: dict[str, str] = dict(method_cls.extra_teachers)
     for name in recipe.teachers:
@@ -892,16 +908,23 @@ def check_files(resolved: ResolvedRecipe) -> None:
             check_files(sub)
 
 
+#: A component base class (`Method`, `Attack`, `Network`, `DatasetSource`), for `_lookup`.
+_Component = TypeVar("_Component")
+#: A pydantic model class, for `_validate`.
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
 def _model_config(name: str, options: dict[str, Any], file: str, section: str) -> StrictModel:
     cls = _lookup(MODELS, name, file, f"{section}.model")
     return _validate(cls.Config, options, file, f"{section}.options")
 
 
-def _lookup(registry: Registry[Any], name: str, file: str, key: str) -> Any:
+def _lookup(registry: Registry[_Component], name: str, file: str, key: str) -> type[_Component]:
     try:
         cls = registry.get(name)
     except UserError as exc:
         raise RecipeError(str(exc), file=file, key=key) from None
+    # Only models declare accepts_variant (a method, attack or dataset never takes a ':variant').
     if ":" in name and not getattr(cls, "accepts_variant", False):
         base = name.split(":")[0]
         raise RecipeError(
@@ -924,7 +947,7 @@ def _check_eval_attacks(names: list[str], file: str) -> None:
         raise RecipeError(str(exc), file=file, key="eval.attacks") from None
 
 
-def _validate(model: type[BaseModel], data: Any, file: str, prefix: str) -> Any:
+def _validate(model: type[_Model], data: Any, file: str, prefix: str) -> _Model:
     try:
         return model.model_validate(data)
     except ValidationError as exc:

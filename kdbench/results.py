@@ -38,7 +38,7 @@ from pydantic import (
     ValidationError,
 )
 
-from kdbench._registry import ATTACKS, DATASETS, METHODS, MODELS
+from kdbench._registry import ATTACKS, DATASETS, METHODS, MODELS, Registry
 from kdbench.engine.checkpoint import atomic_write_bytes
 
 __all__ = [
@@ -293,7 +293,12 @@ def environment(device: str, names: dict[str, list[str]]) -> dict[str, Any]:
     """Versions and provenance: torch, device, git commit and the distributions of the components used."""
     from kdbench import __version__
 
-    registries = {"models": MODELS, "datasets": DATASETS, "attacks": ATTACKS, "methods": METHODS}
+    registries: dict[str, Registry[Any]] = {
+        "models": MODELS,
+        "datasets": DATASETS,
+        "attacks": ATTACKS,
+        "methods": METHODS,
+    }
     plugins: dict[str, str] = {}
     for kind, used in names.items():
         for name in used:

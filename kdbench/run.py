@@ -20,7 +20,6 @@ from typing import Any
 import torch
 
 from kdbench._errors import RecipeError, UserError
-from kdbench._registry import METHODS
 from kdbench.build import (
     DataBundle,
     build_attack,
@@ -181,7 +180,7 @@ def _extra_teacher(
 def _check_extra_teacher_fits(
     resolved: ResolvedRecipe, key: str, field: str, classes: int, image_size: int, student: DatasetInfo
 ) -> None:
-    readers = METHODS.get(resolved.recipe.method.name).teacher_logit_readers(resolved.method_config)
+    readers = resolved.method_class.teacher_logit_readers(resolved.method_config)
     if readers and classes != student.num_classes:
         raise RecipeError(
             f"method {resolved.recipe.method.name!r} compares this teacher's logits with the student's "
@@ -208,7 +207,7 @@ def _execute(
         r.train.device, r.train.precision, r.train.channels_last, r.train.deterministic, ddp.local_rank
     )
     torch.manual_seed(r.seed)  # model initialisation
-    if ddp.enabled and not METHODS.get(r.method.name).supports_data_parallel:
+    if ddp.enabled and not resolved.method_class.supports_data_parallel:
         raise UserError(
             f"method {r.method.name!r} keeps per-sample memory that is not synchronised across processes; "
             "run it in one process (without torchrun)"

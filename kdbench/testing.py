@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from kdbench._registry import ATTACKS, METHODS
+from kdbench.attacks.threat import ThreatModelConfig
 from kdbench.config import EmptyConfig
 from kdbench.method import Method, MethodSetup, StepContext, TeacherSetup
 from kdbench.models.base import ModelOutput, Network, NetworkSpec, Normalize
@@ -63,7 +64,8 @@ class TinyNet(Network):
         self.head = nn.Linear(self.feature_dim, spec.num_classes)
 
     def features(self, x: Tensor) -> Tensor:
-        return self.body(x)
+        feats: Tensor = self.body(x)
+        return feats
 
 
 def make_context(
@@ -229,7 +231,9 @@ class MethodConformance:
                 f"method {self.method} ran the student on an input that is neither x nor the engine's x' "
                 "(an attack loop inside loss?)"
             )
-        eps = ctx.attack.config.eps  # type: ignore[attr-defined]
+        config = ctx.attack.config if ctx.attack is not None else None
+        assert isinstance(config, ThreatModelConfig), "the conformance context attacks with kdbench's PGD"
+        eps = config.eps
         delta = (x_adv - ctx.x).abs().max().item()
         assert delta > 0, "the training attack did not move x"
         assert delta <= eps + 1e-6

@@ -145,3 +145,36 @@ def test_teacher_for_teacherless_method_is_an_error(tmp_path):
 def test_fraction_strings_are_numbers(tmp_path):
     r = load_recipe(base(tmp_path), ['eval.eps="8/255"'])
     assert r.recipe.eval.eps == pytest.approx(8 / 255)
+
+
+def test_component_classes_are_looked_up_once_at_resolution(tmp_path, monkeypatch):
+    """The resolved recipe keeps the method, attack and dataset classes: building a run asks no registry again."""
+    import torch
+
+    from kdbench import ATTACKS, DATASETS, METHODS, Registry
+    from kdbench.build import build_attack, build_method, build_source, check_label_spaces
+    from kdbench.engine.estimate import attack_passes
+    from kdbench.method import MethodSetup
+
+    resolved = load_recipe(base(tmp_path))
+    assert resolved.method_class is METHODS.get("natural")
+    assert resolved.attack_class is ATTACKS.get("pgd")
+    assert resolved.data_class is DATASETS.get("fake")
+
+    def no_lookup(self, name):
+        raise AssertionError(f"{self.kind} registry asked for {name!r} after resolution")
+
+    monkeypatch.setattr(Registry, "get", no_lookup)
+    setup = MethodSetup(
+        num_classes=10,
+        student_feature_dim=8,
+        teacher_feature_dim=None,
+        teacher_num_classes=None,
+        dataset_size=64,
+        device=torch.device("cpu"),
+    )
+    assert type(build_method(resolved, setup)) is resolved.method_class
+    assert type(build_attack(resolved)) is resolved.attack_class
+    assert type(build_source(resolved)) is resolved.data_class
+    check_label_spaces(resolved, 10, 10)
+    assert attack_passes(resolved) == 0  # natural training runs no attack

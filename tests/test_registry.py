@@ -123,3 +123,51 @@ def test_register_in_python_and_variants():
         reg.register("local", Local)
     assert "timm:resnet50" in MODELS
     assert MODELS.get("timm:resnet50") is MODELS.get("timm")
+
+
+def test_components_may_name_their_config_type():
+    """``Method[MyConfig]``, ``Attack[MyConfig]`` and ``DatasetSource[MyConfig]`` type ``self.config`` (for
+    mypy) and register, load and construct exactly like a bare subclass."""
+    import torch
+
+    from kdbench import StrictModel
+    from kdbench.attacks.base import Attack
+    from kdbench.data.base import DatasetSource
+    from kdbench.method import MethodSetup
+
+    class ScaleConfig(StrictModel):
+        scale: float = 2.0
+
+    class Scaled(Method[ScaleConfig]):
+        Config = ScaleConfig
+
+        def loss(self, ctx):
+            return {"zero": torch.zeros(()) * self.config.scale}
+
+    class Still(Attack[ScaleConfig]):
+        Config = ScaleConfig
+
+        def perturb(self, model, x, objective):
+            return x
+
+    class Nothing(DatasetSource[ScaleConfig]):
+        Config = ScaleConfig
+
+        def info(self):
+            raise NotImplementedError
+
+        def load(self, split):
+            raise NotImplementedError
+
+    methods, attacks, datasets = (
+        Registry("methods", Method),
+        Registry("attacks", Attack),
+        Registry("datasets", DatasetSource),
+    )
+    methods.register("scaled", Scaled)
+    attacks.register("still", Still)
+    datasets.register("nothing", Nothing)
+    setup = MethodSetup(10, 8, None, None, 64, torch.device("cpu"))
+    assert methods.get("scaled")(ScaleConfig(scale=3.0), setup).config.scale == 3.0
+    assert attacks.get("still")(ScaleConfig(scale=4.0)).config.scale == 4.0
+    assert datasets.get("nothing")(ScaleConfig(), None, False).config.scale == 2.0

@@ -9,11 +9,11 @@ fp32 even when the model runs under bf16 autocast (bf16 spacing near 1 is 1/128,
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, Generic, NamedTuple
 
 from torch import Tensor
 
-from kdbench.config import EmptyConfig, StrictModel
+from kdbench.config import ConfigT, EmptyConfig, StrictModel
 from kdbench.models.base import ModelOutput
 
 __all__ = ["Attack", "JointOutput", "ModelFn", "Objective"]
@@ -33,13 +33,16 @@ ModelFn = Callable[[Tensor], Any]
 Objective = Callable[[Any], Tensor]
 
 
-class Attack:
-    """Base class of every registered attack. Constructor: ``(config: Config)``."""
+class Attack(Generic[ConfigT]):
+    """Base class of every registered attack. Constructor: ``(config: Config)``.
+
+    Subclass ``Attack[MyConfig]`` (with ``Config = MyConfig``) to have ``self.config`` typed as ``MyConfig``.
+    """
 
     Config: ClassVar[type[StrictModel]] = EmptyConfig
 
-    def __init__(self, config: StrictModel):
-        self.config = config
+    def __init__(self, config: ConfigT):
+        self.config: ConfigT = config
 
     def perturb(self, model: ModelFn, x: Tensor, objective: Objective) -> Tensor:
         """Return x' (same shape and dtype as ``x``, inside the threat model) maximising ``objective``.

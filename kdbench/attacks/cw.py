@@ -16,7 +16,6 @@ from pydantic import Field
 from kdbench.attacks.objectives import cw_margin, cw_margin_loss
 from kdbench.attacks.pgd import PGD
 from kdbench.attacks.threat import ThreatModelConfig
-from kdbench.config import StrictModel
 
 __all__ = ["CWConfig", "CWLinf", "cw_margin", "cw_margin_loss"]
 
@@ -30,5 +29,5 @@ class CWConfig(ThreatModelConfig):
 class CWLinf(PGD):
     """PGD-30 meant for the CW margin objective (`cw_margin`); any other objective works too."""
 
-    Config: ClassVar[type[StrictModel]] = CWConfig
+    Config: ClassVar[type[ThreatModelConfig]] = CWConfig
     config: CWConfig

@@ -38,11 +38,10 @@ class FGSMConfig(StrictModel):
         return self
 
 
-class FGSM(Attack):
+class FGSM(Attack[FGSMConfig]):
     """One signed-gradient step of size eps (Goodfellow et al. 2015)."""
 
-    Config: ClassVar[type[StrictModel]] = FGSMConfig
-    config: FGSMConfig
+    Config: ClassVar[type[FGSMConfig]] = FGSMConfig
 
     def __init__(self, config: FGSMConfig | None = None):
         super().__init__(config if config is not None else self.Config())

@@ -25,7 +25,6 @@ from torch import Tensor
 from kdbench.attacks import threat
 from kdbench.attacks.base import Attack, ModelFn, Objective
 from kdbench.attacks.threat import ThreatModelConfig, ascent_direction, check_eps, linf_bounds, project
-from kdbench.config import StrictModel
 
 __all__ = ["PGD", "input_gradient", "pgd"]
 
@@ -71,14 +70,13 @@ def pgd(
     return x_adv.detach().to(x.dtype)
 
 
-class PGD(Attack):
+class PGD(Attack[ThreatModelConfig]):
     """PGD-k within an L-inf or L2 ball (Madry et al. 2018); options in `ThreatModelConfig`.
 
     Defaults: eps 8/255, alpha 2/255, 10 steps, uniform start (the PGD-10 of adversarial training).
     """
 
-    Config: ClassVar[type[StrictModel]] = ThreatModelConfig
-    config: ThreatModelConfig
+    Config: ClassVar[type[ThreatModelConfig]] = ThreatModelConfig
 
     def __init__(self, config: ThreatModelConfig | None = None):
         super().__init__(config if config is not None else self.Config())

@@ -8,11 +8,11 @@ a source never deals with batching, workers or transforms.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal, NamedTuple
+from typing import ClassVar, Generic, Literal, NamedTuple
 
 from torch import Tensor
 
-from kdbench.config import EmptyConfig, StrictModel
+from kdbench.config import ConfigT, EmptyConfig, StrictModel
 
 __all__ = ["SPLITS", "DatasetInfo", "DatasetSource", "Split", "SplitData"]
 
@@ -38,19 +38,20 @@ class DatasetInfo(NamedTuple):
     class_names: tuple[str, ...] = ()
 
 
-class DatasetSource:
+class DatasetSource(Generic[ConfigT]):
     """Base class of every registered dataset.
 
     Constructor: ``(config: Config, root: Path | None, download: bool)``. ``root`` is the dataset's own
     folder (``$KDBENCH_DATA_ROOT/<name>`` unless the recipe sets ``data.root``); ``download`` says
     whether fetching from the internet is allowed. Implement `info` and `load`; `fingerprint`
-    enables the on-disk decode cache.
+    enables the on-disk decode cache. Subclass ``DatasetSource[MyConfig]`` (with ``Config = MyConfig``)
+    to have ``self.config`` typed as ``MyConfig``.
     """
 
     Config: ClassVar[type[StrictModel]] = EmptyConfig
 
-    def __init__(self, config: StrictModel, root: Path | None, download: bool):
-        self.config = config
+    def __init__(self, config: ConfigT, root: Path | None, download: bool):
+        self.config: ConfigT = config
         self.root = root
         self.download = download
 

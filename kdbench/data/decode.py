@@ -77,7 +77,8 @@ def _decode_torchvision(path: Path) -> Tensor:
     from torchvision.io import ImageReadMode, decode_image, read_file
 
     # mode=RGB converts grayscale, palette and alpha images to 3 channels.
-    return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+    image: Tensor = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+    return image
 
 
 #: Pillow modes holding more than 8 bits per sample (16-bit greyscale PNGs open as one of these).

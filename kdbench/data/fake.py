@@ -41,7 +41,7 @@ class FakeConfig(StrictModel):
 FAKE_MAX_BYTES = 4 * 2**30
 
 
-class FakeSource(DatasetSource):
+class FakeSource(DatasetSource[FakeConfig]):
     """Deterministic, learnable synthetic images: one smooth random prototype per class plus pixel noise.
 
     Unlike torchvision's FakeData the label is visible in the image, so a test can check that
@@ -54,13 +54,13 @@ class FakeSource(DatasetSource):
     noise_std: ClassVar[float] = 0.1
 
     def info(self) -> DatasetInfo:
-        cfg: FakeConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         names = tuple(f"class{i}" for i in range(cfg.num_classes))
         # Approximate statistics of uniform prototypes blurred by the upsampling.
         return DatasetInfo(cfg.num_classes, cfg.image_size, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), names)
 
     def _prototypes(self) -> Tensor:
-        cfg: FakeConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         gen = torch.Generator().manual_seed(cfg.seed)
         low = torch.rand((cfg.num_classes, 3, 4, 4), generator=gen)
         return F.interpolate(low, size=(cfg.image_size, cfg.image_size), mode="bilinear", align_corners=False)
@@ -68,7 +68,7 @@ class FakeSource(DatasetSource):
     def load(self, split: Split) -> SplitData:
         if split not in SPLITS:
             raise UserError(f"fake: unknown split {split!r}; choose train or test")
-        cfg: FakeConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         n = cfg.train_size if split == "train" else cfg.test_size
         # Each split has its own stream, so changing test_size never changes the train images.
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + (1 if split == "train" else 2))

@@ -154,7 +154,7 @@ class ImageFolderConfig(StrictModel):
         return value
 
 
-class ImageFolderSource(DatasetSource):
+class ImageFolderSource(DatasetSource[ImageFolderConfig]):
     """Images in ``root/train/<class>/`` and ``root/test/<class>/`` (JPEG or PNG), labels = sorted class names.
 
     Both splits must hold the same class folders, so label ``i`` means the same class in both.
@@ -163,7 +163,7 @@ class ImageFolderSource(DatasetSource):
     Config = ImageFolderConfig
     name = "imagefolder"
 
-    def __init__(self, config: StrictModel, root: Path | None, download: bool):
+    def __init__(self, config: ImageFolderConfig, root: Path | None, download: bool):
         super().__init__(config, root, download)
         self._info: DatasetInfo | None = None
 
@@ -198,7 +198,7 @@ class ImageFolderSource(DatasetSource):
 
     def info(self) -> DatasetInfo:
         if self._info is None:
-            cfg: ImageFolderConfig = self.config  # type: ignore[assignment]
+            cfg = self.config
             classes = self._classes()
             size = cfg.image_size
             if size is None:
@@ -217,7 +217,7 @@ class ImageFolderSource(DatasetSource):
         if split not in SPLITS:
             raise UserError(f"imagefolder: unknown split {split!r}; choose train or test")
         classes = self._classes()
-        data, _ = read_image_folder(self._root() / split, classes, self.config.image_size)  # type: ignore[attr-defined]
+        data, _ = read_image_folder(self._root() / split, classes, self.config.image_size)
         expected = self.info().image_size
         if data.images.shape[2] != expected or data.images.shape[3] != expected:
             raise UserError(

@@ -19,7 +19,7 @@ import torch
 from pydantic import PositiveInt
 
 from kdbench._errors import UserError
-from kdbench.config import EmptyConfig, StrictModel
+from kdbench.config import ConfigT, EmptyConfig, StrictModel
 from kdbench.data.base import SPLITS, DatasetInfo, DatasetSource, Split, SplitData
 from kdbench.data.decode import DECODE_VERSION, _resize
 from kdbench.data.image_folder import _folder_fingerprint, read_image_folder, scan_image_folder
@@ -57,7 +57,7 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-class _StandardSource(DatasetSource):
+class _StandardSource(DatasetSource[ConfigT]):
     """A standard dataset readable from torchvision's files or from an ImageFolder tree."""
 
     name: ClassVar[str]
@@ -172,7 +172,7 @@ class _StandardSource(DatasetSource):
         return f"{self.name} v{DECODE_VERSION} split={split} layout={layout} root={where} config={config} {files}"
 
 
-class _CIFAR(_StandardSource):
+class _CIFAR(_StandardSource[EmptyConfig]):
     native_size = 32
 
     def canonical_test_order(self) -> bool:
@@ -215,7 +215,7 @@ class STL10Config(StrictModel):
     image_size: PositiveInt | None = None
 
 
-class STL10(_StandardSource):
+class STL10(_StandardSource[STL10Config]):
     """STL-10, labelled splits only: 5,000 train / 8,000 test images, 96x96 (or resized), 10 classes.
 
     torchvision's binaries are read directly rather than through ``torchvision.datasets.STL10``,
@@ -231,7 +231,7 @@ class STL10(_StandardSource):
     class_names = STL10_CLASSES
 
     def _image_size(self) -> int:
-        size = self.config.image_size  # type: ignore[attr-defined]
+        size = self.config.image_size
         return self.native_size if size is None else int(size)
 
     def _has_torchvision_files(self) -> bool:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from kdbench._registry import METHODS, split_variant
+from kdbench._registry import split_variant
 from kdbench.build import build_network, build_source, network_spec
 from kdbench.config import StrictModel
 from kdbench.method import Method
@@ -125,8 +125,7 @@ def forward_flops(name: str, config: StrictModel, spec: NetworkSpec) -> int:
 
 def attack_passes(resolved: ResolvedRecipe) -> int:
     """Steps of the training attack, 0 when the method trains on clean images only."""
-    cls = METHODS.get(resolved.recipe.method.name)
-    if cls.attack_objective is Method.attack_objective:
+    if resolved.method_class.attack_objective is Method.attack_objective:
         return 0
     return int(getattr(resolved.attack_config, "steps", 1))
 

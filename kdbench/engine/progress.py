@@ -120,6 +120,8 @@ class PlainProgress:
 
     #: A sync point (and so a line) at least this often, even when an epoch has fewer steps than log_every.
     sync_seconds: float = 30.0
+    #: Set by `make_progress`: each run also writes TensorBoard scalars into its folder (`run_log`).
+    tensorboard: bool = False
 
     def __init__(self, stream: TextIO | None = None, *, timestamps: bool = False, clock: RunClock | None = None):
         self.stream = stream or sys.stderr
@@ -162,6 +164,8 @@ class RichProgress:
     """A rich progress bar per epoch with live loss, accuracy, elapsed time, images/s and ETAs."""
 
     sync_seconds: float = 5.0
+    #: Set by `make_progress`: each run also writes TensorBoard scalars into its folder (`run_log`).
+    tensorboard: bool = False
 
     def __init__(self, clock: RunClock | None = None) -> None:
         from rich.console import Console
@@ -324,7 +328,7 @@ def make_progress(quiet: bool = False, *, tensorboard: bool = False) -> Progress
 
     ``tensorboard`` asks each run to also write TensorBoard scalars into its folder (`run_log`).
     """
-    progress: Any
+    progress: PlainProgress | RichProgress
     if quiet:
         import io
 

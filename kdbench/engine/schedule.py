@@ -7,7 +7,7 @@ only the step count and a partial epoch never shifts a milestone.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
@@ -20,7 +20,7 @@ def lr_factor(
     *,
     total_steps: int,
     steps_per_epoch: int,
-    milestones: list[float] = (),  # type: ignore[assignment]
+    milestones: Sequence[float] = (),
     gamma: float = 0.1,
     warmup_epochs: float = 0.0,
     epochs: int = 1,

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -474,8 +474,11 @@ def check_loss_terms(terms: Any, method_name: str) -> None:
             raise PluginError(f"{where}: loss term {name!r} {problem}; {fix}; stopped before any optimiser step")
 
 
-def freeze(module: nn.Module) -> nn.Module:
-    """Eval mode and no parameter gradients: how the teacher runs."""
+_Module = TypeVar("_Module", bound=nn.Module)
+
+
+def freeze(module: _Module) -> _Module:
+    """Eval mode and no parameter gradients: how the teacher runs. Returns ``module`` itself."""
     module.eval()
     for p in module.parameters():
         p.requires_grad_(False)

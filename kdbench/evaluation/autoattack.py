@@ -34,6 +34,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -135,7 +136,8 @@ class _Logits(nn.Module):
         self.model = model
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.model(x).float()
+        logits: Tensor = self.model(x)
+        return logits.float()
 
 
 def require_autoattack() -> type:
@@ -147,7 +149,8 @@ def require_autoattack() -> type:
             "the 'autoattack' evaluation needs the package pyautoattack: pip install pyautoattack "
             "(no weaker attack is substituted for it)"
         ) from err
-    return module.AutoAttack
+    # pyautoattack is untyped (and imported by name, so that it stays optional): its class is a plain `type`.
+    return cast(type, module.AutoAttack)
 
 
 def run_autoattack(

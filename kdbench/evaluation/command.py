@@ -233,7 +233,7 @@ def _options(items: list[str], what: str) -> dict[str, Any]:
     return options
 
 
-def _config(cls: Any, options: dict[str, Any], where: str, key: str) -> StrictModel:
+def _config(cls: type[Network] | type[DatasetSource], options: dict[str, Any], where: str, key: str) -> StrictModel:
     """Validate ``options`` against a component's Config; errors are one-line `RecipeError`s at ``where: key``."""
     from kdbench.recipe import _validate
 

@@ -41,7 +41,7 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from itertools import chain
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import torch
 from torch import Tensor, nn
@@ -108,7 +108,7 @@ class Flag(str):
 
     def __new__(
         cls, message: str, *, check: str, severity: Severity = SERIOUS, values: Mapping[str, Any] | None = None
-    ):
+    ) -> Self:
         flag = super().__new__(cls, message)
         flag.check = check
         flag.severity = severity
@@ -263,7 +263,7 @@ def _forked_rng(device: torch.device) -> Iterator[None]:
 
 
 def _reseed(device: torch.device, seed: int) -> None:
-    torch.random.default_generator.manual_seed(seed)
+    torch.default_generator.manual_seed(seed)
     if device.type == "cuda":
         torch.cuda.manual_seed(seed)
 
@@ -383,7 +383,8 @@ def _logits_fn(model: nn.Module) -> ModelFn:
 
 def _robust(model: nn.Module, x_adv: Tensor, y: Tensor, clean: Tensor) -> Tensor:
     with torch.no_grad():
-        return ((model(x_adv).argmax(dim=1) == y) & clean).cpu()
+        logits: Tensor = model(x_adv)
+        return ((logits.argmax(dim=1) == y) & clean).cpu()
 
 
 def check_deterministic(model: nn.Module, x: Tensor) -> list[Flag]:
@@ -510,7 +511,8 @@ def check_black_box(
         clean = model(x).argmax(dim=1) == y
 
     def predict(images: Tensor) -> Tensor:
-        return model(images).float()
+        logits: Tensor = model(images)
+        return logits.float()
 
     attack = SquareAttack(
         predict, norm="Linf" if norm == "linf" else "L2", n_queries=queries, eps=eps, seed=seed, device=device

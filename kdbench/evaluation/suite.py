@@ -231,7 +231,8 @@ def _build_attack(
 
 def _model_fn(model: nn.Module) -> ModelFn:
     """The model as attacks see it: `Network.forward_all`, or logits wrapped in a `ModelOutput`."""
-    forward_all = getattr(model, "forward_all", None)
+    # getattr, not isinstance(model, Network): a torch.compile wrapper forwards the attribute too.
+    forward_all: ModelFn | None = getattr(model, "forward_all", None)
     if callable(forward_all):
         return forward_all
 
@@ -283,7 +284,7 @@ def _frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def _seed(device: torch.device, seed: int) -> None:
-    torch.random.default_generator.manual_seed(seed)
+    torch.default_generator.manual_seed(seed)
     if device.type == "cuda":
         torch.cuda.manual_seed(seed)  # the current device, set to the evaluation's by `_isolated_rng`
     elif device.type != "cpu":
@@ -312,7 +313,8 @@ def _clock(device: torch.device) -> float:
 
 def _predict_correct(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     with torch.no_grad():
-        return model(x).argmax(dim=1) == y
+        logits: Tensor = model(x)
+        return logits.argmax(dim=1) == y
 
 
 # ---------------------------------------------------------------------------------------------

@@ -76,4 +76,5 @@ class Network(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``x: (B, 3, H, W)`` in [0, 1] -> ``logits: (B, num_classes)``."""
-        return self.head(self.features(x))
+        logits: Tensor = self.head(self.features(x))
+        return logits

@@ -47,7 +47,7 @@ class InvertedResidual(nn.Module):
             )
 
     def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        out: Tensor = F.relu(self.bn1(self.conv1(x)), inplace=True)
         out = F.relu(self.bn2(self.conv2(out)), inplace=True)
         out = self.bn3(self.conv3(out))
         return out + self.shortcut(x) if self.stride == 1 else out
@@ -84,7 +84,8 @@ class MobileNetV2(Network):
         self.feature_dim = 1280
         self.num_classes = spec.num_classes
         self.head = nn.Linear(self.feature_dim, spec.num_classes)
-        self.register_load_state_dict_pre_hook(reference_key_hook({"linear.": "head."}))
+        # torch leaves Module.register_load_state_dict_pre_hook unannotated (mypy: an untyped call).
+        self.register_load_state_dict_pre_hook(reference_key_hook({"linear.": "head."}))  # type: ignore[no-untyped-call]
 
     def _make_layers(self, in_planes: int) -> nn.Sequential:
         layers = []

@@ -35,8 +35,8 @@ class PreActBlock(nn.Module):
             self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=False))
 
     def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(x))
-        shortcut = self.shortcut(out) if self.shortcut is not None else x
+        out: Tensor = F.relu(self.bn1(x))
+        shortcut: Tensor = self.shortcut(out) if self.shortcut is not None else x
         out = self.conv1(out)
         out = self.conv2(F.relu(self.bn2(out), inplace=True))
         return out + shortcut
@@ -64,7 +64,8 @@ class PreActResNet18(Network):
         self.feature_dim = 512
         self.num_classes = spec.num_classes
         self.head = nn.Linear(self.feature_dim, spec.num_classes)
-        self.register_load_state_dict_pre_hook(reference_key_hook({"linear.": "head."}))
+        # torch leaves Module.register_load_state_dict_pre_hook unannotated (mypy: an untyped call).
+        self.register_load_state_dict_pre_hook(reference_key_hook({"linear.": "head."}))  # type: ignore[no-untyped-call]
 
     def _make_layer(self, planes: int, num_blocks: int, stride: int) -> nn.Sequential:
         layers = []

@@ -103,7 +103,8 @@ class ResNet18(Network):
         self.feature_dim = 512
         self.num_classes = spec.num_classes
         self.head = nn.Linear(self.feature_dim, spec.num_classes)
-        self.register_load_state_dict_pre_hook(reference_key_hook({"linear.": "head."}))
+        # torch leaves Module.register_load_state_dict_pre_hook unannotated (mypy: an untyped call).
+        self.register_load_state_dict_pre_hook(reference_key_hook({"linear.": "head."}))  # type: ignore[no-untyped-call]
 
     def _make_layer(self, planes: int, num_blocks: int, stride: int) -> nn.Sequential:
         layers = []
@@ -113,6 +114,6 @@ class ResNet18(Network):
         return nn.Sequential(*layers)
 
     def features(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(self.conv1(self.normalize(x))), inplace=True)
+        out: Tensor = F.relu(self.bn1(self.conv1(self.normalize(x))), inplace=True)
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         return out.mean(dim=(2, 3))  # global average pool; deterministic backward on CUDA

@@ -59,7 +59,7 @@ class SmallResNet(Network):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def features(self, x: Tensor) -> Tensor:
-        out = self.relu(self.bn1(self.conv1(self.normalize(x))))
+        out: Tensor = self.relu(self.bn1(self.conv1(self.normalize(x))))
         out = self.layer3(self.layer2(self.layer1(out)))
         return out.mean(dim=(2, 3))  # global average pool; deterministic backward on CUDA
 

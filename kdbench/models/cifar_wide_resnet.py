@@ -57,8 +57,8 @@ class WideBasicBlock(nn.Module):
             self.convShortcut = nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        act = self.relu1(self.bn1(x))
-        out = self.relu2(self.bn2(self.conv1(act)))
+        act: Tensor = self.relu1(self.bn1(x))
+        out: Tensor = self.relu2(self.bn2(self.conv1(act)))
         if self.dropout > 0:
             out = F.dropout(out, p=self.dropout, training=self.training)
         out = self.conv2(out)
@@ -83,7 +83,8 @@ class NetworkBlock(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.layer(x)
+        out: Tensor = self.layer(x)
+        return out
 
 
 class WideResNet(Network):
@@ -116,7 +117,8 @@ class WideResNet(Network):
         self.num_classes = spec.num_classes
         self.head = nn.Linear(self.feature_dim, spec.num_classes)
         self._init_weights()
-        self.register_load_state_dict_pre_hook(reference_key_hook({"fc.": "head."}, drop=("sub_block1.",)))
+        # torch leaves Module.register_load_state_dict_pre_hook unannotated (mypy: an untyped call).
+        self.register_load_state_dict_pre_hook(reference_key_hook({"fc.": "head."}, drop=("sub_block1.",)))  # type: ignore[no-untyped-call]
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -130,7 +132,7 @@ class WideResNet(Network):
                 nn.init.zeros_(m.bias)
 
     def features(self, x: Tensor) -> Tensor:
-        out = self.conv1(self.normalize(x))
+        out: Tensor = self.conv1(self.normalize(x))
         out = self.block3(self.block2(self.block1(out)))
         out = self.relu(self.bn1(out))
         return out.mean(dim=(2, 3))  # global average pool; deterministic backward on CUDA

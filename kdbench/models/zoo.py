@@ -235,8 +235,8 @@ def find_final_linear(model: nn.Module, example: Tensor) -> nn.Linear:
     calls: list[tuple[nn.Linear, Tensor]] = []
 
     def record(module: nn.Module, inputs: Any, output: Any) -> None:
-        if isinstance(output, Tensor):
-            calls.append((module, output.detach()))  # type: ignore[arg-type]
+        if isinstance(module, nn.Linear) and isinstance(output, Tensor):  # hooks sit on nn.Linear layers only
+            calls.append((module, output.detach()))
 
     handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, nn.Linear)]
     try:
@@ -295,7 +295,8 @@ class ZooNetwork(Network):
         return self.forward_all(x).features
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.model(x)
+        logits: Tensor = self.model(x)
+        return logits
 
 
 class ZooTeacher:

@@ -43,11 +43,10 @@ def projected_feature_mse(projection: nn.Module, student_features: Tensor, teach
     return F.mse_loss(projection(student_features.float()), teacher_features.detach().float())
 
 
-class FeatureMSE(Method):
+class FeatureMSE(Method[FeatureMSEConfig]):
     """Feature MSE to the teacher through a linear student->teacher projection (FitNets hint)."""
 
     Config = FeatureMSEConfig
-    config: FeatureMSEConfig
     needs_teacher: ClassVar[bool] = True
     uses_teacher_logits: ClassVar[bool] = False  # features only: any teacher label space works
 
