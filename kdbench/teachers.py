@@ -204,6 +204,7 @@ def _untrained(
     resolved: ResolvedRecipe, model_name: str, info: DatasetInfo, classes: int, student_classes: int
 ) -> BuiltTeacher:
     """The teacher's architecture with random weights (``kdbench bench`` without a trained teacher)."""
+    assert resolved.teacher_config is not None
     check_label_spaces(resolved, classes, student_classes)
     normalization = teacher_normalization(resolved, info)
     network = build_network(model_name, resolved.teacher_config, network_spec(info, classes, normalization))
