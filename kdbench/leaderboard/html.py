@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
+import re
 from collections.abc import Sequence
 from html import escape
 from pathlib import Path
@@ -49,32 +50,34 @@ METRIC_COLORS = {
     "worst": "#444444",
 }
 FLAG_COLOR = "#C0161B"
+#: Table columns holding text (left-aligned, sorted as text); the others are numbers.
+TEXT_COLUMNS = ("arch", "paper")
 
 _CSS = """
 :root { --fg: #1d2330; --muted: #5b6475; --line: #d9dde5; --flag: #C0161B; --flagbg: #fff6e0; }
 * { box-sizing: border-box; }
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
        color: var(--fg); margin: 0; background: #f6f7f9; }
-main { max-width: 1240px; margin: 0 auto; padding: 24px 28px 48px; }
+main { max-width: 1240px; margin: 0 auto; padding: 24px 20px 48px; }
 h1 { font-size: 22px; margin: 0 0 4px; }
 h2 { font-size: 17px; margin: 0 0 2px; }
 .meta, .sub { color: var(--muted); margin: 0 0 12px; }
-section.board { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 18px 20px;
+section.board { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 16px;
                 margin: 18px 0; }
 /* The table fits its card: headers, names and links wrap, a std sits under its mean. What still does
    not fit (many columns on a narrow window) scrolls inside the card, never past it. */
 section.board { min-width: 0; }
 .scroll { overflow-x: auto; max-width: 100%; }
-table.lb { border-collapse: collapse; width: 100%; font-size: 13px; font-variant-numeric: tabular-nums; }
+table.lb { border-collapse: collapse; width: 100%; font-size: 12.5px; font-variant-numeric: tabular-nums; }
 table.lb th, table.lb td { padding: 5px 5px; border-bottom: 1px solid var(--line); white-space: nowrap;
                            vertical-align: top; }
 table.lb th { text-align: left; background: #eef1f6; cursor: pointer; user-select: none; position: sticky; top: 0;
               white-space: normal; vertical-align: bottom; line-height: 1.25; }
-table.lb td.label { white-space: normal; overflow-wrap: anywhere; min-width: 6em; max-width: 16em; }
+table.lb td.label { white-space: normal; overflow-wrap: break-word; min-width: 10em; max-width: 18em; }
 table.lb td.recipe { white-space: normal; min-width: 4.5em; max-width: 8em; }
 table.lb td.wrap { white-space: normal; max-width: 9em; overflow-wrap: anywhere; }
 .sd, .dev { display: block; font-size: 11px; color: var(--muted); }
-.dev { white-space: normal; max-width: 9em; margin-left: auto; }
+.dev { white-space: normal; min-width: 6.5em; max-width: 9em; margin-left: auto; }
 table.lb th.num, table.lb td.num { text-align: right; }
 table.lb th.ranked { color: #0b4f8a; }
 table.lb th[aria-sort="descending"]::after { content: " \\25BE"; }
@@ -91,8 +94,8 @@ td a:hover { text-decoration: underline; }
 .plots { display: flex; flex-wrap: wrap; gap: 18px; margin-top: 16px; }
 figure { margin: 0; background: #fff; border: 1px solid var(--line); border-radius: 6px; padding: 8px;
          max-width: 100%; overflow-x: auto; }
-ol.key { margin: 4px 0 0; padding: 0 4px; list-style: none; font-size: 12px; max-width: 500px;
-         columns: 2; column-gap: 14px; }
+figure.scatter { width: min-content; }  /* as wide as its plot: the key and caption wrap under it */
+ol.key { margin: 4px 0 0; padding: 0 4px; list-style: none; font-size: 12px; columns: 2; column-gap: 14px; }
 ol.key li { break-inside: avoid; overflow-wrap: anywhere; }
 ol.key b { display: inline-block; min-width: 1.6em; }
 ol.key i { display: inline-block; width: 9px; height: 9px; border-radius: 50%; margin-right: 4px; }
@@ -176,7 +179,34 @@ def _pct(stat: Stat) -> tuple[float | None, float]:
 
 
 def _short(text: str, n: int = 22) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
+    """At most ``n`` characters; a longer name keeps its end (``…sweep_rslad_T4``): the variants of a
+    sweep share their start and differ at the end."""
+    return text if len(text) <= n else "…" + text[len(text) - n + 1 :]
+
+
+def _plot_name(v: Variant, shared: str, n: int) -> str:
+    """A variant's name in a plot: flagged mark, without the board's common start, shortened."""
+    rest = v.label.removeprefix(shared)
+    short = _short(rest, n)
+    return ("⚑ " if v.flags else "") + ("…" if shared and not short.startswith("…") else "") + short
+
+
+def _common_prefix(labels: Sequence[str]) -> str:
+    """The start all ``labels`` share, cut after a separator (``sweep_`` of ``sweep_rslad``, ``sweep_ard``);
+    "" for fewer than two labels or a prefix under 6 characters. A plot names points by what differs."""
+    if len(labels) < 2:
+        return ""
+    first, last = min(labels), max(labels)  # the common start of all is that of these two
+    n = next((i for i, (a, b) in enumerate(zip(first, last, strict=False)) if a != b), min(len(first), len(last)))
+    prefix = first[:n]
+    cut = max(prefix.rfind(c) for c in "_-./") + 1
+    return prefix[:cut] if cut >= 6 and all(len(label) > cut for label in labels) else ""
+
+
+def _breakable(text: str) -> str:
+    """Escaped ``text`` with break opportunities after ``_ - . /``, so a long recipe name wraps at its
+    separators instead of pushing the table past its card."""
+    return re.sub(r"([_\-./])", r"\1<wbr>", escape(text))
 
 
 Box = tuple[float, float, float, float]  # x, y, width, height (SVG user units = CSS px)
@@ -219,10 +249,14 @@ def _inside(box: Box, area: Box) -> bool:
     )
 
 
-def _place_label(text: str, size: float, cx: float, cy: float, r: float, area: Box, taken: list[Box]) -> Box | None:
+def _place_label(
+    text: str, size: float, cx: float, cy: float, r: float, area: Box, taken: list[Box], *, far: bool = False
+) -> Box | None:
     """A box for ``text`` next to the point (cx, cy) of radius r, inside ``area``, overlapping nothing in
     ``taken`` (labels placed so far and every point); None when no candidate is free. Candidates: right,
-    left, above, below, the four diagonals, then right and left moved up and down by a line at a time."""
+    left, above, below, the four diagonals, right and left moved up and down by a line at a time, and
+    with ``far`` (for short texts: a name that far from its point would read as another's) rings
+    farther out."""
     w, h = _text_width(text, size), 1.3 * size
     gap = r + 3
     right, left, middle = cx + gap, cx - gap - w, cx - w / 2
@@ -240,12 +274,30 @@ def _place_label(text: str, size: float, cx: float, cy: float, r: float, area: B
         for sign in (-1, 1):
             dy = sign * step * h
             candidates += [(right, cy - h / 2 + dy), (left, cy - h / 2 + dy)]
+    for distance in range(30, 130, 12) if far else ():  # farther out, all around (a leader line joins them)
+        for k in range(16):
+            angle = 2 * math.pi * k / 16
+            bx, by = cx + distance * math.cos(angle), cy - distance * math.sin(angle)
+            candidates.append((bx if math.cos(angle) >= 0 else bx - w, by - h / 2))
     for x0, y0 in candidates:
         box = (x0, y0, w, h)
         if _inside(box, area) and not any(_overlaps(box, other) for other in taken):
             taken.append(box)
             return box
     return None
+
+
+def _leader(cx: float, cy: float, r: float, box: Box) -> str:
+    """A thin line from a point to its label when the label had to move away from it ("" when adjacent)."""
+    nx, ny = min(max(cx, box[0]), box[0] + box[2]), min(max(cy, box[1]), box[1] + box[3])
+    d = math.hypot(nx - cx, ny - cy)
+    if d <= r + 6:
+        return ""
+    sx, sy = cx + (nx - cx) * (r + 1) / d, cy + (ny - cy) * (r + 1) / d
+    return (
+        f'<line class="leader" x1="{_f(sx)}" y1="{_f(sy)}" x2="{_f(nx)}" y2="{_f(ny)}" '
+        'stroke="#9aa3b2" stroke-width="0.8"/>'
+    )
 
 
 def _scatter(board: Board) -> tuple[str, list[tuple[int, Variant]]]:
@@ -257,7 +309,8 @@ def _scatter(board: Board) -> tuple[str, list[tuple[int, Variant]]]:
         (x, sx), (y, sy) = _pct(v.metrics["clean"]), _pct(v.metrics[metric])
         if x is not None and y is not None:
             points.append((v, i, x, sx, y, sy))
-    W, H, L, R, T, B = 500, 360, 56, 18, 16, 48
+    # A crowd gets a larger canvas (it has a row of its own: the bars beside it are as crowded).
+    W, H, L, R, T, B = (500, 360, 56, 18, 16, 48) if len(points) <= 8 else (720, 440, 56, 18, 16, 48)
     pw, ph = W - L - R, H - T - B
     label_y = f"{METRIC_LABELS[metric]} accuracy (%)"
     out = [
@@ -295,13 +348,19 @@ def _scatter(board: Board) -> tuple[str, list[tuple[int, Variant]]]:
         f'<text transform="translate(14 {T + ph / 2}) rotate(-90)" text-anchor="middle" font-size="12" '
         f'fill="#1d2330">{escape(label_y)}</text>'
     )
-    # Every point is an obstacle for every label; labels are placed in rank order, best first.
+    # Every point (and error bar) is an obstacle for every label; labels are placed in rank order, best first.
     radius = {i: 10.0 if v.flags else 6.0 for v, i, *_ in points}
     taken: list[Box] = [
         (sx_(p[2]) - radius[p[1]] - 1, sy_(p[4]) - radius[p[1]] - 1, 2 * radius[p[1]] + 2, 2 * radius[p[1]] + 2)
         for p in points
     ]
+    for _, _, x, ex, y, ey in points:  # error bars are obstacles too
+        if ex:
+            taken.append((sx_(x - ex), sy_(y) - 1, sx_(x + ex) - sx_(x - ex), 2))
+        if ey:
+            taken.append((sx_(x) - 1, sy_(y + ey), 2, sy_(y - ey) - sy_(y + ey)))
     area: Box = (L + 2, T + 2, pw - 4, ph - 4)
+    shared = _common_prefix([p[0].label for p in points])  # named in the caption; labels show the rest
     size = 11.5
     key: list[tuple[int, Variant]] = []
     for v, i, x, ex, y, ey in points:
@@ -327,13 +386,14 @@ def _scatter(board: Board) -> tuple[str, list[tuple[int, Variant]]]:
                 f'<circle cx="{_f(cx)}" cy="{_f(cy)}" r="10" fill="none" stroke="{FLAG_COLOR}" stroke-width="2"/>'
             )
         out.append(f'<circle cx="{_f(cx)}" cy="{_f(cy)}" r="6" fill="{color}" stroke="#fff" stroke-width="1.5"/>')
-        name = ("⚑ " if v.flags else "") + _short(v.label)
+        name = _plot_name(v, shared, 22)
         box = _place_label(name, size, cx, cy, radius[i], area, taken)
         if box is None:  # no room beside the point: a number, named in the key under the plot
             key.append((i + 1, v))
             name = str(i + 1)
-            box = _place_label(name, size, cx, cy, radius[i], area, taken)
+            box = _place_label(name, size, cx, cy, radius[i], area, taken, far=True)
         if box is not None:  # (a number with no free spot at all is left out; the key and tooltip name it)
+            out.append(_leader(cx, cy, radius[i], box))
             fill = FLAG_COLOR if v.flags else "#1d2330"
             out.append(
                 f'<text class="label" x="{_f(box[0] + 1)}" y="{_f(box[1] + size)}" font-size="{size}" '
@@ -357,7 +417,7 @@ def _scatter_key(key: Sequence[tuple[int, Variant]]) -> str:
         return ""
     items = "".join(
         f'<li data-variant="{escape(v.label)}"><b>{n}</b><i style="background:{PALETTE[(n - 1) % len(PALETTE)]}">'
-        f"</i>{'⚑ ' if v.flags else ''}{escape(v.label)}</li>"
+        f"</i>{'⚑ ' if v.flags else ''}{_breakable(v.label)}</li>"
         for n, v in key
     )
     return f'<ol class="key">{items}</ol>'
@@ -369,7 +429,11 @@ def bars_svg(board: Board) -> str:
     n = max(len(metrics), 1)
     bar, gap = 11, 18
     group = n * bar + gap
-    L, R, T, B = 48, 16, 40, 78
+    shared = _common_prefix([v.label for v in board.variants])
+    names = [_plot_name(v, shared, 18) for v in board.variants]
+    # the first name, rotated 28 degrees, ends under the middle of its group: room for it on the left
+    first = _text_width(names[0], 11) * math.cos(math.radians(28)) if names else 0.0
+    L, R, T, B = max(48, math.ceil(first - gap / 2 - n * bar / 2) + 4), 16, 40, 78
     W = max(500, L + R + group * len(board.variants))
     H = 360
     ph = H - T - B
@@ -412,7 +476,7 @@ def bars_svg(board: Board) -> str:
                     f'<line x1="{_f(cx)}" y1="{_f(sy(min(100, mean + std)))}" x2="{_f(cx)}" '
                     f'y2="{_f(sy(max(0, mean - std)))}" stroke="#1d2330" stroke-width="1"/>'
                 )
-        name = ("⚑ " if v.flags else "") + _short(v.label, 18)
+        name = names[gi]
         tx, ty = gx + n * bar / 2, sy(0) + 14
         fill = FLAG_COLOR if v.flags else "#1d2330"
         out.append(
@@ -444,7 +508,7 @@ def _sort_value(v: Variant, column: str) -> str:
     elif column == "time":
         mean = v.train_seconds.mean
     elif column == "cost":
-        secs = [c["total_device_seconds"] for r in v.runs if isinstance(c := r.result.get("cost"), dict)]
+        secs = [c.get("total_device_seconds") for r in v.runs if isinstance(c := r.result.get("cost"), dict)]
         nums = [float(x) for x in secs if isinstance(x, int | float)]
         mean = sum(nums) / len(nums) if nums else None
     elif column == "flags":
@@ -510,6 +574,8 @@ def _recipe_cell(v: Variant, base: Path) -> str:
 
 
 def _table(board: Board, columns: Sequence[str], base: Path, index: int) -> str:
+    # A column with nothing to say for this board (no run recorded its teacher's accuracy) takes no room.
+    columns = [c for c in columns if c in METRIC_LABELS or any(cell(v, c) for v in board.variants)]
     heads = [
         '<th data-key="rank" data-type="num" data-first="asc" class="num" aria-sort="ascending">#</th>',
         '<th data-key="variant" data-type="text" data-first="asc">variant</th>',
@@ -518,6 +584,9 @@ def _table(board: Board, columns: Sequence[str], base: Path, index: int) -> str:
         '<th data-key="method" data-type="text" data-first="asc">method</th>',
     ]
     for c in columns:
+        if c in TEXT_COLUMNS:
+            heads.append(f'<th data-key="{c}" data-type="text" data-first="asc">{escape(header(board, c))}</th>')
+            continue
         first = "asc" if c in ("params", "time", "flags", "class_corr_distance", "feature_change") else "desc"
         cls = "num ranked" if c == board.ranked_by else "num"
         heads.append(
@@ -529,7 +598,7 @@ def _table(board: Board, columns: Sequence[str], base: Path, index: int) -> str:
         cells = [
             f'<td class="num" data-v="{v.rank}"{_unranked_title(v)}>{escape(rank_text(v))}</td>',
             f'<td class="label" data-v="{escape(v.label)}" title="{escape(runs)}">'
-            f"{'<span class=flag>⚑</span> ' if v.flags else ''}{escape(v.label)}"
+            f"{'<span class=flag>⚑</span> ' if v.flags else ''}{_breakable(v.label)}"
             f"{' <span class=flag>⚠ unreliable</span>' if v.unreliable else ''}</td>",
             _recipe_cell(v, base),
             f'<td class="wrap" data-v="{escape(v.method)}">{escape(v.method)}</td>',
@@ -542,6 +611,8 @@ def _table(board: Board, columns: Sequence[str], base: Path, index: int) -> str:
                 cells.append(
                     f'<td data-v="{escape(url)}"><a href="{escape(url)}">{escape(url.rsplit("/", 1)[-1])}</a></td>'
                 )
+            elif c == "paper":
+                cells.append('<td data-v="">-</td>')
             elif c == "time":
                 cells.append(_time_cell(v))
             elif c == "cost":
@@ -603,14 +674,18 @@ def render_html(
         sub = escape(subtitle(board, with_note=False))
         svg, key = _scatter(board)
         numbered = "; numbered points are named in the key" if key else ""
+        shared = _common_prefix([v.label for v in board.variants if v.metrics["clean"].mean is not None])
+        if shared:
+            numbered += f"; labels omit the common start {shared}…"
         parts += [
             f'<section class="board" id="board-{i}">',
             f"<h2>{escape(title(board))}</h2>",
             f'<p class="sub">{sub}.{note}</p>',
             _table(board, columns, base, i),
             '<div class="plots">',
-            f"<figure>{svg}{_scatter_key(key)}<figcaption>{escape(METRIC_LABELS[board.ranked_by])} against "
-            f"clean accuracy (bars: ±1 std over seeds; red ring: evaluation flags{numbered}).</figcaption></figure>",
+            f'<figure class="scatter">{svg}{_scatter_key(key)}',
+            f"<figcaption>{escape(METRIC_LABELS[board.ranked_by])} against clean accuracy (bars: ±1 std over "
+            f"seeds; red ring: evaluation flags{numbered}).</figcaption></figure>",
             f"<figure>{bars_svg(board)}<figcaption>Accuracy under each attack, variants in rank order."
             "</figcaption></figure>",
             "</div></section>",
