@@ -77,7 +77,7 @@ table.lb td.label { white-space: normal; overflow-wrap: break-word; min-width: 1
 table.lb td.recipe { white-space: normal; min-width: 4.5em; max-width: 8em; }
 table.lb td.wrap { white-space: normal; max-width: 9em; overflow-wrap: anywhere; }
 .sd, .dev { display: block; font-size: 11px; color: var(--muted); }
-.dev { white-space: normal; min-width: 6.5em; max-width: 9em; margin-left: auto; }
+.dev { white-space: normal; min-width: 8em; max-width: 10em; margin-left: auto; }
 table.lb th.num, table.lb td.num { text-align: right; }
 table.lb th.ranked { color: #0b4f8a; }
 table.lb th[aria-sort="descending"]::after { content: " \\25BE"; }
