@@ -298,8 +298,9 @@ def _rich_table(boards: Sequence[Board], columns: Sequence[str], terminal: bool)
         wraps = {3 + columns.index("time")} if "time" in columns else set()  # "95 min" over "on NVIDIA H200"
         for i, head in enumerate(_heads(board, columns)):
             style = "bold" if head.endswith(RANK_MARK) else None
-            justify = "right" if i == 0 or i >= 3 else "left"
-            table.add_column(head, justify=justify, style=style, no_wrap=i >= 3 and i not in wraps)
+            table.add_column(
+                head, justify="right" if i == 0 or i >= 3 else "left", style=style, no_wrap=i >= 3 and i not in wraps
+            )
         for variant, row in zip(shown_variants(board), _rows(board, columns), strict=True):
             table.add_row(*row, style="yellow" if variant.flags else None)
         console.print(table)
