@@ -391,6 +391,11 @@ def _cmd_show(args: argparse.Namespace) -> int:
     regs = [_registry_for(kind)] if kind else list(registries().values())
     found = [reg for reg in regs if name in reg]
     if not found:
+        if kind:  # KIND/NAME: the names of that kind, and where the name lives if it is another kind's
+            elsewhere = [r.kind[:-1] for r in registries().values() if name in r]
+            hint = f" ({name!r} is a {elsewhere[0]}: kdbench show {elsewhere[0]}/{name})" if elsewhere else ""
+            noun = regs[0].kind[:-1]
+            raise UserError(f"no {noun} named {name!r}; {did_you_mean(name, regs[0].names())}{hint}")
         everything = [n for reg in regs for n in reg.names()] + list(EVALUATION_ATTACKS)
         raise UserError(f"no component named {name!r}; {did_you_mean(name, everything)}")
     if len(found) > 1:

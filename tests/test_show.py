@@ -99,16 +99,20 @@ def test_a_third_party_plugin(capsys):
     assert "    loss = w_ce * CE(z_S(x_s), y) + w_feat * mean_b mean_d (W f_S(x_s) + b - f_T(x))_d^2" in out
 
 
-@pytest.mark.parametrize("argv", [["show", "gacdd"], ["show", "methods/kdd"], ["show", "resnet1"]])
-def test_an_unknown_name_is_one_line_with_close_matches(capsys, argv):
-    assert main(argv) == 2
+@pytest.mark.parametrize(
+    ("name", "start", "match"),
+    [
+        ("gacdd", "no component named 'gacdd'", "did you mean 'gacd'"),
+        ("resnet1", "no component named 'resnet1'", "'resnet18'"),
+        ("methods/kdd", "no method named 'kdd'", "did you mean 'kd'"),
+        ("models/kd", "no model named 'kd'", "('kd' is a method: kdbench show method/kd)"),
+    ],
+)
+def test_an_unknown_name_is_one_line_with_close_matches(capsys, name, start, match):
+    assert main(["show", name]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1, err
-    assert err.startswith(f"kdbench: error: no component named {argv[1].rpartition('/')[2]!r}; did you mean")
-    assert {"gacdd": "'gacd'", "methods/kdd": "'kd'", "resnet1": "'resnet18'"}[argv[1]] in err
-
-
-# ------------------------------------------------------------------------------- types, in isolation
+    assert err.startswith(f"kdbench: error: {start}; ") and match in err, err
 
 
 class Step(StrictModel):
