@@ -115,6 +115,9 @@ def test_an_unknown_name_is_one_line_with_close_matches(capsys, name, start, mat
     assert err.startswith(f"kdbench: error: {start}; ") and match in err, err
 
 
+# ------------------------------------------------------------------------------- types, in isolation
+
+
 class Step(StrictModel):
     epoch: int = Field(0, ge=0, description="first epoch of this step")
     eps: Number = 8 / 255
