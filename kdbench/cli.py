@@ -18,9 +18,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
-from pydantic_core import PydanticUndefined
-
 from kdbench._errors import PluginError, UserError, did_you_mean
 from kdbench._registry import Registry, registries
 
@@ -397,35 +394,20 @@ def _cmd_show(args: argparse.Namespace) -> int:
     regs = [_registry_for(kind)] if kind else list(registries().values())
     found = [reg for reg in regs if name in reg]
     if not found:
+        if kind:  # KIND/NAME: the names of that kind, and where the name lives if it is another kind's
+            elsewhere = [r.kind[:-1] for r in registries().values() if name in r]
+            hint = f" ({name!r} is a {elsewhere[0]}: kdbench show {elsewhere[0]}/{name})" if elsewhere else ""
+            noun = regs[0].kind[:-1]
+            raise UserError(f"no {noun} named {name!r}; {did_you_mean(name, regs[0].names())}{hint}")
         everything = [n for reg in regs for n in reg.names()] + list(EVALUATION_ATTACKS)
         raise UserError(f"no component named {name!r}; {did_you_mean(name, everything)}")
     if len(found) > 1:
         raise UserError(f"{name!r} is a {' and a '.join(r.kind[:-1] for r in found)}; write KIND/{name}")
+    from kdbench.describe import describe_component
+
     reg = found[0]
     entry = reg.entry(name)
-    obj = reg.get(name)
-    print(f"{reg.kind[:-1]} {entry.name}  ({entry.provider}, {entry.target})")
-    print()
-    print(inspect.getdoc(obj) or "(no description)")
-    config: type[BaseModel] = getattr(obj, "Config", None) or BaseModel
-    print()
-    if not config.model_fields:
-        print("options: none")
-        return 0
-    print("options:")
-    for key, info in config.model_fields.items():
-        default = info.get_default(call_default_factory=True)
-        shown = "required" if default is PydanticUndefined else f"default {_show_value(default)}"
-        annotation = getattr(info.annotation, "__name__", str(info.annotation)).replace("typing.", "")
-        line = f"  {key}: {annotation} ({shown})"
-        if info.description:
-            line += f"  {info.description}"
-        print(line)
-    extra = {k: v for k, v in getattr(obj, "attack_defaults", {}).items()}
-    if extra:
-        print(f"training-attack defaults: {', '.join(f'{k} = {_show_value(v)}' for k, v in extra.items())}")
-    for teacher, purpose in getattr(obj, "extra_teachers", {}).items():
-        print(f"additional teacher [teachers.{teacher}]: {purpose}")
+    print(describe_component(reg.kind, entry.name, entry.provider, entry.target, reg.get(name)))
     if evaluation_attack_name(name):
         print(f"\nalso an evaluation attack: kdbench show evaluation/{name}")
     return 0
@@ -433,15 +415,6 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 def _registered(name: str) -> bool:
     return any(name in reg for reg in registries().values())
-
-
-def _show_value(value: Any) -> str:
-    """A default as a recipe would write it: ``8/255`` for pixel budgets (0.0313... means nothing to a reader)."""
-    from kdbench.results import eps_label
-
-    if isinstance(value, float) and 0 < value < 1 and "/" in eps_label(value):
-        return f'"{eps_label(value)}"'
-    return repr(value)
 
 
 if __name__ == "__main__":

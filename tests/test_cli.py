@@ -86,7 +86,7 @@ def test_list_and_show(capsys):
     assert "mobilenet_v2" not in out
     assert main(["show", "kd"]) == 0
     out = capsys.readouterr().out
-    assert "temperature: float (default 4.0)" in out
+    assert "temperature: float > 0 (default 4.0)" in out
     assert "Hinton" in out
 
 

@@ -50,6 +50,7 @@ def write_run(
     seconds: float = 120.0,
     analysis: dict[str, Any] | None = None,
     folder: str | None = None,
+    device: str = "cpu",
 ) -> Path:
     """A run folder as `kdbench.run` writes it: recipe.toml (resolved, with its header) and result.json."""
     recipe: dict[str, Any] = {
@@ -83,7 +84,7 @@ def write_run(
         "flags": flags or [],
         "train": {"epochs": 10, "seconds": seconds, "images_per_second": 1000.0},
         "params": {"student": 78_042, "teacher": 11_173_962},
-        "env": {"torch": "2.x", "device": "cpu"},
+        "env": {"torch": "2.x", "device": device},
         "seed": seed,
     }
     if analysis is not None:
@@ -438,7 +439,7 @@ def test_html_renders_in_headless_chromium(tmp_path):
 def docs_demo_runs(root: Path) -> Path:
     """Synthetic runs (made-up, plausible numbers) for the screenshot in docs/leaderboard.png."""
     runs = root / "runs"
-    common = {"teacher": "wrn_34_10", "student": "resnet18"}
+    common = {"teacher": "wrn_34_10", "student": "resnet18", "device": "NVIDIA H200"}
     table = {
         "rslad": [(0.831, 0.601, 0.543, 0.526, 0.514), (0.835, 0.604, 0.547, 0.529, 0.518), (0.829, 0.598, 0.540)],
         "ard": [(0.839, 0.596, 0.521, 0.503, 0.492), (0.842, 0.594, 0.524, 0.506, 0.495), (0.836, 0.591, 0.519)],
@@ -495,6 +496,7 @@ def docs_demo_runs(root: Path) -> Path:
                 teacher=None,
                 student="resnet18",
                 seconds=4100,
+                device="NVIDIA H200",
             )
     return runs
 
@@ -511,6 +513,6 @@ if __name__ == "__main__":  # python tests/test_leaderboard.py docs/leaderboard.
         os.chdir(work)  # the page names its source folder as given: "runs"
         title = "kdbench leaderboard (synthetic example)"
         main(["leaderboard", "runs", "--out", "leaderboard.html", "--title", title])
-        shot = ["--window-size=1280,1470", "--hide-scrollbars", f"--screenshot={target}"]
+        shot = ["--window-size=1280,1700", "--hide-scrollbars", f"--screenshot={target}"]
         proc = _chromium([*shot, (work / "leaderboard.html").as_uri()], work)
         print(proc.returncode, target)

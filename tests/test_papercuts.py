@@ -86,8 +86,8 @@ def test_show_knows_the_evaluation_attacks(capsys):
 def test_show_writes_budgets_as_fractions(capsys):
     assert main(["show", "pgd"]) == 0
     out = capsys.readouterr().out
-    assert 'eps: float (default "8/255")' in out
-    assert 'step_size: float (default "2/255")' in out
+    assert 'eps: float >= 0 (default "8/255")' in out
+    assert 'step_size: float >= 0 (default "2/255")' in out
     assert "0.0313" not in out
 
 

@@ -65,6 +65,7 @@ __all__ = [
     "run_metrics",
     "selected_metrics",
     "serious_flags",
+    "train_device",
 ]
 
 #: Accuracies shown, in column order (``clean`` is ``metrics.clean_acc``, the rest ``metrics.robust``).
@@ -187,6 +188,11 @@ class Variant:
         return [run.seed for run in self.runs]
 
     @property
+    def train_devices(self) -> list[str]:
+        """The distinct devices its seeds trained on (`train_device`), in seed order."""
+        return list(dict.fromkeys(d for r in self.runs if (d := train_device(r.result)) is not None))
+
+    @property
     def flag_texts(self) -> list[str]:
         """Distinct flag texts (one flag raised by several seeds counts once)."""
         return list(dict.fromkeys(text for _, text in self.flags))
@@ -298,6 +304,20 @@ def _teacher_row(setting: Setting, runs: Sequence[RunRecord]) -> Variant | None:
             n_eval=[n_eval] if isinstance(n_eval, int) else [],
         )
     return None
+
+
+def train_device(result: dict[str, Any]) -> str | None:
+    """What a run trained on, from result.json: ``env.device`` (``NVIDIA H200``, ``cpu (2 threads)``),
+    prefixed ``4 x`` when ``cost.devices`` says it was a data-parallel run on several. None when not
+    recorded. The one place the leaderboard reads the device."""
+    env, cost = result.get("env"), result.get("cost")
+    device = env.get("device") if isinstance(env, dict) else None
+    if not isinstance(device, str) or not device:
+        device = cost.get("device") if isinstance(cost, dict) else None
+        if not isinstance(device, str) or not device:
+            return None
+    count = cost.get("devices") if isinstance(cost, dict) else None
+    return f"{count} x {device}" if isinstance(count, int) and not isinstance(count, bool) and count > 1 else device
 
 
 def coverage_flag(result: dict[str, Any]) -> str | None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
+import re
 from collections.abc import Sequence
 from html import escape
 from pathlib import Path
@@ -25,7 +26,16 @@ from urllib.parse import quote
 
 from kdbench.leaderboard.collect import Skipped
 from kdbench.leaderboard.group import ANALYSIS_KEYS, METRIC_LABELS, METRICS, Board, Stat, Variant
-from kdbench.leaderboard.render import cell, header, rank_text, subtitle, title
+from kdbench.leaderboard.render import (
+    cell,
+    format_device,
+    format_seconds,
+    format_seeds,
+    header,
+    rank_text,
+    subtitle,
+    title,
+)
 
 __all__ = ["bars_svg", "render_html", "scatter_svg"]
 
@@ -40,22 +50,34 @@ METRIC_COLORS = {
     "worst": "#444444",
 }
 FLAG_COLOR = "#C0161B"
+#: Table columns holding text (left-aligned, sorted as text); the others are numbers.
+TEXT_COLUMNS = ("arch", "paper")
 
 _CSS = """
 :root { --fg: #1d2330; --muted: #5b6475; --line: #d9dde5; --flag: #C0161B; --flagbg: #fff6e0; }
 * { box-sizing: border-box; }
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
        color: var(--fg); margin: 0; background: #f6f7f9; }
-main { max-width: 1240px; margin: 0 auto; padding: 24px 28px 48px; }
+main { max-width: 1240px; margin: 0 auto; padding: 24px 20px 48px; }
 h1 { font-size: 22px; margin: 0 0 4px; }
 h2 { font-size: 17px; margin: 0 0 2px; }
 .meta, .sub { color: var(--muted); margin: 0 0 12px; }
-section.board { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 18px 20px;
+section.board { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 16px;
                 margin: 18px 0; }
-.scroll { overflow-x: auto; }
-table.lb { border-collapse: collapse; width: 100%; font-size: 13px; font-variant-numeric: tabular-nums; }
-table.lb th, table.lb td { padding: 5px 7px; border-bottom: 1px solid var(--line); white-space: nowrap; }
-table.lb th { text-align: left; background: #eef1f6; cursor: pointer; user-select: none; position: sticky; top: 0; }
+/* The table fits its card: headers, names and links wrap, a std sits under its mean. What still does
+   not fit (many columns on a narrow window) scrolls inside the card, never past it. */
+section.board { min-width: 0; }
+.scroll { overflow-x: auto; max-width: 100%; }
+table.lb { border-collapse: collapse; width: 100%; font-size: 12.5px; font-variant-numeric: tabular-nums; }
+table.lb th, table.lb td { padding: 5px 5px; border-bottom: 1px solid var(--line); white-space: nowrap;
+                           vertical-align: top; }
+table.lb th { text-align: left; background: #eef1f6; cursor: pointer; user-select: none; position: sticky; top: 0;
+              white-space: normal; vertical-align: bottom; line-height: 1.25; }
+table.lb td.label { white-space: normal; overflow-wrap: break-word; min-width: 10em; max-width: 18em; }
+table.lb td.recipe { white-space: normal; min-width: 4.5em; max-width: 8em; }
+table.lb td.wrap { white-space: normal; max-width: 9em; overflow-wrap: anywhere; }
+.sd, .dev { display: block; font-size: 11px; color: var(--muted); }
+.dev { white-space: normal; min-width: 8em; max-width: 10em; margin-left: auto; }
 table.lb th.num, table.lb td.num { text-align: right; }
 table.lb th.ranked { color: #0b4f8a; }
 table.lb th[aria-sort="descending"]::after { content: " \\25BE"; }
@@ -70,7 +92,13 @@ td details ul { margin: 4px 0 0; padding-left: 18px; white-space: normal; max-wi
 td a { color: #0b63b6; text-decoration: none; margin-right: 6px; }
 td a:hover { text-decoration: underline; }
 .plots { display: flex; flex-wrap: wrap; gap: 18px; margin-top: 16px; }
-figure { margin: 0; background: #fff; border: 1px solid var(--line); border-radius: 6px; padding: 8px; }
+figure { margin: 0; background: #fff; border: 1px solid var(--line); border-radius: 6px; padding: 8px;
+         max-width: 100%; overflow-x: auto; }
+figure.scatter { width: min-content; }  /* as wide as its plot: the key and caption wrap under it */
+ol.key { margin: 4px 0 0; padding: 0 4px; list-style: none; font-size: 12px; columns: 2; column-gap: 14px; }
+ol.key li { break-inside: avoid; overflow-wrap: anywhere; }
+ol.key b { display: inline-block; min-width: 1.6em; }
+ol.key i { display: inline-block; width: 9px; height: 9px; border-radius: 50%; margin-right: 4px; }
 figcaption { color: var(--muted); font-size: 12.5px; padding: 2px 4px 0; }
 svg text { font-family: system-ui, -apple-system, "Segoe UI", Roboto, Arial, sans-serif; }
 .note { color: #8a5a00; }
@@ -151,40 +179,138 @@ def _pct(stat: Stat) -> tuple[float | None, float]:
 
 
 def _short(text: str, n: int = 22) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
+    """At most ``n`` characters; a longer name keeps its end (``…sweep_rslad_T4``): the variants of a
+    sweep share their start and differ at the end."""
+    return text if len(text) <= n else "…" + text[len(text) - n + 1 :]
 
 
-def _overlaps(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+def _plot_name(v: Variant, shared: str, n: int) -> str:
+    """A variant's name in a plot: flagged mark, without the board's common start, shortened."""
+    rest = v.label.removeprefix(shared)
+    short = _short(rest, n)
+    return ("⚑ " if v.flags else "") + ("…" if shared and not short.startswith("…") else "") + short
+
+
+def _common_prefix(labels: Sequence[str]) -> str:
+    """The start all ``labels`` share, cut after a separator (``sweep_`` of ``sweep_rslad``, ``sweep_ard``);
+    "" for fewer than two labels or a prefix under 6 characters. A plot names points by what differs."""
+    if len(labels) < 2:
+        return ""
+    first, last = min(labels), max(labels)  # the common start of all is that of these two
+    n = next((i for i, (a, b) in enumerate(zip(first, last, strict=False)) if a != b), min(len(first), len(last)))
+    prefix = first[:n]
+    cut = max(prefix.rfind(c) for c in "_-./") + 1
+    return prefix[:cut] if cut >= 6 and all(len(label) > cut for label in labels) else ""
+
+
+def _breakable(text: str) -> str:
+    """Escaped ``text`` with break opportunities after ``_ - . /``, so a long recipe name wraps at its
+    separators instead of pushing the table past its card."""
+    return re.sub(r"([_\-./])", r"\1<wbr>", escape(text))
+
+
+Box = tuple[float, float, float, float]  # x, y, width, height (SVG user units = CSS px)
+
+#: Advance widths in em of DejaVu Sans, the widest of the usual sans-serif fonts (a browser that picks
+#: a narrower font only leaves more room). Characters not listed count as the widest letter.
+_NARROW, _MEDIUM = set("iljI.,:;'!|` "), set('frt()[]{}-/\\"*')
+_WIDE = set("mwMW@%…⚑—")
+
+
+def _text_width(text: str, size: float) -> float:
+    """An upper bound of the rendered width of ``text`` at ``size`` px (the page has no font metrics)."""
+    em = 0.0
+    for ch in text:
+        if ch in _NARROW:
+            em += 0.34
+        elif ch in _MEDIUM:
+            em += 0.48
+        elif ch in _WIDE:
+            em += 1.0
+        elif ch.isupper():
+            em += 0.78
+        elif ch.isascii():
+            em += 0.66
+        else:
+            em += 1.0
+    return em * size * 1.06 + 2
+
+
+def _overlaps(a: Box, b: Box) -> bool:
     return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
 
 
+def _inside(box: Box, area: Box) -> bool:
+    return (
+        area[0] <= box[0]
+        and box[0] + box[2] <= area[0] + area[2]
+        and area[1] <= box[1]
+        and box[1] + box[3] <= area[1] + area[3]
+    )
+
+
 def _place_label(
-    text: str, cx: float, cy: float, right_edge: float, placed: list[tuple[float, float, float, float]]
-) -> tuple[float, float, str]:
-    """Where to write a point's label: beside it, moved up or down (then to the other side) until it
-    overlaps no label or point placed so far (greedy; exact text widths are unknown, ~6.5 px a char)."""
-    width, height = 6.5 * len(text) + 2, 13.0
-    sides = [("end", -12.0), ("start", 12.0)] if cx > right_edge else [("start", 12.0), ("end", -12.0)]
-    for dy in (0, -13, 13, -26, 26, -39, 39):
-        for anchor, dx in sides:
-            x0 = cx + dx if anchor == "start" else cx + dx - width
-            box = (x0, cy + dy - 9, width, height)
-            if not any(_overlaps(box, other) for other in placed):
-                placed.append(box)
-                return cx + dx, cy + dy + 4, anchor
-    anchor, dx = sides[0]
-    return cx + dx, cy + 4, anchor
+    text: str, size: float, cx: float, cy: float, r: float, area: Box, taken: list[Box], *, far: bool = False
+) -> Box | None:
+    """A box for ``text`` next to the point (cx, cy) of radius r, inside ``area``, overlapping nothing in
+    ``taken`` (labels placed so far and every point); None when no candidate is free. Candidates: right,
+    left, above, below, the four diagonals, right and left moved up and down by a line at a time, and
+    with ``far`` (for short texts: a name that far from its point would read as another's) rings
+    farther out."""
+    w, h = _text_width(text, size), 1.3 * size
+    gap = r + 3
+    right, left, middle = cx + gap, cx - gap - w, cx - w / 2
+    candidates = [
+        (right, cy - h / 2),
+        (left, cy - h / 2),
+        (middle, cy - gap - h),
+        (middle, cy + gap),
+        (right, cy - gap - h + 4),
+        (right, cy + gap - 4),
+        (left, cy - gap - h + 4),
+        (left, cy + gap - 4),
+    ]
+    for step in (1, 2, 3, 4):
+        for sign in (-1, 1):
+            dy = sign * step * h
+            candidates += [(right, cy - h / 2 + dy), (left, cy - h / 2 + dy)]
+    for distance in range(30, 130, 12) if far else ():  # farther out, all around (a leader line joins them)
+        for k in range(16):
+            angle = 2 * math.pi * k / 16
+            bx, by = cx + distance * math.cos(angle), cy - distance * math.sin(angle)
+            candidates.append((bx if math.cos(angle) >= 0 else bx - w, by - h / 2))
+    for x0, y0 in candidates:
+        box = (x0, y0, w, h)
+        if _inside(box, area) and not any(_overlaps(box, other) for other in taken):
+            taken.append(box)
+            return box
+    return None
 
 
-def scatter_svg(board: Board) -> str:
-    """Robust accuracy (the ranked metric) against clean accuracy, one point per variant, as inline SVG."""
+def _leader(cx: float, cy: float, r: float, box: Box) -> str:
+    """A thin line from a point to its label when the label had to move away from it ("" when adjacent)."""
+    nx, ny = min(max(cx, box[0]), box[0] + box[2]), min(max(cy, box[1]), box[1] + box[3])
+    d = math.hypot(nx - cx, ny - cy)
+    if d <= r + 6:
+        return ""
+    sx, sy = cx + (nx - cx) * (r + 1) / d, cy + (ny - cy) * (r + 1) / d
+    return (
+        f'<line class="leader" x1="{_f(sx)}" y1="{_f(sy)}" x2="{_f(nx)}" y2="{_f(ny)}" '
+        'stroke="#9aa3b2" stroke-width="0.8"/>'
+    )
+
+
+def _scatter(board: Board) -> tuple[str, list[tuple[int, Variant]]]:
+    """The scatter's SVG and its key: the (number, variant) of every point whose name did not fit
+    beside it without overlapping another label or point, drawn as that number instead."""
     metric = board.ranked_by
     points = []
     for i, v in enumerate(board.variants):
         (x, sx), (y, sy) = _pct(v.metrics["clean"]), _pct(v.metrics[metric])
         if x is not None and y is not None:
             points.append((v, i, x, sx, y, sy))
-    W, H, L, R, T, B = 500, 360, 56, 18, 16, 48
+    # A crowd gets a larger canvas (it has a row of its own: the bars beside it are as crowded).
+    W, H, L, R, T, B = (500, 360, 56, 18, 16, 48) if len(points) <= 8 else (720, 440, 56, 18, 16, 48)
     pw, ph = W - L - R, H - T - B
     label_y = f"{METRIC_LABELS[metric]} accuracy (%)"
     out = [
@@ -193,7 +319,7 @@ def scatter_svg(board: Board) -> str:
     ]
     if not points:
         out.append(f'<text x="{W / 2}" y="{H / 2}" text-anchor="middle" fill="#5b6475">no data</text></svg>')
-        return "".join(out)
+        return "".join(out), []
     x0, x1 = _nice_range([p[2] - p[3] for p in points] + [p[2] + p[3] for p in points])
     y0, y1 = _nice_range([p[4] - p[5] for p in points] + [p[4] + p[5] for p in points])
 
@@ -222,7 +348,21 @@ def scatter_svg(board: Board) -> str:
         f'<text transform="translate(14 {T + ph / 2}) rotate(-90)" text-anchor="middle" font-size="12" '
         f'fill="#1d2330">{escape(label_y)}</text>'
     )
-    placed: list[tuple[float, float, float, float]] = [(sx_(p[2]) - 7, sy_(p[4]) - 7, 14, 14) for p in points]
+    # Every point (and error bar) is an obstacle for every label; labels are placed in rank order, best first.
+    radius = {i: 10.0 if v.flags else 6.0 for v, i, *_ in points}
+    taken: list[Box] = [
+        (sx_(p[2]) - radius[p[1]] - 1, sy_(p[4]) - radius[p[1]] - 1, 2 * radius[p[1]] + 2, 2 * radius[p[1]] + 2)
+        for p in points
+    ]
+    for _, _, x, ex, y, ey in points:  # error bars are obstacles too
+        if ex:
+            taken.append((sx_(x - ex), sy_(y) - 1, sx_(x + ex) - sx_(x - ex), 2))
+        if ey:
+            taken.append((sx_(x) - 1, sy_(y + ey), 2, sy_(y - ey) - sy_(y + ey)))
+    area: Box = (L + 2, T + 2, pw - 4, ph - 4)
+    shared = _common_prefix([p[0].label for p in points])  # named in the caption; labels show the rest
+    size = 11.5
+    key: list[tuple[int, Variant]] = []
     for v, i, x, ex, y, ey in points:
         color = PALETTE[i % len(PALETTE)]
         cx, cy = sx_(x), sy_(y)
@@ -246,16 +386,41 @@ def scatter_svg(board: Board) -> str:
                 f'<circle cx="{_f(cx)}" cy="{_f(cy)}" r="10" fill="none" stroke="{FLAG_COLOR}" stroke-width="2"/>'
             )
         out.append(f'<circle cx="{_f(cx)}" cy="{_f(cy)}" r="6" fill="{color}" stroke="#fff" stroke-width="1.5"/>')
-        name = ("⚑ " if v.flags else "") + _short(v.label)
-        tx, ty, anchor = _place_label(name, cx, cy, L + pw * 0.7, placed)
-        fill = FLAG_COLOR if v.flags else "#1d2330"
-        out.append(
-            f'<text x="{_f(tx)}" y="{_f(ty)}" text-anchor="{anchor}" font-size="11.5" fill="{fill}">'
-            f"{escape(name)}</text>"
-        )
+        name = _plot_name(v, shared, 22)
+        box = _place_label(name, size, cx, cy, radius[i], area, taken)
+        if box is None:  # no room beside the point: a number, named in the key under the plot
+            key.append((i + 1, v))
+            name = str(i + 1)
+            box = _place_label(name, size, cx, cy, radius[i], area, taken, far=True)
+        if box is not None:  # (a number with no free spot at all is left out; the key and tooltip name it)
+            out.append(_leader(cx, cy, radius[i], box))
+            fill = FLAG_COLOR if v.flags else "#1d2330"
+            out.append(
+                f'<text class="label" x="{_f(box[0] + 1)}" y="{_f(box[1] + size)}" font-size="{size}" '
+                f'fill="{fill}">{escape(name)}</text>'
+            )
         out.append("</g>")
     out.append("</svg>")
-    return "".join(out)
+    return "".join(out), key
+
+
+def scatter_svg(board: Board) -> str:
+    """Robust accuracy (the ranked metric) against clean accuracy, one point per variant, as inline SVG.
+
+    Each point is named beside it where the name fits without overlapping another name or point
+    (`_place_label`); otherwise it carries its rank-order number, which the key under the plot names."""
+    return _scatter(board)[0]
+
+
+def _scatter_key(key: Sequence[tuple[int, Variant]]) -> str:
+    if not key:
+        return ""
+    items = "".join(
+        f'<li data-variant="{escape(v.label)}"><b>{n}</b><i style="background:{PALETTE[(n - 1) % len(PALETTE)]}">'
+        f"</i>{'⚑ ' if v.flags else ''}{_breakable(v.label)}</li>"
+        for n, v in key
+    )
+    return f'<ol class="key">{items}</ol>'
 
 
 def bars_svg(board: Board) -> str:
@@ -264,7 +429,11 @@ def bars_svg(board: Board) -> str:
     n = max(len(metrics), 1)
     bar, gap = 11, 18
     group = n * bar + gap
-    L, R, T, B = 48, 16, 40, 78
+    shared = _common_prefix([v.label for v in board.variants])
+    names = [_plot_name(v, shared, 18) for v in board.variants]
+    # the first name, rotated 28 degrees, ends under the middle of its group: room for it on the left
+    first = _text_width(names[0], 11) * math.cos(math.radians(28)) if names else 0.0
+    L, R, T, B = max(48, math.ceil(first - gap / 2 - n * bar / 2) + 4), 16, 40, 78
     W = max(500, L + R + group * len(board.variants))
     H = 360
     ph = H - T - B
@@ -307,7 +476,7 @@ def bars_svg(board: Board) -> str:
                     f'<line x1="{_f(cx)}" y1="{_f(sy(min(100, mean + std)))}" x2="{_f(cx)}" '
                     f'y2="{_f(sy(max(0, mean - std)))}" stroke="#1d2330" stroke-width="1"/>'
                 )
-        name = ("⚑ " if v.flags else "") + _short(v.label, 18)
+        name = names[gi]
         tx, ty = gx + n * bar / 2, sy(0) + 14
         fill = FLAG_COLOR if v.flags else "#1d2330"
         out.append(
@@ -339,7 +508,7 @@ def _sort_value(v: Variant, column: str) -> str:
     elif column == "time":
         mean = v.train_seconds.mean
     elif column == "cost":
-        secs = [c["total_device_seconds"] for r in v.runs if isinstance(c := r.result.get("cost"), dict)]
+        secs = [c.get("total_device_seconds") for r in v.runs if isinstance(c := r.result.get("cost"), dict)]
         nums = [float(x) for x in secs if isinstance(x, int | float)]
         mean = sum(nums) / len(nums) if nums else None
     elif column == "flags":
@@ -365,28 +534,74 @@ def _flags_cell(v: Variant) -> str:
     return f'<td class="num" data-v="{count}"><details><summary>⚑ {count}</summary><ul>{items}</ul></details></td>'
 
 
+def _number_cell(v: Variant, column: str) -> str:
+    """A number cell; a ``± std`` goes on a line of its own under the mean, so columns stay narrow."""
+    text = cell(v, column)
+    mean, sep, std = text.partition(" ± ")
+    inner = f'{escape(mean)}<span class="sd">± {escape(std)}</span>' if sep else escape(text)
+    return f'<td class="num" data-v="{_sort_value(v, column)}">{inner}</td>'
+
+
+def _time_cell(v: Variant) -> str:
+    """The mean training time with the device it ran on under it (``mixed devices`` when seeds differ)."""
+    time = format_seconds(v.train_seconds.mean)
+    device = format_device(v)
+    title = f' title="trained on {escape(", ".join(v.train_devices))}"' if v.train_devices else ""
+    under = f'<span class="dev">{escape(device)}</span>' if device and time != "-" else ""
+    return f'<td class="num" data-v="{_sort_value(v, "time")}"{title}>{escape(time)}{under}</td>'
+
+
+def _cost_cell(v: Variant) -> str:
+    """Device-seconds per run; the device is in the tooltip (the time column already shows it)."""
+    value = _sort_value(v, "cost")
+    devices = sorted({str(c.get("device", "?")) for r in v.runs if isinstance(c := r.result.get("cost"), dict)})
+    title = f' title="device time on {escape(", ".join(devices))}"' if devices and value else ""
+    return f'<td class="num" data-v="{value}"{title}>{escape(format_seconds(float(value)) if value else "-")}</td>'
+
+
+def _seeds_cell(v: Variant) -> str:
+    return f'<td class="num" data-v="{len(v.runs)}" title="seeds {escape(format_seeds(v.seeds))}">{len(v.runs)}</td>'
+
+
+def _recipe_cell(v: Variant, base: Path) -> str:
+    links = []
+    for r in v.runs:
+        if r.recipe_file is None:
+            continue
+        text = "recipe" if len(v.runs) == 1 else f"s{'?' if r.seed is None else r.seed}"
+        links.append(f'<a href="{_link(r.recipe_file, base)}">{escape(text)}</a>')
+    return f'<td class="recipe" data-v="">{" ".join(links) or "-"}</td>'
+
+
 def _table(board: Board, columns: Sequence[str], base: Path, index: int) -> str:
+    # A column with nothing to say for this board (no run recorded its teacher's accuracy) takes no room.
+    columns = [c for c in columns if c in METRIC_LABELS or any(cell(v, c) for v in board.variants)]
     heads = [
         '<th data-key="rank" data-type="num" data-first="asc" class="num" aria-sort="ascending">#</th>',
         '<th data-key="variant" data-type="text" data-first="asc">variant</th>',
+        # the recipe links next to the name, where a wide table never pushes them out of sight
+        '<th data-key="recipe" data-type="text" data-first="asc">recipe</th>',
         '<th data-key="method" data-type="text" data-first="asc">method</th>',
     ]
     for c in columns:
+        if c in TEXT_COLUMNS:
+            heads.append(f'<th data-key="{c}" data-type="text" data-first="asc">{escape(header(board, c))}</th>')
+            continue
         first = "asc" if c in ("params", "time", "flags", "class_corr_distance", "feature_change") else "desc"
         cls = "num ranked" if c == board.ranked_by else "num"
         heads.append(
             f'<th data-key="{c}" data-type="num" data-first="{first}" class="{cls}">{escape(header(board, c))}</th>'
         )
-    heads.append('<th data-key="recipe" data-type="text" data-first="asc">recipe</th>')
     rows = []
     for v in board.variants:
         runs = "\n".join(str(r.run_dir) for r in v.runs)
         cells = [
             f'<td class="num" data-v="{v.rank}"{_unranked_title(v)}>{escape(rank_text(v))}</td>',
             f'<td class="label" data-v="{escape(v.label)}" title="{escape(runs)}">'
-            f"{'<span class=flag>⚑</span> ' if v.flags else ''}{escape(v.label)}"
+            f"{'<span class=flag>⚑</span> ' if v.flags else ''}{_breakable(v.label)}"
             f"{' <span class=flag>⚠ unreliable</span>' if v.unreliable else ''}</td>",
-            f'<td data-v="{escape(v.method)}">{escape(v.method)}</td>',
+            _recipe_cell(v, base),
+            f'<td class="wrap" data-v="{escape(v.method)}">{escape(v.method)}</td>',
         ]
         for c in columns:
             if c == "flags":
@@ -396,15 +611,18 @@ def _table(board: Board, columns: Sequence[str], base: Path, index: int) -> str:
                 cells.append(
                     f'<td data-v="{escape(url)}"><a href="{escape(url)}">{escape(url.rsplit("/", 1)[-1])}</a></td>'
                 )
+            elif c == "paper":
+                cells.append('<td data-v="">-</td>')
+            elif c == "time":
+                cells.append(_time_cell(v))
+            elif c == "cost":
+                cells.append(_cost_cell(v))
+            elif c == "seeds":
+                cells.append(_seeds_cell(v))
+            elif c == "arch":
+                cells.append(f'<td class="wrap" data-v="{escape(cell(v, c))}">{escape(cell(v, c))}</td>')
             else:
-                cells.append(f'<td class="num" data-v="{_sort_value(v, c)}">{escape(cell(v, c))}</td>')
-        links = []
-        for r in v.runs:
-            if r.recipe_file is None:
-                continue
-            text = "recipe" if len(v.runs) == 1 else f"s{'?' if r.seed is None else r.seed}"
-            links.append(f'<a href="{_link(r.recipe_file, base)}">{escape(text)}</a>')
-        cells.append(f'<td data-v="">{"".join(links) or "-"}</td>')
+                cells.append(_number_cell(v, c))
         cls = ' class="flagged"' if v.flags else ""
         rows.append(f'<tr{cls} data-variant="{escape(v.label)}">' + "".join(cells) + "</tr>")
     teacher = ""
@@ -454,14 +672,20 @@ def render_html(
     for i, board in enumerate(boards):
         note = f' <span class="note">{escape(board.note)}.</span>' if board.note else ""
         sub = escape(subtitle(board, with_note=False))
+        svg, key = _scatter(board)
+        numbered = "; numbered points are named in the key" if key else ""
+        shared = _common_prefix([v.label for v in board.variants if v.metrics["clean"].mean is not None])
+        if shared:
+            numbered += f"; labels omit the common start {shared}…"
         parts += [
             f'<section class="board" id="board-{i}">',
             f"<h2>{escape(title(board))}</h2>",
             f'<p class="sub">{sub}.{note}</p>',
             _table(board, columns, base, i),
             '<div class="plots">',
-            f"<figure>{scatter_svg(board)}<figcaption>{escape(METRIC_LABELS[board.ranked_by])} against clean "
-            "accuracy (bars: ±1 std over seeds; red ring: evaluation flags).</figcaption></figure>",
+            f'<figure class="scatter">{svg}{_scatter_key(key)}',
+            f"<figcaption>{escape(METRIC_LABELS[board.ranked_by])} against clean accuracy (bars: ±1 std over "
+            f"seeds; red ring: evaluation flags{numbered}).</figcaption></figure>",
             f"<figure>{bars_svg(board)}<figcaption>Accuracy under each attack, variants in rank order."
             "</figcaption></figure>",
             "</div></section>",

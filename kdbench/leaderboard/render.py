@@ -6,10 +6,11 @@ with two seeds or more) in the table and Markdown; CSV and JSON keep result.json
 board is ranked by is marked ``▼``.
 
 Columns (``--columns``): the accuracies ``clean fgsm pgd20 cw autoattack worst``, ``params`` (the
-student's parameter count), ``time`` (mean training wall time), ``flags`` (how many distinct sanity
-flags the evaluation raised; Markdown lists their texts), ``seeds``, and the `kdbench analyze`
-numbers ``cka_clean cka_adv class_corr_distance feature_change``. By default every column but the
-analysis ones, which are added when any run has them.
+student's parameter count), ``time`` (mean training wall time and the device it ran on), ``flags``
+(how many distinct sanity flags the evaluation raised; Markdown lists their texts), ``seeds`` (how
+many seeds the variant averages), and the `kdbench analyze` numbers ``cka_clean cka_adv
+class_corr_distance feature_change``. By default every column but the analysis ones, which are added
+when any run has them.
 
 A variant with a serious sanity flag (gradient masking, a randomised model, an evaluation set that
 misses classes...) keeps its rank but its label is marked ``⚠ unreliable`` (CSV: column
@@ -119,7 +120,23 @@ def format_seconds(seconds: float | None) -> str:
 
 
 def format_seeds(seeds: Sequence[int | None]) -> str:
+    """The seed values, ``0, 1, 2`` (the ``seeds`` column shows how many; this says which)."""
     return ", ".join("?" if s is None else str(s) for s in seeds)
+
+
+def format_device(variant: Variant) -> str:
+    """The device its seeds trained on; seeds on different devices say ``mixed devices`` (their times
+    are then not one hardware's)."""
+    devices = variant.train_devices
+    return devices[0] if len(devices) == 1 else ("mixed devices" if devices else "")
+
+
+def format_train_time(variant: Variant) -> str:
+    """Mean training wall time and where it ran: ``1.5 h on NVIDIA H200`` (a time means little without
+    the hardware)."""
+    time = format_seconds(variant.train_seconds.mean)
+    device = format_device(variant)
+    return f"{time} on {device}" if device and time != "-" else time
 
 
 def format_cost(variant: Variant) -> str:
@@ -145,13 +162,13 @@ def cell(variant: Variant, column: str) -> str:
     if column == "params":
         return format_count(variant.params)
     if column == "time":
-        return format_seconds(variant.train_seconds.mean)
+        return format_train_time(variant)
     if column == "cost":
         return format_cost(variant)
     if column == "flags":
         return str(len(variant.flag_texts))
     if column == "seeds":
-        return format_seeds(variant.seeds)
+        return str(len(variant.runs))  # how many; `format_seeds` says which
     if column == "teacher_acc":
         return _teacher_acc(variant)
     if column == "arch":
@@ -278,9 +295,12 @@ def _rich_table(boards: Sequence[Board], columns: Sequence[str], terminal: bool)
             title_justify="left",
             caption_justify="left",
         )
+        wraps = {3 + columns.index("time")} if "time" in columns else set()  # "95 min" over "on NVIDIA H200"
         for i, head in enumerate(_heads(board, columns)):
             style = "bold" if head.endswith(RANK_MARK) else None
-            table.add_column(head, justify="right" if i == 0 or i >= 3 else "left", style=style, no_wrap=i >= 3)
+            table.add_column(
+                head, justify="right" if i == 0 or i >= 3 else "left", style=style, no_wrap=i >= 3 and i not in wraps
+            )
         for variant, row in zip(shown_variants(board), _rows(board, columns), strict=True):
             table.add_row(*row, style="yellow" if variant.flags else None)
         console.print(table)
@@ -335,7 +355,7 @@ def _csv_columns(columns: Sequence[str]) -> list[str]:
         elif c == "params":
             names.append("params_student")
         elif c == "time":
-            names.append("train_seconds_mean")
+            names += ["train_seconds_mean", "train_device"]
         elif c == "cost":
             names += ["device_seconds_mean", "device"]
         elif c == "flags":
@@ -366,7 +386,7 @@ def render_csv(boards: Sequence[Board], columns: Sequence[str]) -> str:
                     row.append("" if v.params is None else v.params)
                 elif c == "time":
                     mean = v.train_seconds.mean
-                    row.append("" if mean is None else round(mean, 3))
+                    row += ["" if mean is None else round(mean, 3), ";".join(v.train_devices)]
                 elif c == "cost":
                     costs = [x for r in v.runs if isinstance(x := r.result.get("cost"), dict)]
                     secs = [float(x["total_device_seconds"]) for x in costs if "total_device_seconds" in x]
@@ -416,6 +436,7 @@ def board_to_dict(board: Board) -> dict[str, Any]:
                 "analysis": {k: stat.to_dict() for k, stat in v.analysis.items()},
                 "params_student": v.params,
                 "train_seconds": v.train_seconds.to_dict(),
+                "train_devices": v.train_devices,
                 "n_eval": v.n_eval,
                 "flags": [{"seed": seed, "text": text} for seed, text in v.flags],
                 "unreliable": v.unreliable,
