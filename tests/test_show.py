@@ -44,7 +44,7 @@ def test_every_registered_component_lists_every_option(capsys, kind, name):
 
 def test_literal_choices_defaults_and_descriptions_of_a_method(capsys):
     out = show(capsys, "gacd")
-    assert 'positives: "current" | "memory" (default "current")' in out
+    assert 'positives: "current" | "memory" (default "memory")' in out
     assert 'weight_source: "clean" | "adversarial" | "off" | "teacher_max" (default "clean")' in out
     assert 'attack_objective: "gacd" | "gacd_ce" | "ce" | "kl" (default "gacd_ce")' in out
     assert "  momentum: float in [0, 1) (default 0.5)" in out
