@@ -36,6 +36,7 @@ from kdbench.evaluation import evaluate as _evaluate
 from kdbench.models.base import Network
 from kdbench.models.normalization import recorded_normalization
 from kdbench.recipe import ResolvedRecipe, load_recipe, resolve
+from kdbench.results import Result
 from kdbench.run import RunOutcome, run_recipe
 from kdbench.run_folder import RunFolder
 
@@ -242,27 +243,24 @@ RESULT_COLUMNS = (
 )
 
 
-def _record(result: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    metrics = result.get("metrics", {})
-    robust = metrics.get("robust", {}) or {}
-    threat = result.get("threat_model", {}) or {}
-    train = result.get("train", {}) or {}
+def _record(result: Result, run_dir: Path) -> dict[str, Any]:
+    metrics, train = result.metrics, result.train
     row: dict[str, Any] = {
-        "name": result.get("name"),
-        "recipe_hash": result.get("recipe_hash"),
-        "method": result.get("method"),
-        "teacher": result.get("teacher"),
-        "student": result.get("student"),
-        "dataset": result.get("dataset"),
-        "norm": threat.get("norm"),
-        "eps": threat.get("eps"),
-        "clean": metrics.get("clean_acc"),
-        **{key: robust.get(key) for key in ("fgsm", "pgd20", "cw", "autoattack", "autoattack_custom", "worst")},
-        "n_eval": metrics.get("n_eval"),
-        "seed": result.get("seed"),
-        "epochs": train.get("epochs"),
-        "train_seconds": train.get("seconds"),
-        "flags": len(result.get("flags", [])),
+        "name": result.name,
+        "recipe_hash": result.recipe_hash,
+        "method": result.method,
+        "teacher": result.teacher,
+        "student": result.student,
+        "dataset": result.dataset,
+        "norm": result.threat_model.norm,
+        "eps": result.threat_model.eps,
+        "clean": metrics.clean_acc,
+        **{key: metrics.robust.get(key) for key in ("fgsm", "pgd20", "cw", "autoattack", "autoattack_custom", "worst")},
+        "n_eval": metrics.n_eval,
+        "seed": result.seed,
+        "epochs": train.epochs if train is not None else None,
+        "train_seconds": train.seconds if train is not None else None,
+        "flags": len(result.flags),
         "run_dir": str(run_dir),
     }
     return row

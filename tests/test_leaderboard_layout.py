@@ -18,6 +18,7 @@ from kdbench.leaderboard import build_boards, collect
 from kdbench.leaderboard.group import train_device
 from kdbench.leaderboard.html import _place_label, _text_width, render_html
 from kdbench.leaderboard.render import cell, choose_columns, render_csv, render_json
+from kdbench.results import Result
 
 from .test_leaderboard import CHROMIUM, _chromium, write_run
 
@@ -58,13 +59,26 @@ def test_the_seeds_column_counts_seeds(tmp_path):
     assert (row["n_seeds"], row["seeds"]) == ("1", "7")  # CSV keeps both the count and the values
 
 
+def _result(**keys: object) -> Result:
+    base = {
+        "schema_version": 1,
+        "name": "r",
+        "method": "kd",
+        "student": "resnet8",
+        "dataset": "cifar10",
+        "threat_model": {"norm": "Linf", "eps": "8/255"},
+        "metrics": {"clean_acc": 0.5},
+    }
+    return Result.parse({**base, **keys})
+
+
 def test_train_device_reads_env_and_cost():
-    assert train_device({"env": {"device": "NVIDIA H200"}}) == "NVIDIA H200"
-    assert train_device({"env": {"device": "NVIDIA H200"}, "cost": {"devices": 4}}) == "4 x NVIDIA H200"
-    assert train_device({"env": {"device": "cpu (2 threads)"}, "cost": {"devices": 1}}) == "cpu (2 threads)"
-    assert train_device({"cost": {"device": "NVIDIA A100-SXM4-80GB"}}) == "NVIDIA A100-SXM4-80GB"
-    assert train_device({"env": {}}) is None
-    assert train_device({}) is None
+    assert train_device(_result(env={"device": "NVIDIA H200"})) == "NVIDIA H200"
+    assert train_device(_result(env={"device": "NVIDIA H200"}, cost={"devices": 4})) == "4 x NVIDIA H200"
+    assert train_device(_result(env={"device": "cpu (2 threads)"}, cost={"devices": 1})) == "cpu (2 threads)"
+    assert train_device(_result(cost={"device": "NVIDIA A100-SXM4-80GB"})) == "NVIDIA A100-SXM4-80GB"
+    assert train_device(_result(env={})) is None
+    assert train_device(_result()) is None
 
 
 def test_train_time_is_shown_with_its_device(tmp_path):

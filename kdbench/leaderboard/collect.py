@@ -63,7 +63,7 @@ class RunRecord:
     """One finished run: its result (schema_version 1) and where it came from."""
 
     result_file: Path
-    result: dict[str, Any]
+    result: Result
     recipe_file: Path | None  # the recipe.toml beside result.json, when present
     variant_key: str  # equal for runs that differ only by seed (see the module docstring)
     variant_source: str  # "recipe.toml" or "recipe_hash"
@@ -74,8 +74,7 @@ class RunRecord:
 
     @property
     def seed(self) -> int | None:
-        seed = self.result.get("seed")
-        return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+        return self.result.seed
 
 
 @dataclass
@@ -114,7 +113,7 @@ def check_result(data: Any) -> str | None:
     return result_problem(data)
 
 
-def variant_key(result: dict[str, Any], recipe_file: Path | None, fallback: str = "") -> tuple[str, str]:
+def variant_key(result: Result, recipe_file: Path | None, fallback: str = "") -> tuple[str, str]:
     """``(key, source)``: the seed-free hash of recipe.toml, else the run's own recipe_hash (else ``fallback``)."""
     if recipe_file is not None and recipe_file.is_file():
         try:
@@ -122,7 +121,7 @@ def variant_key(result: dict[str, Any], recipe_file: Path | None, fallback: str 
             first = recipe_file.read_text(encoding="utf-8").splitlines()[:1]
         except (RecipeError, OSError, UnicodeDecodeError):
             raw, first = None, []
-        recipe_hash = result.get("recipe_hash")
+        recipe_hash = result.recipe_hash
         # kdbench.run heads recipe.toml with "# resolved recipe NAME, hash HASH": a recipe.toml of
         # another run (a folder copied by hand) must not decide which runs are averaged.
         header = first[0] if first and first[0].startswith("#") and "hash" in first[0] else None
@@ -131,13 +130,13 @@ def variant_key(result: dict[str, Any], recipe_file: Path | None, fallback: str 
             core = {k: v for k, v in raw.items() if k not in SEED_FREE_DROP}
             digest = hashlib.sha256(json.dumps(core, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
             return f"recipe:{digest[:16]}", "recipe.toml"
-    own = result.get("recipe_hash")
-    return f"run:{own if isinstance(own, str) and own else fallback}", "recipe_hash"
+    own = result.recipe_hash
+    return f"run:{own or fallback}", "recipe_hash"
 
 
-def _read(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+def _read(path: Path) -> tuple[Result | None, str | None]:
     try:
-        return Result.read(path).dump(), None
+        return Result.read(path), None
     except ResultError as exc:
         return None, str(exc)
 
@@ -155,7 +154,7 @@ def collect(paths: Iterable[Path], *, report: Callable[[str], None] | None = _st
         if data is None:
             out.skipped.append(Skipped(path, problem or "unusable"))
         else:
-            ident = (data.get("recipe_hash"), data.get("seed"))
+            ident = (data.recipe_hash, data.seed)
             if ident[0] is not None and ident in seen:
                 out.skipped.append(Skipped(path, f"duplicate of {seen[ident]} (same recipe hash and seed)"))
             else:

@@ -49,6 +49,7 @@ from fractions import Fraction
 from typing import Any
 
 from kdbench.leaderboard.collect import RunRecord
+from kdbench.results import Metrics, Result
 
 __all__ = [
     "ANALYSIS_KEYS",
@@ -227,28 +228,31 @@ class Board:
 SELECTIONS = ("final", "best_val")
 
 
-def selected_metrics(result: dict[str, Any], select: str = "final") -> dict[str, Any]:
+def selected_metrics(result: Result, select: str = "final") -> Metrics:
     """result.json's ``metrics`` of the final model, or with ``select="best_val"`` of the best-on-validation
     model (``metrics_best_val``; the final one's when it was the best, or without data.val_size)."""
-    if select == "best_val" and isinstance(result.get("metrics_best_val"), dict):
-        return dict(result["metrics_best_val"])
-    return dict(result.get("metrics") or {})
+    if select == "best_val" and result.metrics_best_val is not None:
+        return result.metrics_best_val
+    return result.metrics
 
 
-def run_metrics(result: dict[str, Any], select: str = "final") -> dict[str, float | None]:
-    """The accuracies of one result.json by leaderboard key (None when not evaluated)."""
-    metrics = selected_metrics(result, select)
-    robust = metrics.get("robust") or {}
-    out: dict[str, float | None] = {"clean": metrics.get("clean_acc")}
+def metric_values(metrics: Metrics) -> dict[str, float | None]:
+    """The accuracies of one ``metrics`` table by leaderboard key (None when not evaluated)."""
+    out: dict[str, float | None] = {"clean": float(metrics.clean_acc)}
     for key in METRICS[1:]:
-        value = robust.get(key)
-        out[key] = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+        value = metrics.robust.get(key)
+        out[key] = float(value) if value is not None else None
     return out
 
 
-def _evaluation(result: dict[str, Any]) -> tuple[str, str, str]:
+def run_metrics(result: Result, select: str = "final") -> dict[str, float | None]:
+    """The accuracies of one result by leaderboard key (None when not evaluated)."""
+    return metric_values(selected_metrics(result, select))
+
+
+def _evaluation(result: Result) -> tuple[str, str, str]:
     """``(eval_set, description, protocol)`` from result.json's ``evaluation`` ("" when not recorded)."""
-    evaluation = result.get("evaluation")
+    evaluation = result.evaluation
     if not isinstance(evaluation, dict):
         return "", "", ""
     selection = evaluation.get("selection")
@@ -263,17 +267,17 @@ def _evaluation(result: dict[str, Any]) -> tuple[str, str, str]:
     return eval_set, desc, protocol if isinstance(protocol, str) else ""
 
 
-def _setting(result: dict[str, Any]) -> Setting:
-    threat = result["threat_model"]
-    source = result.get("teacher_source")
+def _setting(result: Result) -> Setting:
+    threat = result.threat_model
+    source = result.teacher_source
     teacher_id = source.get("key") if isinstance(source, dict) and isinstance(source.get("key"), str) else None
     eval_set, desc, protocol = _evaluation(result)
     return Setting(
-        result["dataset"],
-        str(threat["norm"]),
-        str(threat["eps"]),
-        result.get("teacher"),
-        result["student"],
+        result.dataset,
+        str(threat.norm),
+        str(threat.eps),
+        result.teacher,
+        result.student,
         teacher_id=teacher_id,
         eval_set=eval_set,
         eval_desc=desc,
@@ -285,12 +289,12 @@ def _teacher_row(setting: Setting, runs: Sequence[RunRecord]) -> Variant | None:
     """The teacher's own numbers as a row: from the first run (in file order) that recorded them. Runs of one
     teacher measure it on the same examples (cached), so they agree; a differing count of examples is kept."""
     for run in runs:
-        metrics = run.result.get("teacher_metrics")
-        if not isinstance(metrics, dict) or not isinstance(metrics.get("clean_acc"), int | float):
+        metrics = run.result.teacher_metrics
+        if metrics is None:
             continue
-        values = run_metrics({"metrics": metrics})
-        n_eval = metrics.get("n_eval")
-        flags: list[tuple[int | None, str]] = [(None, str(f)) for f in run.result.get("teacher_flags") or []]
+        values = metric_values(metrics)
+        n_eval = metrics.n_eval
+        flags: list[tuple[int | None, str]] = [(None, str(f)) for f in run.result.teacher_flags or []]
         return Variant(
             key=f"teacher:{setting.teacher_id}",
             label=f"teacher {setting.teacher or '?'}",
@@ -299,19 +303,19 @@ def _teacher_row(setting: Setting, runs: Sequence[RunRecord]) -> Variant | None:
             metrics={m: Stat((v,) if (v := values[m]) is not None else ()) for m in METRICS},
             analysis={},
             train_seconds=Stat(()),
-            params=(run.result.get("params") or {}).get("teacher"),
+            params=(run.result.params or {}).get("teacher"),
             flags=flags,
             n_eval=[n_eval] if isinstance(n_eval, int) else [],
         )
     return None
 
 
-def train_device(result: dict[str, Any]) -> str | None:
+def train_device(result: Result) -> str | None:
     """What a run trained on, from result.json: ``env.device`` (``NVIDIA H200``, ``cpu (2 threads)``),
     prefixed ``4 x`` when ``cost.devices`` says it was a data-parallel run on several. None when not
     recorded. The one place the leaderboard reads the device."""
-    env, cost = result.get("env"), result.get("cost")
-    device = env.get("device") if isinstance(env, dict) else None
+    env, cost = result.env, result.cost
+    device = env.device if env is not None else None
     if not isinstance(device, str) or not device:
         device = cost.get("device") if isinstance(cost, dict) else None
         if not isinstance(device, str) or not device:
@@ -320,9 +324,9 @@ def train_device(result: dict[str, Any]) -> str | None:
     return f"{count} x {device}" if isinstance(count, int) and not isinstance(count, bool) and count > 1 else device
 
 
-def coverage_flag(result: dict[str, Any]) -> str | None:
+def coverage_flag(result: Result) -> str | None:
     """A flag text when the recorded evaluation set misses classes of the dataset, else None."""
-    selection = (result.get("evaluation") or {}).get("selection")
+    selection = (result.evaluation or {}).get("selection")
     if not isinstance(selection, dict):
         return None
     covered, classes = selection.get("classes_covered"), selection.get("num_classes")
@@ -331,11 +335,10 @@ def coverage_flag(result: dict[str, Any]) -> str | None:
     return None
 
 
-def serious_flags(result: dict[str, Any]) -> list[str]:
+def serious_flags(result: Result) -> list[str]:
     """The messages of a result's serious flags (``flag_details`` entries with severity "serious"), and
     the class-coverage flag of its evaluation set when the result does not carry it already."""
-    details = result.get("flag_details")
-    details = details if isinstance(details, list) else []
+    details = result.flag_details or []
     texts = [
         str(d.get("message"))
         for d in details
@@ -363,7 +366,7 @@ def _without_seed(name: str, seed: int | None) -> str:
 
 def _label(runs: Sequence[RunRecord]) -> str:
     """The runs' common name without a suffix naming the seed (``-seed1``, ``_s2``), else their common prefix."""
-    names = [str(run.result["name"]) for run in runs]
+    names = [run.result.name for run in runs]
     stripped = {_without_seed(name, run.seed) for name, run in zip(names, runs, strict=True)}
     if len(stripped) == 1:
         return stripped.pop()
@@ -389,15 +392,17 @@ def _variant(key: str, runs: list[RunRecord], select: str = "final") -> Variant:
     metrics = {m: Stat(tuple(v for p in per_run if (v := p[m]) is not None)) for m in METRICS}
     analysis: dict[str, Stat] = {}
     for akey in ANALYSIS_KEYS:
-        values = tuple(v for r in runs if (v := _number((r.result.get("analysis") or {}).get(akey))) is not None)
+        values = tuple(v for r in runs if (v := _number((r.result.analysis or {}).get(akey))) is not None)
         if values:
             analysis[akey] = Stat(values)
-    seconds = tuple(v for r in runs if (v := _number((r.result.get("train") or {}).get("seconds"))) is not None)
-    params = [p for r in runs if isinstance(p := (r.result.get("params") or {}).get("student"), int)]
-    flags = [(r.seed, str(text)) for r in runs for text in r.result.get("flags", [])]
+    seconds = tuple(
+        v for r in runs if r.result.train is not None and (v := _number(r.result.train.seconds)) is not None
+    )
+    params = [p for r in runs if isinstance(p := (r.result.params or {}).get("student"), int)]
+    flags = [(r.seed, str(text)) for r in runs for text in r.result.flags]
     flags += [(r.seed, text) for r in runs if (text := coverage_flag(r.result)) and text not in dict(flags).values()]
-    n_eval = [n for r in runs if isinstance(n := selected_metrics(r.result, select).get("n_eval"), int)]
-    methods = sorted({str(r.result["method"]) for r in runs})
+    n_eval = [n for r in runs if (n := selected_metrics(r.result, select).n_eval) is not None]
+    methods = sorted({r.result.method for r in runs})
     serious = list(dict.fromkeys(text for r in runs for text in serious_flags(r.result)))
     return Variant(
         key=key,
@@ -457,7 +462,7 @@ def disambiguate(variants: list[Variant], most: int = 3) -> None:
                 more = f", +{len(differing) - most}" if len(differing) > most else ""
                 v.label = f"{v.label} [{', '.join(shown)}{more}]"
             else:
-                v.label = f"{v.label} [{str(v.runs[0].result.get('recipe_hash', ''))[:10]}]"
+                v.label = f"{v.label} [{v.runs[0].result.short_hash}]"
 
 
 def _split(key: str, runs: list[RunRecord]) -> list[tuple[str, list[RunRecord]]]:
@@ -467,7 +472,7 @@ def _split(key: str, runs: list[RunRecord]) -> list[tuple[str, list[RunRecord]]]
         return [(key, runs)]
     by_name: dict[str, list[RunRecord]] = {}
     for r in runs:
-        by_name.setdefault(str(r.result["name"]), []).append(r)
+        by_name.setdefault(r.result.name, []).append(r)
     return [(f"{key}:{name}", group) for name, group in by_name.items()]
 
 

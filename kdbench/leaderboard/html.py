@@ -508,7 +508,7 @@ def _sort_value(v: Variant, column: str) -> str:
     elif column == "time":
         mean = v.train_seconds.mean
     elif column == "cost":
-        secs = [c.get("total_device_seconds") for r in v.runs if isinstance(c := r.result.get("cost"), dict)]
+        secs = [c.get("total_device_seconds") for r in v.runs if (c := r.result.cost) is not None]
         nums = [float(x) for x in secs if isinstance(x, int | float)]
         mean = sum(nums) / len(nums) if nums else None
     elif column == "flags":
@@ -554,7 +554,7 @@ def _time_cell(v: Variant) -> str:
 def _cost_cell(v: Variant) -> str:
     """Device-seconds per run; the device is in the tooltip (the time column already shows it)."""
     value = _sort_value(v, "cost")
-    devices = sorted({str(c.get("device", "?")) for r in v.runs if isinstance(c := r.result.get("cost"), dict)})
+    devices = sorted({str(c.get("device", "?")) for r in v.runs if (c := r.result.cost) is not None})
     title = f' title="device time on {escape(", ".join(devices))}"' if devices and value else ""
     return f'<td class="num" data-v="{value}"{title}>{escape(format_seconds(float(value)) if value else "-")}</td>'
 

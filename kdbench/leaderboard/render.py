@@ -142,7 +142,7 @@ def format_train_time(variant: Variant) -> str:
 def format_cost(variant: Variant) -> str:
     """Mean device-seconds per run (training, validation and evaluation) and the device: ``1.2 h NVIDIA H200``.
     Device-seconds from different devices are not comparable, so mixed devices are said as such."""
-    costs = [c for r in variant.runs if isinstance(c := r.result.get("cost"), dict)]
+    costs = [c for r in variant.runs if (c := r.result.cost) is not None]
     seconds = [
         float(c["total_device_seconds"]) for c in costs if isinstance(c.get("total_device_seconds"), int | float)
     ]
@@ -172,7 +172,7 @@ def cell(variant: Variant, column: str) -> str:
     if column == "teacher_acc":
         return _teacher_acc(variant)
     if column == "arch":
-        return str(variant.runs[0].result.get("student", "-")) if variant.runs else "-"
+        return variant.runs[0].result.student if variant.runs else "-"
     if column == "paper":
         return method_paper(variant.method) or "-"
     raise KeyError(column)
@@ -182,10 +182,8 @@ def _teacher_acc(variant: Variant) -> str:
     """The teacher's clean accuracy from result.json's ``teacher_metrics`` (blank when not recorded)."""
     values = []
     for run in variant.runs:
-        metrics = run.result.get("teacher_metrics")
-        value = metrics.get("clean_acc") if isinstance(metrics, dict) else None
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            values.append(float(value))
+        if run.result.teacher_metrics is not None:
+            values.append(float(run.result.teacher_metrics.clean_acc))
     return _pct(Stat(tuple(values))) if values else ""
 
 
@@ -388,7 +386,7 @@ def render_csv(boards: Sequence[Board], columns: Sequence[str]) -> str:
                     mean = v.train_seconds.mean
                     row += ["" if mean is None else round(mean, 3), ";".join(v.train_devices)]
                 elif c == "cost":
-                    costs = [x for r in v.runs if isinstance(x := r.result.get("cost"), dict)]
+                    costs = [x for r in v.runs if (x := r.result.cost) is not None]
                     secs = [float(x["total_device_seconds"]) for x in costs if "total_device_seconds" in x]
                     row += [
                         round(sum(secs) / len(secs), 3) if secs else "",
@@ -445,7 +443,7 @@ def board_to_dict(board: Board) -> dict[str, Any]:
                     {
                         "dir": str(r.run_dir),
                         "seed": r.seed,
-                        "recipe_hash": r.result.get("recipe_hash"),
+                        "recipe_hash": r.result.recipe_hash,
                         "recipe": str(r.recipe_file) if r.recipe_file else None,
                         "variant_from": r.variant_source,
                     }

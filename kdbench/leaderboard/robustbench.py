@@ -86,14 +86,14 @@ def architecture_name(model: str) -> str:
     return ARCHITECTURES.get(model, model.split(":", 1)[1] if model.startswith("timm:") else model)
 
 
-def _eval_autoattack(run: Path, result: dict[str, Any]) -> tuple[float | None, int | None, list[str]]:
+def _eval_autoattack(run: Path, result: Result) -> tuple[float | None, int | None, list[str]]:
     """AutoAttack accuracy, n and flags from the run's eval.json, when it matches result.json's threat model."""
     path = run / "eval.json"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None, None, []
-    if not isinstance(data, dict) or data.get("threat_model") != result.get("threat_model"):
+    if not isinstance(data, dict) or data.get("threat_model") != result.threat_model.model_dump(mode="json"):
         return None, None, []
     metrics = data.get("metrics") or {}
     value = (metrics.get("robust") or {}).get("autoattack")
@@ -103,11 +103,11 @@ def _eval_autoattack(run: Path, result: dict[str, Any]) -> tuple[float | None, i
     return float(value), metrics.get("n_eval"), flags
 
 
-def model_info(run: Path, result: dict[str, Any], fields: dict[str, Any] | None = None) -> dict[str, Any]:
+def model_info(run: Path, result: Result, fields: dict[str, Any] | None = None) -> dict[str, Any]:
     """The RobustBench entry of ``result`` (the run folder ``run``'s result.json), plus ``_kdbench``."""
-    metrics = result["metrics"]
-    autoattack = (metrics.get("robust") or {}).get("autoattack")
-    n_eval, flags, source = metrics.get("n_eval"), list(result.get("flags", [])), "result.json"
+    metrics = result.metrics
+    autoattack = metrics.robust.get("autoattack")
+    n_eval, flags, source = metrics.n_eval, list(result.flags), "result.json"
     if autoattack is None:
         autoattack, n_aa, eval_flags = _eval_autoattack(run, result)
         if autoattack is None:
@@ -116,7 +116,7 @@ def model_info(run: Path, result: dict[str, Any], fields: dict[str, Any] | None 
                 f"`kdbench eval {run} --attacks clean autoattack` first (it writes eval.json, read here)"
             )
         n_eval, flags, source = n_aa, flags + eval_flags, "eval.json"
-    dataset = str(result["dataset"])
+    dataset = result.dataset
     full = FULL_TEST.get(dataset)
     footnote = None
     if isinstance(n_eval, int) and full is not None and n_eval < full:
@@ -129,9 +129,9 @@ def model_info(run: Path, result: dict[str, Any], fields: dict[str, Any] | None 
         "number_forward_passes": 1,
         "dataset": dataset,
         "venue": PLACEHOLDERS["venue"],
-        "architecture": architecture_name(str(result["student"])),
-        "eps": str(result["threat_model"]["eps"]),
-        "clean_acc": percent(float(metrics["clean_acc"])),
+        "architecture": architecture_name(result.student),
+        "eps": str(result.threat_model.eps),
+        "clean_acc": percent(float(metrics.clean_acc)),
         "reported": percent(float(autoattack)),
         "autoattack_acc": percent(float(autoattack)),
         "footnote": footnote,
@@ -145,15 +145,15 @@ def model_info(run: Path, result: dict[str, Any], fields: dict[str, Any] | None 
         "your paper reports, check 'additional_data' (true if training used data beyond the train split"
         + (f", e.g. through the teacher {teacher}" if teacher else "")
         + "), then delete this _kdbench object. Save as model_info/"
-        + f"{dataset}/{result['threat_model']['norm']}/<Name><Year><FirstWordOfTheTitle>.json."
+        + f"{dataset}/{result.threat_model.norm}/<Name><Year><FirstWordOfTheTitle>.json."
     )
     info["_kdbench"] = {
         "run": str(run),
-        "recipe_hash": result.get("recipe_hash"),
-        "method": result.get("method"),
-        "teacher": result.get("teacher"),
-        "student": result.get("student"),
-        "threat_model": result.get("threat_model"),
+        "recipe_hash": result.recipe_hash,
+        "method": result.method,
+        "teacher": result.teacher,
+        "student": result.student,
+        "threat_model": result.threat_model.model_dump(mode="json"),
         "n_eval": n_eval,
         "autoattack_from": source,
         "flags": flags,
@@ -225,7 +225,7 @@ def cmd_robustbench(args: argparse.Namespace) -> int:
         result = Result.read(path)
     except ResultError as exc:
         raise UserError(f"{path}: {exc}") from None
-    info = model_info(run, result.dump(), _parse_fields(args.fields))
+    info = model_info(run, result, _parse_fields(args.fields))
     if args.out is not None and str(args.out) == "-":
         sys.stdout.write(json.dumps(info, indent=2) + "\n")
         return 0
