@@ -235,7 +235,7 @@ def _options(items: list[str], what: str) -> dict[str, Any]:
 
 def _config(cls: type[Network] | type[DatasetSource], options: dict[str, Any], where: str, key: str) -> StrictModel:
     """Validate ``options`` against a component's Config; errors are one-line `RecipeError`s at ``where: key``."""
-    from kdbench.recipe import _validate
+    from kdbench.recipe.validation import _validate
 
     return _validate(cls.Config, options, where, key)
 
@@ -316,7 +316,8 @@ def _build_net(
 
 def _load_run(run: Path, args: argparse.Namespace) -> _Target:
     """A run folder: the network from model.pt's metadata, the test split from recipe.toml's data table."""
-    from kdbench.recipe import DataSection, EvalSection, _validate
+    from kdbench.recipe import DataSection, EvalSection
+    from kdbench.recipe.validation import _validate
 
     for flag, value in (
         ("--model", args.model),
