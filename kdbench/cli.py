@@ -30,13 +30,13 @@ __all__ = ["COMMAND_MODULES", "main"]
 #: adds its sub-command and sets ``handler`` (``args -> exit code``) with ``set_defaults``. A module
 #: that fails to import breaks only its own sub-command.
 COMMAND_MODULES = {
-    "eval": "kdbench.evaluation.command",
-    "bench": "kdbench.bench.command",
-    "leaderboard": "kdbench.leaderboard.command",
-    "robustbench": "kdbench.leaderboard.robustbench",
-    "analyze": "kdbench.analysis.command",
-    "export": "kdbench.export",
-    "plugins": "kdbench.plugins_cmd",
+    "eval": "kdbench.commands.eval",
+    "bench": "kdbench.commands.bench",
+    "leaderboard": "kdbench.commands.leaderboard",
+    "robustbench": "kdbench.commands.robustbench",
+    "analyze": "kdbench.commands.analyze",
+    "export": "kdbench.commands.export",
+    "plugins": "kdbench.commands.plugins",
 }
 
 

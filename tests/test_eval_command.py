@@ -15,10 +15,10 @@ import torch
 from torch import Tensor, nn
 
 from kdbench._errors import UserError
+from kdbench.commands.eval import add_eval_parser, cmd_eval
 from kdbench.engine.progress import make_progress
 from kdbench.evaluation import evaluate
 from kdbench.evaluation import sanity as sanity_module
-from kdbench.evaluation.command import add_eval_parser, cmd_eval
 from kdbench.evaluation.sanity import check_eps_monotone, check_steps_monotone, paired_noise_tolerance
 from kdbench.recipe import load_recipe
 from kdbench.run import run_recipe
@@ -194,7 +194,7 @@ def test_check_steps_flag_free_on_tiny_model(run_dir, tmp_path):
 def test_cli_wiring(run_dir, capsys):
     from kdbench import cli
 
-    assert cli.COMMAND_MODULES["eval"] == "kdbench.evaluation.command"
+    assert cli.COMMAND_MODULES["eval"] == "kdbench.commands.eval"
     assert cli.main(["eval", str(run_dir), "--attacks", "clean"]) == 0
     assert (run_dir / "eval.json").is_file()
     assert cli.main(["eval", str(run_dir / "nope")]) == 2

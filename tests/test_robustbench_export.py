@@ -7,7 +7,7 @@ import json
 import pytest
 
 from kdbench.cli import main
-from kdbench.leaderboard.robustbench import FIELDS, architecture_name, percent
+from kdbench.commands.robustbench import FIELDS, architecture_name, percent
 
 from .test_leaderboard import write_run
 

@@ -2,7 +2,7 @@
 
 `linear_cka` (Kornblith et al. 2019) compares representations, `class_correlation_distance` the
 class structure of the logits (CRD, Tian et al. 2020), `relative_feature_change` the stability of the
-student's features under attack. ``kdbench analyze RUN`` (`kdbench.analysis.command`) computes them
+student's features under attack. ``kdbench analyze RUN`` (`kdbench.commands.analyze`) computes them
 for a finished run and stores them in its result.json.
 """
 

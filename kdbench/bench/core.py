@@ -318,7 +318,7 @@ def benchmark(
 ) -> dict[str, Any]:
     """Measure ``resolved``'s training step (and optionally evaluation and the conventional loop).
 
-    Returns the JSON-ready report (see `kdbench.bench.command` for its keys). ``log`` receives progress
+    Returns the JSON-ready report (see `kdbench.commands.bench` for its keys). ``log`` receives progress
     lines (default: none).
     """
     opts = options or BenchOptions()

@@ -1,10 +1,10 @@
 """The leaderboard: collect finished runs, group them by setting, average seeds, rank and render.
 
-``kdbench leaderboard runs/`` (`kdbench.leaderboard.command`) ties the pieces together:
+``kdbench leaderboard runs/`` (`kdbench.commands.leaderboard`) ties the pieces together:
 `collect` (find and read result.json files, skipping bad ones), `build_boards` (settings, variants,
 mean ± std over seeds, ranking), the text renderers of `kdbench.leaderboard.render` and the
 self-contained HTML page of `kdbench.leaderboard.html`. ``kdbench robustbench RUN``
-(`kdbench.leaderboard.robustbench`) writes one run as a RobustBench model-info entry.
+(`kdbench.commands.robustbench`) writes one run as a RobustBench model-info entry.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import pytest
 
 from kdbench import ATTACKS, DATASETS, METHODS, MODELS, PluginError
 from kdbench.cli import main
-from kdbench.plugins_cmd import check_plugins
+from kdbench.commands.plugins import check_plugins
 
 from ..conftest import write
 from .conftest import TINY_RECIPE

@@ -193,7 +193,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from kdbench.recipe import load_recipes
     from kdbench.results import write_json
 
-    from .core import BenchOptions, benchmark
+    from kdbench.bench.core import BenchOptions, benchmark
 
     variants = load_recipes(args.recipe, args.overrides)
     if len(variants) > 1:

@@ -1,0 +1,7 @@
+"""The sub-commands of ``kdbench`` beyond run/validate/list/show (`kdbench.cli`), one module each.
+
+Each module has ``add_parser(subparsers)``, which adds its sub-command and sets ``handler``
+(``args -> exit code``); `kdbench.cli.COMMAND_MODULES` names them, and one that fails to import breaks
+only its own sub-command. The library they drive lives in the packages by job: evaluation/,
+leaderboard/, analysis/, bench/.
+"""
