@@ -190,10 +190,9 @@ def format_report(report: dict[str, Any]) -> list[str]:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run ``kdbench bench`` for parsed ``args``: print the table, write ``--json``. Returns 0."""
+    from kdbench.bench.core import BenchOptions, benchmark
     from kdbench.recipe import load_recipes
     from kdbench.results import write_json
-
-    from kdbench.bench.core import BenchOptions, benchmark
 
     variants = load_recipes(args.recipe, args.overrides)
     if len(variants) > 1:

@@ -29,6 +29,7 @@ from kdbench._errors import PluginError, UserError
 from kdbench.attacks.base import Attack
 from kdbench.attacks.schedule import EpsSchedule, budget_at
 from kdbench.engine.checkpoint import CheckpointStore, atomic_write_bytes
+from kdbench.engine.config import TrainSection
 from kdbench.engine.distributed import Distributed
 from kdbench.engine.fingerprint import TeacherModifiedError, changed_tensors, tensor_digests
 from kdbench.engine.hardware import Hardware
@@ -36,7 +37,6 @@ from kdbench.engine.progress import Progress
 from kdbench.engine.schedule import build_scheduler, lr_factor
 from kdbench.method import Method, StepContext
 from kdbench.models.base import Network
-from kdbench.recipe import TrainSection
 
 __all__ = ["Interrupted", "NonFiniteLossError", "TrainSummary", "Trainer", "global_seed"]
 

@@ -9,6 +9,7 @@ components up in the registries and validates their own tables against each comp
 
 from __future__ import annotations
 
+from kdbench.engine.config import TrainSection
 from kdbench.recipe.files import MAX_EXTENDS_DEPTH, MAX_SWEEP_ENV, apply_overrides, read_raw, teacher_overrides
 from kdbench.recipe.resolve import check_files, eval_size, load_recipe, load_recipes, resolve
 from kdbench.recipe.resolved import ResolvedRecipe
@@ -22,7 +23,6 @@ from kdbench.recipe.schema import (
     Recipe,
     StudentSection,
     TeacherSection,
-    TrainSection,
 )
 
 __all__ = [

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from kdbench.attacks.schedule import EpsPoint, EpsSchedule
 from kdbench.config import Number, StrictModel, introduced
+from kdbench.engine.config import TrainSection
 from kdbench.models.normalization import NormalizeSetting
 
 if TYPE_CHECKING:
@@ -159,47 +160,6 @@ class AttackSection(_OpenSection):
 
 #: Keys of [attack] that the engine reads (the schedule), not the attack's own options.
 _ATTACK_ENGINE_KEYS = ("eps_schedule", "eps_schedule_interpolation")
-
-
-class TrainSection(StrictModel):
-    """Optimisation, precision and checkpointing."""
-
-    epochs: int = Field(1, gt=0)
-    batch_size: int = Field(128, gt=0)
-    lr: float = Field(0.1, gt=0, description="peak learning rate (SGD)")
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = False
-    weight_decay: float = Field(5e-4, ge=0)
-    schedule: Literal["multistep", "cosine", "onecycle", "constant"] = "multistep"
-    milestones: list[float] = Field(
-        default_factory=lambda: [0.5, 0.75],
-        description="multistep: epochs at which lr is multiplied by gamma (values < 1 are fractions of epochs)",
-    )
-    gamma: float = Field(0.1, gt=0, le=1)
-    warmup_epochs: float = Field(
-        0.0, ge=0, description="linear warm-up from 0 to lr over this many epochs (onecycle: the length of its ramp)"
-    )
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
-    channels_last: bool | None = Field(None, description="None: on for CUDA, off for CPU")
-    compile: bool = Field(False, description="torch.compile the student and teacher")
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = Field(
-        "default", description="torch.compile mode; reduce-overhead captures CUDA graphs of the fixed-shape passes"
-    )
-    deterministic: bool = Field(False, description="deterministic algorithms (bitwise-reproducible on CPU)")
-    log_every: int = Field(50, gt=0, description="steps between progress updates that read values from the device")
-    val_every: int = introduced(
-        1, since="0.2", gt=0, description="with data.val_size: epochs between robust checks on the held-out images"
-    )
-    val_attack: str = introduced(
-        "pgd10", since="0.2", pattern=r"^(clean|fgsm|pgd[1-9][0-9]*)$", description="the held-out check's attack"
-    )
-
-    @model_validator(mode="after")
-    def _check_milestones(self) -> TrainSection:
-        if any(m <= 0 for m in self.milestones):
-            raise ValueError("train.milestones must be positive")
-        return self
 
 
 class EvalSection(StrictModel):
