@@ -31,6 +31,7 @@ from kdbench.attacks.schedule import EpsSchedule, budget_at
 from kdbench.engine.checkpoint import CheckpointStore, atomic_write_bytes
 from kdbench.engine.config import TrainSection
 from kdbench.engine.distributed import Distributed
+from kdbench.engine.epoch_totals import EpochTotals
 from kdbench.engine.fingerprint import TeacherModifiedError, changed_tensors, tensor_digests
 from kdbench.engine.hardware import Hardware
 from kdbench.engine.progress import Progress
@@ -256,18 +257,10 @@ class Trainer:
         attacked = False
         steps = self.steps_per_epoch
         self.progress.start_epoch(epoch, self.cfg.epochs, steps, start_batch)
-        sums: dict[str, Tensor] = {}
-        zero = torch.zeros((), device=self.device)
-        correct, seen = zero.clone(), zero.clone()
-        counted_from = start_batch  # the first step whose loss is in ``sums``
-        if start_batch and self._partial is not None:
-            counted_from = 0
-            if self.dist.rank == 0:  # the saved sums are over every process already
-                sums = {k: v.to(self.device) for k, v in self._partial["sums"].items()}
-                correct, seen = self._partial["correct"].to(self.device), self._partial["seen"].to(self.device)
+        totals = EpochTotals(self.device, self.dist, start_batch)
+        if start_batch:
+            totals.resume(self._partial)
         self._partial = None
-        first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
-        bad_terms: dict[str, Tensor] = {}
         tic = time.perf_counter()
         batch = start_batch
         steps_since_sync = 0
@@ -277,17 +270,7 @@ class Trainer:
         for x, y, index in self.loader.epoch(epoch, start_batch=start_batch):
             terms, logits, used_attack = self.step(x, y, index, epoch, batch)
             attacked = attacked or used_attack
-            # Only the terms of the first bad step are reported: once the weights are NaN every term is.
-            fresh = first_bad < 0
-            for name, value in terms.items():
-                v = value.detach().float()
-                sums[name] = sums[name] + v if name in sums else v
-                bad = fresh & ~torch.isfinite(v)
-                bad_terms[name] = bad_terms[name] | bad if name in bad_terms else bad
-                first_bad = torch.where(bad, batch, first_bad)
-            if logits is not None:
-                correct += (logits.argmax(1) == y).sum()
-                seen += y.numel()
+            totals.add(batch, terms, logits, y)
             batch += 1
             steps_since_sync += 1
             self.progress.advance()
@@ -297,10 +280,10 @@ class Trainer:
             if due or (self._stop_signal is not None and not self.dist.enabled):
                 steps_since_sync = 0
                 last_sync = time.perf_counter()
-                self._check_finite(first_bad, bad_terms, epoch)
-                values = self._means(sums, batch - counted_from)
+                self._check_finite(totals, epoch)
+                values = totals.means(batch)
                 if logits is not None:
-                    values["acc"] = (correct / seen.clamp(min=1)).item()  # this process's share of the epoch
+                    values["acc"] = totals.local_accuracy()  # this process's share of the epoch
                 self.progress.show(values)
                 if self._should_stop():
                     break
@@ -309,24 +292,18 @@ class Trainer:
         self.seconds += time.perf_counter() - tic
         done = batch - start_batch
         self.images += done * self.loader.batch_size * self.dist.world_size
-        self._check_finite(first_bad, bad_terms, epoch)
+        self._check_finite(totals, epoch)
         if self._stop_signal is not None and batch < steps:
-            self._partial = {
-                "steps": batch,
-                "sums": {k: self.dist.sum(v.detach().clone()).cpu() for k, v in sums.items()},
-                "correct": self.dist.sum(correct.clone()).cpu(),
-                "seen": self.dist.sum(seen.clone()).cpu(),
-            }
+            self._partial = totals.partial(batch)
             path = self._checkpoint(epoch, batch)
             raise Interrupted(f"stopped by signal {self._stop_signal} at epoch {epoch + 1}, step {batch}; saved {path}")
-        values = self._means(sums, max(batch - counted_from, 1))
+        values = totals.means(batch)
         row: dict[str, Any] = {"epoch": epoch + 1, **{f"loss/{k}": v for k, v in values.items()}}
         if done:
             row["loss"] = sum(values.values())
-        self.dist.sum(correct)
-        self.dist.sum(seen)
-        if seen.item() > 0:
-            row["train_acc"] = (correct / seen).item()
+        accuracy = totals.accuracy()
+        if accuracy is not None:
+            row["train_acc"] = accuracy
         row["lr"] = self.optimizer.param_groups[0]["lr"]
         budget = self._epoch_attack.config if attacked and self._epoch_attack is not None else None
         if budget is not None and hasattr(budget, "eps"):  # the training attack's budget this epoch
@@ -334,8 +311,8 @@ class Trainer:
             if hasattr(budget, "step_size"):
                 row["attack_step_size"] = float(budget.step_size)
         row["seconds"] = self.seconds
-        if counted_from:  # resumed from an old checkpoint without the sums: the means cover fewer steps
-            row["resumed_at_step"] = counted_from
+        if totals.counted_from:  # resumed from an old checkpoint without the sums: the means cover fewer steps
+            row["resumed_at_step"] = totals.counted_from
         if self.validator is not None and ((epoch + 1) % self.val_every == 0 or epoch + 1 == self.cfg.epochs):
             row.update(self._validate(epoch + 1))
         self.history.append(row)
@@ -396,13 +373,6 @@ class Trainer:
         view = ctx.computed("student_adv") or ctx.computed("student_clean")
         return terms, (view.logits.detach() if view is not None else None), ctx.computed("x_adv") is not None
 
-    def _means(self, sums: dict[str, Tensor], count: int) -> dict[str, float]:
-        if not sums:
-            return {}
-        stacked = self.dist.sum(torch.stack(list(sums.values())))
-        values = stacked.div(max(count, 1) * self.dist.world_size).tolist()  # one sync for all terms
-        return dict(zip(sums, values, strict=True))
-
     def _should_stop(self) -> bool:
         """Whether a stop signal arrived (in any process: they all stop at the same step)."""
         if not self.dist.enabled:
@@ -413,11 +383,11 @@ class Trainer:
             return True
         return False
 
-    def _check_finite(self, first_bad: Tensor, bad_terms: dict[str, Tensor], epoch: int) -> None:
-        step = int(self.dist.max(first_bad.clone()).item())
-        if step < 0:
+    def _check_finite(self, totals: EpochTotals, epoch: int) -> None:
+        bad = totals.first_bad_step()
+        if bad is None:
             return
-        names = [name for name, flag in bad_terms.items() if bool(flag.item())]
+        step, names = bad
         last = self.store.positions()
         good = f"last good checkpoint: {self.store.path(last[0])}" if last else "no checkpoint was written yet"
         raise NonFiniteLossError(
