@@ -296,8 +296,8 @@ def _execute(
     torch.manual_seed(r.seed)  # model initialisation
     if ddp.enabled and not METHODS.get(r.method.name).supports_data_parallel:
         raise UserError(
-            f"method {r.method.name!r} keeps per-sample memory that is not synchronised across processes; "
-            "run it in one process (without torchrun)"
+            f"method {r.method.name!r} keeps state that is not synchronised across processes "
+            "(supports_data_parallel = False); run it in one process (without torchrun)"
         )
     data = build_data(resolved, hw, ddp.rank, ddp.world_size)
     normalization = student_normalization(resolved, data.info)

@@ -83,6 +83,25 @@ class Distributed:
         if self.enabled:
             dist.barrier()
 
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor: (B, ...)`` of every process concatenated in rank order: ``(world_size * B, ...)``.
+
+        Every process must pass the same shape (a training step's slices are equal: the loader drops
+        the last incomplete global batch). No autograd: the result is a new tensor. ``tensor`` itself
+        when not data-parallel.
+        """
+        if not self.enabled:
+            return tensor
+        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(parts, tensor.detach().contiguous())
+        return torch.cat(parts)
+
+    def all_gather_sizes(self, n: int, device: torch.device | str = "cpu") -> list[int]:
+        """The ``n`` of every process, in rank order (``[n]`` when not data-parallel)."""
+        if not self.enabled:
+            return [n]
+        return [int(v) for v in self.all_gather(torch.tensor([n], dtype=torch.int64, device=device)).tolist()]
+
 
 def setup_distributed(device: str) -> Distributed:
     """Join the torchrun job described by RANK/WORLD_SIZE/LOCAL_RANK, if any (idempotent)."""

@@ -101,6 +101,8 @@ class Trainer:
         self.device = hardware.device
         self.dist = distributed or Distributed()
         self.method_name = method_name or type(method).__name__
+        if self.dist.enabled:  # before any checkpoint is loaded: the method's synchronised state is part of it
+            method.enter_data_parallel(self.dist, seed)
         self.run_key = run_key or self.method_name  # names the run to the progress clock (the recipe hash)
         params = [p for p in [*student.parameters(), *method.parameters()] if p.requires_grad]
         self.params = params
