@@ -1,16 +1,20 @@
 """One process of a small data-parallel training job for tests/test_distributed_memory.py.
 
 Run under torchrun (N processes, gloo) or alone; trains a memory-bank method on synthetic images
-with the engine's Trainer and, on rank 0, saves the final student and method state to ``final.pt``.
+with the engine's Trainer; every process saves its final student and method state and its RNG state
+to ``final-r<rank>.pt``.
 
-The networks have no BatchNorm: batch statistics over a process's slice differ from those over the
-global batch, which would make N processes differ from one for a reason unrelated to the banks.
+The networks have no BatchNorm (unless asked): batch statistics over a process's slice differ from
+those over the global batch, which would make N processes differ from one for a reason unrelated to
+the banks.
 
     python tests/ddp_worker.py SPEC_JSON
-    SPEC: {"out": folder, "method": name, "options": {...}, "attack": {...} | null, "global_batch": int,
-           "epochs": int, "n": int, "seed": int, "shared_rng": bool (one process in the data-parallel
-           sampling mode), "kill_at": [epoch, batch] | null (rank 0 SIGKILLs itself after that checkpoint),
-           "stop_at": [epoch, batch] | null (rank 0 raises SIGTERM at that step: a mid-epoch checkpoint)}
+
+SPEC keys: "out" (folder), "method", "options" (its config), "attack" (PGD config, or null),
+"global_batch", "epochs", "n", "seed"; optional "shared_rng" (one process in the data-parallel
+sampling mode), "batchnorm" (networks with BatchNorm), "kill_at": [epoch, batch] (rank 0 SIGKILLs
+itself right after writing that checkpoint), "stop_at": [epoch, batch] (rank 0 gets SIGTERM after
+that step: the trainer writes a mid-epoch checkpoint).
 """
 
 from __future__ import annotations
@@ -33,8 +37,9 @@ from kdbench.engine.distributed import Distributed, setup_distributed, teardown_
 from kdbench.engine.hardware import resolve_hardware
 from kdbench.engine.progress import PlainProgress
 from kdbench.engine.trainer import Interrupted, Trainer
-from kdbench.models.base import Network
+from kdbench.models.base import Network, NetworkSpec
 from kdbench.recipe import TrainSection
+from kdbench.testing import TinyNet
 
 NUM_CLASSES = 4
 
@@ -60,7 +65,11 @@ def main(spec: dict[str, Any]) -> None:
     n, seed = spec["n"], spec["seed"]
     images = torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8)
     labels = torch.arange(n) % NUM_CLASSES
-    student, teacher = PlainNet(6), PlainNet(5)
+    if spec.get("batchnorm"):  # per-process BatchNorm statistics: what a resume must restore per process
+        net_spec = NetworkSpec(NUM_CLASSES, 8, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+        student, teacher = TinyNet(net_spec, width=4), TinyNet(net_spec, width=3)
+    else:
+        student, teacher = PlainNet(6), PlainNet(5)
     teacher.eval().requires_grad_(False)
     cls = METHODS.get(spec["method"])
     setup = MethodSetup(NUM_CLASSES, student.feature_dim, teacher.feature_dim, NUM_CLASSES, n, hw.device)
@@ -85,8 +94,9 @@ def main(spec: dict[str, Any]) -> None:
     except Interrupted:
         teardown_distributed()
         sys.exit(130)
-    if world.is_main:
-        torch.save({"student": student.state_dict(), "method": method.state_dict()}, out / "final.pt")
+    # Every process: its BatchNorm statistics (and RNG stream) are its own.
+    state = {"student": student.state_dict(), "method": method.state_dict(), "rng": torch.get_rng_state()}
+    torch.save(state, out / f"final-r{world.rank}.pt")
     teardown_distributed(wait=True)
 
 

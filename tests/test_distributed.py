@@ -64,7 +64,8 @@ def test_torchrun_two_processes_train_one_result(tmp_path):
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 def test_methods_with_unsynchronised_state_refuse_data_parallel(tmp_path):
-    teachers = '[teacher]\ncheckpoint = "x.pt"\nmodel = "resnet8"\n[teachers.natural]\ncheckpoint = "y.pt"\nmodel = "resnet8"\n'
+    teachers = '[teacher]\ncheckpoint = "x.pt"\nmodel = "resnet8"\n'
+    teachers += '[teachers.natural]\ncheckpoint = "y.pt"\nmodel = "resnet8"\n'
     recipe = write(
         tmp_path / "mtard.toml",
         RECIPE.replace('name = "pgd_at"', 'name = "mtard"').replace("[student]", teachers + "[student]"),

@@ -31,8 +31,8 @@ def train(out: Path, processes: int, **spec: Any) -> subprocess.CompletedProcess
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
 
-def final_state(out: Path) -> dict[str, torch.Tensor]:
-    state = torch.load(out / "final.pt", weights_only=True)
+def final_state(out: Path, rank: int = 0) -> dict[str, torch.Tensor]:
+    state = torch.load(out / f"final-r{rank}.pt", weights_only=True)
     flat = {f"student.{k}": v for k, v in state["student"].items()}
     flat.update({f"method.{k}": v for k, v in state["method"].items() if isinstance(v, torch.Tensor)})
     return flat
@@ -84,7 +84,7 @@ def test_resume_after_a_kill_keeps_two_processes_equal_to_one(tmp_path):
     out = tmp_path / "two"
     killed = train(out, 2, kill_at=[1, 0], **spec)
     assert killed.returncode != 0
-    assert not (out / "final.pt").exists()
+    assert not (out / "final-r0.pt").exists()
     assert [p.name for p in (out / "checkpoints").glob("*.pt")] == ["ckpt-e0001-b000000.pt"]
     resumed = train(out, 2, **spec)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

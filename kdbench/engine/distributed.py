@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -95,6 +96,22 @@ class Distributed:
         parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
         dist.all_gather(parts, tensor.detach().contiguous())
         return torch.cat(parts)
+
+    def gather_objects(self, obj: Any) -> list[Any]:
+        """Every process's picklable ``obj``, in rank order, on every process (``[obj]`` alone)."""
+        if not self.enabled:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's picklable ``obj`` on every process (``obj`` itself alone)."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def all_gather_sizes(self, n: int, device: torch.device | str = "cpu") -> list[int]:
         """The ``n`` of every process, in rank order (``[n]`` when not data-parallel)."""
