@@ -10,6 +10,8 @@ import sys
 import pytest
 import torch
 
+from kdbench.cli import main
+
 from .conftest import write
 
 RECIPE = """
@@ -57,6 +59,14 @@ def test_torchrun_two_processes_train_one_result(tmp_path):
         "ckpt-e0001-b000000.pt",
         "ckpt-e0002-b000000.pt",
     ]
+    # The evaluation at the end was shared by both processes (one chunk each) and merged: one process
+    # evaluating the same examples with that chunk size finds the same numbers.
+    assert result["evaluation"]["attacks"]["pgd20"]["chunk_size"] == 16
+    assert not (out / "result.progress").exists()
+    assert main(["eval", str(out), "--chunk-size", "16", "--out", str(tmp_path / "alone.json")]) == 0
+    alone = json.loads((tmp_path / "alone.json").read_text())
+    assert alone["metrics"] == result["metrics"]
+    assert alone["flags"] == result["flags"]
     again = _torchrun("run", str(recipe), "--out", str(out), "--quiet", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-4000:]
     assert again.stdout.count("result: ") == 1

@@ -122,9 +122,12 @@ def add_eval_parser(subparsers: Any) -> None:
     )
     p.add_argument(
         "--n",
+        "--num-examples",  # under torchrun: its own parser takes "--n" for an abbreviation of --nnodes/--nproc...
+        dest="n",
         type=int,
         metavar="N",
-        help="evaluate N images of the dataset's fixed selection (default: the run's, else all)",
+        help="evaluate N images of the dataset's fixed selection (default: the run's, else all; "
+        "under torchrun write --num-examples)",
     )
     p.add_argument(
         "--examples",
