@@ -84,3 +84,28 @@ def test_methods_with_unsynchronised_state_refuse_data_parallel(tmp_path):
     assert proc.returncode != 0  # torchrun exits 1 when a process exits 2
     assert "method 'mtard' keeps state that is not synchronised across processes" in proc.stderr
     assert "kdbench/run.py" not in proc.stderr  # one line, no traceback of ours (torchrun prints its own)
+
+
+@pytest.mark.slow  # a teacher and a student under torchrun: about a minute on 2 loaded cores
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+@pytest.mark.parametrize("method", ["crd", "gacd"])
+def test_memory_bank_methods_train_under_torchrun(tmp_path, method):
+    """The whole command: teacher trained first (data-parallel too), then the method, evaluation shared."""
+    write(tmp_path / "teacher.toml", RECIPE.replace('name = "ddp"', 'name = "t"').replace("pgd_at", "natural"))
+    recipe = write(
+        tmp_path / f"{method}.toml",
+        RECIPE.replace('name = "pgd_at"', f'name = "{method}"\nnegatives = 64').replace(
+            "[student]", '[teacher]\nrecipe = "teacher.toml"\n[student]'
+        ),
+    )
+    out = tmp_path / "out"
+    proc = _torchrun(
+        "run", str(recipe), "--out", str(out), "--runs-dir", str(tmp_path / "runs"), "--quiet", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["world_size"] == 2 and result["method"] == method
+    state = torch.load(out / "checkpoints" / "ckpt-e0002-b000000.pt", weights_only=True)
+    labels = state["method"]["memory.labels"]
+    assert (labels >= 0).all()  # every row labelled: each process saw the other's batches too
+    assert "memory.shared_rng._extra_state" in state["method"]

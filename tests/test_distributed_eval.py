@@ -175,3 +175,11 @@ def test_a_kill_mid_attack_resumes_at_the_chunk_it_reached(run_folder, tmp_path,
     assert not progress.exists()  # eval.json holds it all; the progress is removed
     alone(*args, "--out", str(tmp_path / "whole.json"))  # uninterrupted
     assert _numbers(out) == _numbers(tmp_path / "whole.json")
+
+
+def test_the_speed_up_measurement_recipes_validate():
+    """benchmarks/distributed/measure_cpu.sh measures the ratio of docs/distributed.md with these recipes."""
+    folder = Path(__file__).resolve().parent.parent / "benchmarks" / "distributed"
+    recipes = sorted(str(p) for p in folder.glob("*.toml"))
+    assert len(recipes) == 2 and (folder / "measure_cpu.sh").is_file()
+    assert main(["validate", *recipes]) == 0

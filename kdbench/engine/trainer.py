@@ -483,9 +483,10 @@ class Trainer:
 def check_world_size(state: dict[str, Any], world: Distributed, folder: Path) -> None:
     """Refuse to resume a checkpoint of a run with another number of processes, in one line.
 
-    ``train.batch_size`` is per process: another world size is another global batch, another number of
-    steps per epoch and another learning-rate schedule, so the run cannot continue where it stopped.
-    Checkpoints of kdbench <= 0.1 do not record it (accepted, as before).
+    The global batch would stay the same, but each process has its own slice of it, its own RNG
+    stream (attack starts) and its own BatchNorm statistics, all saved per process in the checkpoint;
+    with another number of processes they cannot continue, and the resumed run would silently be
+    another run than the one started. Checkpoints of kdbench <= 0.1 do not record it (accepted, as before).
     """
     saved = state.get("world_size")
     if saved is None or int(saved) == world.world_size:
