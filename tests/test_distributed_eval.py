@@ -183,3 +183,47 @@ def test_the_speed_up_measurement_recipes_validate():
     recipes = sorted(str(p) for p in folder.glob("*.toml"))
     assert len(recipes) == 2 and (folder / "measure_cpu.sh").is_file()
     assert main(["validate", *recipes]) == 0
+
+
+RUN_RECIPE = """
+name = "killed-in-eval"
+seed = 0
+[data]
+dataset = "fake"
+options = {train_size = 256, test_size = 48, image_size = 16}
+[student]
+model = "resnet8"
+[method]
+name = "natural"
+[train]
+epochs = 1
+batch_size = 32
+device = "cpu"
+deterministic = true
+[eval]
+attacks = ["clean", "pgd100"]
+eps = "4/255"
+chunk_size = 8
+"""
+
+
+def test_a_run_killed_in_its_evaluation_resumes_at_the_chunk_it_reached(tmp_path):
+    recipe = write(tmp_path / "r.toml", RUN_RECIPE)
+    out = tmp_path / "cut"
+    proc = subprocess.Popen([sys.executable, "-m", "kdbench", "run", str(recipe), "--out", str(out), "--quiet"],
+                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 300
+    progress = out / "result.progress"
+    while not list(progress.glob("*/pgd100-c00000.pt")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "result.json").exists(), "the run finished before the kill"
+    assert "pgd100-c00005.pt" not in {p.name for p in progress.glob("*/*.pt")}
+    alone("run", str(recipe), "--out", str(out), "--quiet")  # the same command: resumes
+    log = (out / "train.log").read_text()
+    assert "pgd100: " in log and "chunks (" in log and "kept by an interrupted evaluation" in log
+    assert not progress.exists()
+    alone("run", str(recipe), "--out", str(tmp_path / "whole"), "--quiet")
+    cut, whole = (json.loads((tmp_path / d / "result.json").read_text()) for d in ("cut", "whole"))
+    assert cut["metrics"] == whole["metrics"] and cut["flags"] == whole["flags"]

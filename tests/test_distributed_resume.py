@@ -10,6 +10,7 @@ RSLAD's attack runs the student in eval mode, on those statistics).
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from .test_distributed_memory import final_state, train
@@ -17,6 +18,7 @@ from .test_distributed_memory import final_state, train
 RSLAD = {"method": "rslad", "options": {}, "attack": {"steps": 2}, "batchnorm": True, "epochs": 2}
 
 
+@pytest.mark.slow  # three 2-process jobs: about 20 s on a loaded 2-core machine
 def test_mid_epoch_resume_under_two_processes_is_bitwise(tmp_path):
     whole = train(tmp_path / "whole", 2, **RSLAD)
     assert whole.returncode == 0, whole.stderr[-3000:]

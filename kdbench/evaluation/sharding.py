@@ -94,11 +94,18 @@ class ChunkRunner:
     ``(n,)`` outcomes and the flags of every chunk in chunk order, identical on every process.
     """
 
-    def __init__(self, chunks: list[Chunk], world: Distributed | None = None, store: EvalProgressStore | None = None):
+    def __init__(
+        self,
+        chunks: list[Chunk],
+        world: Distributed | None = None,
+        store: EvalProgressStore | None = None,
+        on_message: Callable[[str], None] | None = None,
+    ):
         self.chunks = chunks
         self.n = chunks[-1].stop if chunks else 0
         self.world = world or Distributed()
         self.store = store
+        self.on_message = on_message  # told how many chunks an interrupted evaluation left (rank 0)
 
     def _stored(self, attack: str) -> dict[int, ChunkOutcome]:
         """Rank 0 reads the store; every process receives what it found (one broadcast)."""
@@ -113,6 +120,12 @@ class ChunkRunner:
     def run(self, attack: str, compute: Callable[[Chunk], ChunkOutcome]) -> tuple[Tensor, list[str]]:
         done = self._stored(attack)
         todo = [c for c in self.chunks if c.index not in done]
+        if done and self.on_message is not None and self.world.is_main and self.store is not None:
+            kept = sum(self.chunks[k].size for k in done)
+            self.on_message(
+                f"{attack}: {len(done)} of {len(self.chunks)} chunks ({kept} examples) kept by an interrupted "
+                f"evaluation in {self.store.path}; evaluating the other {len(todo)}"
+            )
         size = self.world.world_size
         for first in range(0, len(todo), size):
             mine = todo[first + self.world.rank] if first + self.world.rank < len(todo) else None

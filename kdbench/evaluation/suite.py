@@ -411,9 +411,9 @@ def evaluate(
     if store is not None and world.is_main:
         settings = {"n": n, "eps": eps, "norm": norm, "step_size": step_size, "batch_size": batch_size, "seed": seed}
         store.open(progress_key(model, x_all, y_all, {**settings, "chunk_size": size, "device": device.type}))
-    runner = ChunkRunner(chunks, world, store)
     if not world.is_main:
         on_progress = None  # rank 0 reports
+    runner = ChunkRunner(chunks, world, store, on_message=on_progress)
 
     with _frozen_eval(model) as net, _isolated_rng(device), torch.autocast(device.type, enabled=False):
         model_fn = _model_fn(net)
