@@ -558,6 +558,8 @@ def _teacher_record(
     }
     if r.eval.step_size is not None:  # a pinned step changes the numbers (absent: earlier cache entries hold)
         settings["step_size"] = r.eval.step_size
+    if r.eval.chunk_size:  # chunks seed the attacks apart (absent at 0: earlier cache entries hold)
+        settings["chunk_size"] = r.eval.chunk_size
 
     def run() -> dict[str, Any]:
         progress.message(f"{r.name}: evaluating the teacher ({identity.key}) once; later runs reuse it")
