@@ -58,7 +58,16 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+# The other branches of gacd: teacher-anchored only (its guided attack estimates Z from the positives
+# alone), and memory-row positives. Slow tier: three jobs each.
+CASES["gacd_teacher_anchored"] = {**CASES["gacd"], "options": {**CASES["gacd"]["options"], "anchors": "teacher"}}
+CASES["gacd_memory_positives"] = {**CASES["gacd"], "options": {**CASES["gacd"]["options"], "positives": "memory"}}
+SLOW_CASES = {"gacd_teacher_anchored", "gacd_memory_positives"}
+
+
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_CASES else c for c in sorted(CASES)]
+)
 def test_two_processes_hold_the_banks_and_weights_of_one(tmp_path, case):
     spec = CASES[case]
     one = train(tmp_path / "one", 1, shared_rng=True, **spec)
@@ -69,6 +78,7 @@ def test_two_processes_hold_the_banks_and_weights_of_one(tmp_path, case):
     # Every row was visited (3 epochs of 48 samples): the labels are the dataset's; Z is set.
     assert torch.equal(b["method.memory.labels"], torch.arange(48) % 4)
     assert float(b["method.memory.z_student"]) > 0
+    assert ("method.memory.memory_teacher" in b) == (spec["options"].get("anchors") != "teacher")
     assert_same_state(a, b)
     # Not vacuous: the banks moved away from their initial rows and the draws are not the global RNG's.
     plain = train(tmp_path / "plain", 1, **spec)
