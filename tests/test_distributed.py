@@ -60,10 +60,11 @@ def test_torchrun_two_processes_train_one_result(tmp_path):
         "ckpt-e0002-b000000.pt",
     ]
     # The evaluation at the end was shared by both processes (one chunk each) and merged: one process
-    # evaluating the same examples with that chunk size finds the same numbers.
+    # evaluating the same examples with that chunk size (what `kdbench eval RUN` reads from result.json)
+    # finds the same numbers.
     assert result["evaluation"]["attacks"]["pgd20"]["chunk_size"] == 16
     assert not (out / "result.progress").exists()
-    assert main(["eval", str(out), "--chunk-size", "16", "--out", str(tmp_path / "alone.json")]) == 0
+    assert main(["eval", str(out), "--out", str(tmp_path / "alone.json")]) == 0
     alone = json.loads((tmp_path / "alone.json").read_text())
     assert alone["metrics"] == result["metrics"]
     assert alone["flags"] == result["flags"]

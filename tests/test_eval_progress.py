@@ -9,7 +9,7 @@ from kdbench import UserError
 from kdbench.engine.distributed import Distributed
 from kdbench.evaluation import evaluate
 from kdbench.evaluation.progress_store import ChunkOutcome, EvalProgressStore
-from kdbench.evaluation.sharding import chunk_seed, plan_chunks
+from kdbench.evaluation.sharding import chunk_seed, plan_chunks, recorded_chunk_size
 from kdbench.models.base import NetworkSpec
 from kdbench.testing import TinyNet
 
@@ -104,3 +104,14 @@ def test_one_chunk_without_a_world_is_the_evaluation_before_chunks():
     chunked = evaluate(net, x, y, ATTACKS, eps=EPS, batch_size=6, seed=5, chunk_size=0, world=Distributed())
     assert plain.counts == chunked.counts
     assert "chunk_size" not in plain.settings["pgd3"]  # result.json unchanged for single-process runs
+
+
+def test_the_chunk_size_a_result_recorded_is_read_back_defensively():
+    record = {"evaluation": {"attacks": {"pgd20": {"chunk_size": 16}, "cw": {"chunk_size": 16}}}}
+    assert recorded_chunk_size(record) == 16
+    assert recorded_chunk_size({"evaluation": {"attacks": {"pgd20": {"steps": 20}}}}) is None  # one chunk
+    hostile = [None, {}, {"evaluation": []}, {"evaluation": {"attacks": 3}}, {"evaluation": {"attacks": {"a": 5}}}]
+    for record in hostile:
+        assert recorded_chunk_size(record) is None
+    assert recorded_chunk_size({"evaluation": {"attacks": {"a": {"chunk_size": True}}}}) is None
+    assert recorded_chunk_size({"evaluation": {"attacks": {"a": {"chunk_size": 4}, "b": {"chunk_size": 8}}}}) is None

@@ -66,6 +66,7 @@ from kdbench.evaluation.progress_store import progress_store_for
 from kdbench.evaluation.record import evaluation_record, selection_flags
 from kdbench.evaluation.sanity import Flag, check_eps_monotone
 from kdbench.evaluation.selection import SelectionError, has_canonical_order, read_examples, select_examples
+from kdbench.evaluation.sharding import recorded_chunk_size
 from kdbench.evaluation.suite import EvalReport, default_step_size, evaluate, parse_attacks
 from kdbench.models.base import Network
 from kdbench.models.normalization import recorded_normalization, resolve_normalization
@@ -392,7 +393,8 @@ def _load_run(run: Path, args: argparse.Namespace) -> _Target:
         "step_size": ev.step_size,
         "batch_size": ev.batch_size,
         "seed": int(seed) if isinstance(seed, int) else 0,
-        "chunk_size": ev.chunk_size,
+        # A run evaluated by N processes recorded the chunk size it used: reproduce its numbers by default.
+        "chunk_size": recorded_chunk_size(read_result(run / "result.json")) or ev.chunk_size,
     }
     return _Target(
         "run",

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -35,7 +36,16 @@ from kdbench._errors import UserError
 from kdbench.engine.distributed import Distributed
 from kdbench.evaluation.progress_store import ChunkOutcome, EvalProgressStore
 
-__all__ = ["Chunk", "ChunkRunner", "check_world", "chunk_seed", "default_chunk_size", "join_evaluation", "plan_chunks"]
+__all__ = [
+    "Chunk",
+    "ChunkRunner",
+    "check_world",
+    "chunk_seed",
+    "default_chunk_size",
+    "join_evaluation",
+    "plan_chunks",
+    "recorded_chunk_size",
+]
 
 #: Spacing of the chunk seeds (a prime: distinct seeds for any run seed and up to 10^12 chunks).
 SEED_STRIDE = 1_000_003
@@ -70,6 +80,24 @@ def plan_chunks(n: int, chunk_size: int) -> list[Chunk]:
         raise UserError(f"eval.chunk_size must be >= 0 (0: one chunk), got {chunk_size}")
     size = chunk_size if chunk_size > 0 else max(n, 1)
     return [Chunk(k, start, min(start + size, n)) for k, start in enumerate(range(0, n, size))]
+
+
+def recorded_chunk_size(result: dict[str, Any] | None) -> int | None:
+    """The chunk size a result.json's evaluation used (a data-parallel or chunked one), else None.
+
+    So that ``kdbench eval RUN`` in one process reproduces the numbers of a run evaluated by N processes.
+    """
+    evaluation = (result or {}).get("evaluation")
+    attacks = evaluation.get("attacks") if isinstance(evaluation, dict) else None
+    if not isinstance(attacks, dict):
+        return None
+    sizes = {v.get("chunk_size") for v in attacks.values() if isinstance(v, dict)}
+    sizes.discard(None)
+    if len(sizes) == 1:
+        size = sizes.pop()
+        if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+            return size
+    return None
 
 
 def check_world(n: int, world: Distributed) -> None:
