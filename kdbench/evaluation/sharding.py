@@ -157,10 +157,12 @@ class ChunkRunner:
         size = self.world.world_size
         for first in range(0, len(todo), size):
             mine = todo[first + self.world.rank] if first + self.world.rank < len(todo) else None
-            outcome = compute(mine) if mine is not None else None
+            finished = None
+            if mine is not None:
+                outcome = compute(mine)
+                finished = (mine.index, outcome.correct.cpu(), outcome.flags)
             # One round: every process's chunk to every process (a few kB of bools per chunk).
-            mine_record = (mine.index, outcome.correct.cpu(), outcome.flags) if mine is not None and outcome else None
-            for record in self.world.gather_objects(mine_record):
+            for record in self.world.gather_objects(finished):
                 if record is None:
                     continue
                 index, correct, chunk_flags = record
