@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +27,9 @@ from kdbench.attacks.base import Attack, JointOutput, Objective
 from kdbench.attacks.objectives import TeacherObjective
 from kdbench.config import ConfigT, EmptyConfig, StrictModel
 from kdbench.models.base import ModelOutput, Network
+
+if TYPE_CHECKING:
+    from kdbench.engine.distributed import Distributed
 
 __all__ = ["MAIN_TEACHER", "Method", "MethodSetup", "ReentrantViewError", "StepContext", "TeacherSetup", "TeacherViews"]
 
@@ -87,6 +90,7 @@ class Method(nn.Module, Generic[ConfigT]):
     extra_teachers: ClassVar[Mapping[str, str]] = {}
     #: False when the method keeps per-sample state (memory banks) that is not synchronised across
     #: torchrun processes; the engine then refuses data-parallel runs instead of training on stale rows.
+    #: A method with such state that synchronises it in `enter_data_parallel` keeps True.
     supports_data_parallel: ClassVar[bool] = True
     #: Link to the method's paper (the leaderboard's "paper" column), e.g. "https://arxiv.org/abs/1503.02531".
     paper: ClassVar[str | None] = None
@@ -115,6 +119,19 @@ class Method(nn.Module, Generic[ConfigT]):
         warm-up epoch at or beyond ``train.epochs``, which would never be reached).
         """
         return {}
+
+    def enter_data_parallel(self, world: Distributed, seed: int) -> None:
+        """Optional: make this method's state follow the whole global batch of a data-parallel run.
+
+        The engine calls it once per process, before training starts and before a checkpoint is
+        loaded, when the run has more than one process (never in a single-process run, whose results
+        it must not change). A method with per-sample state (memory banks) all-gathers through
+        ``world`` what updates that state, and draws shared random numbers from a generator seeded by
+        ``seed`` (identical on every process), so every process holds the state a single process
+        would hold after the same global batches. Default: nothing (stateless losses need nothing:
+        the engine averages the gradients).
+        """
+        del world, seed
 
     def attack_objective(self, ctx: StepContext) -> Objective | None:
         """The per-sample objective the training attack maximises, or None when training is clean.

@@ -41,6 +41,8 @@ from kdbench.engine.fingerprint import tensor_digests
 from kdbench.engine.hardware import Hardware, resolve_hardware
 from kdbench.engine.progress import Progress, make_progress, run_log
 from kdbench.engine.trainer import Trainer, freeze
+from kdbench.evaluation.progress_store import EvalProgressStore, progress_store_for
+from kdbench.evaluation.sharding import join_evaluation
 from kdbench.locations import RUNS_DIR_ENV, default_runs_dir, remember_runs_dir
 from kdbench.models.base import Network, NetworkSpec
 from kdbench.models.normalization import Normalization, check_recorded, recorded_normalization, resolve_normalization
@@ -209,8 +211,8 @@ def _execute(
     torch.manual_seed(r.seed)  # model initialisation
     if ddp.enabled and not resolved.method_class.supports_data_parallel:
         raise UserError(
-            f"method {r.method.name!r} keeps per-sample memory that is not synchronised across processes; "
-            "run it in one process (without torchrun)"
+            f"method {r.method.name!r} keeps state that is not synchronised across processes "
+            "(supports_data_parallel = False); run it in one process (without torchrun)"
         )
     data = build_data(resolved, hw, ddp.rank, ddp.world_size)
     normalization = student_normalization(resolved, data.info)
@@ -292,14 +294,21 @@ def _train_and_evaluate(
     )
     reset_peak_memory(hw.device)
     summary = trainer.fit()
+    ddp.broadcast_module(student)  # every process evaluates rank 0's weights and BatchNorm statistics (model.pt's)
     if not ddp.is_main:
+        if join_evaluation(ddp):  # rank 0 evaluates (no evaluation kept by an earlier attempt): take a share
+            _evaluate(student, data, resolved, hw.device, progress, world=ddp)
         return None
     folder.write_model(_model_payload(student, resolved, spec.num_classes, normalization))
 
     weights_digest = _weights_digest(student)
     pending = folder.pending_evaluation(resolved.hash, weights_digest)
+    join_evaluation(ddp, pending is None)
     tic = time.perf_counter()
-    report = pending if pending is not None else _evaluate(student, data, resolved, hw.device, progress)
+    store = progress_store_for(folder.result_file)
+    if pending is None:
+        pending = _evaluate(student, data, resolved, hw.device, progress, world=ddp, store=store)
+    report = pending
     eval_seconds = time.perf_counter() - tic
     selection = _best_on_validation(trainer, student, data, resolved, hw.device, progress, folder, spec, normalization)
     teacher_record: dict[str, Any] | None = None
@@ -357,6 +366,7 @@ def _train_and_evaluate(
     }
     result = Result.parse(record)  # the writer checks its own output against the contract
     folder.write_result(result, evaluation=report, weights_digest=weights_digest)
+    store.clear()  # result.json holds the evaluation now
     progress.message(f"{r.name}: result in {folder.result_file}")
     return result
 
@@ -467,6 +477,8 @@ def _teacher_record(
     }
     if r.eval.step_size is not None:  # a pinned step changes the numbers (absent: earlier cache entries hold)
         settings["step_size"] = r.eval.step_size
+    if r.eval.chunk_size:  # chunks seed the attacks apart (absent at 0: earlier cache entries hold)
+        settings["chunk_size"] = r.eval.chunk_size
 
     def run() -> dict[str, Any]:
         progress.message(f"{r.name}: evaluating the teacher ({identity.key}) once; later runs reuse it")
@@ -540,15 +552,25 @@ def _checkpoint_owner(resolved: ResolvedRecipe) -> dict[str, str]:
 
 
 def _evaluate(
-    net: Network, data: Any, resolved: ResolvedRecipe, device: torch.device, progress: Progress, seed: int | None = None
+    net: Network,
+    data: Any,
+    resolved: ResolvedRecipe,
+    device: torch.device,
+    progress: Progress,
+    seed: int | None = None,
+    world: Distributed | None = None,
+    store: EvalProgressStore | None = None,
 ) -> dict[str, Any]:
     """The evaluation suite on the run's evaluation examples: the one place that chooses them, used for the
-    student, its best-on-validation weights and the teacher alike."""
+    student, its best-on-validation weights and the teacher alike. ``world``: shared by the processes
+    of a data-parallel run (each calls it); ``store``: resumable per chunk (docs/distributed.md)."""
     r = resolved.recipe
     from kdbench.evaluation import evaluate
     from kdbench.evaluation.record import evaluation_record, selection_flags
 
-    progress.message(f"{r.name}: evaluating {', '.join(r.eval.attacks)} on {len(data.test_labels)} test images")
+    main = world is None or world.is_main
+    if main:
+        progress.message(f"{r.name}: evaluating {', '.join(r.eval.attacks)} on {len(data.test_labels)} test images")
     net = net.to(memory_format=torch.contiguous_format)
     report = evaluate(
         net,
@@ -562,9 +584,12 @@ def _evaluate(
         seed=r.seed if seed is None else seed,
         step_size=r.eval.step_size,
         on_progress=progress.message,
+        chunk_size=r.eval.chunk_size,
+        world=world,
+        store=store,
     )
     report.flags += selection_flags(data.selection)
-    for flag in report.flags:
+    for flag in report.flags if main else []:
         print(f"kdbench: flag: {flag}", file=sys.stderr)
     record = evaluation_record(report, data.selection, r.eval.step_size)
     return {"metrics": report.to_dict(), "flags": [str(f) for f in report.flags], "record": record}

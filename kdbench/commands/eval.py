@@ -61,9 +61,12 @@ from kdbench.config import StrictModel, parse_number
 from kdbench.data.base import DatasetInfo, DatasetSource
 from kdbench.data.cache import load_split_cached
 from kdbench.engine.checkpoint import atomic_write_bytes, load_weights_file
+from kdbench.engine.distributed import setup_distributed, teardown_distributed
+from kdbench.evaluation.progress_store import progress_store_for
 from kdbench.evaluation.record import evaluation_record, selection_flags
 from kdbench.evaluation.sanity import Flag, check_eps_monotone
 from kdbench.evaluation.selection import SelectionError, has_canonical_order, read_examples, select_examples
+from kdbench.evaluation.sharding import recorded_chunk_size
 from kdbench.evaluation.suite import EvalReport, default_step_size, evaluate, parse_attacks
 from kdbench.models.base import Network
 from kdbench.models.normalization import recorded_normalization, resolve_normalization
@@ -121,9 +124,12 @@ def add_eval_parser(subparsers: Any) -> None:
     )
     p.add_argument(
         "--n",
+        "--num-examples",  # under torchrun: its own parser takes "--n" for an abbreviation of --nnodes/--nproc...
+        dest="n",
         type=int,
         metavar="N",
-        help="evaluate N images of the dataset's fixed selection (default: the run's, else all)",
+        help="evaluate N images of the dataset's fixed selection (default: the run's, else all; "
+        "under torchrun write --num-examples)",
     )
     p.add_argument(
         "--examples",
@@ -143,6 +149,14 @@ def add_eval_parser(subparsers: Any) -> None:
     p.add_argument("--batch-size", type=int, metavar="B", help="evaluation batch size (default: the run's, else 256)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda when available")
     p.add_argument("--seed", type=int, help="seed of the attacks' random starts (default: the run's, else 0)")
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        metavar="K",
+        help="examples per chunk (kept on disk as they finish: a killed evaluation resumes at its chunk; shared by "
+        "torchrun processes); default: the run's eval.chunk_size, else 0 (one chunk; ceil(N / processes) "
+        "under torchrun)",
+    )
     p.add_argument("--out", type=Path, metavar="FILE", help="eval.json path (default: in the run folder / beside it)")
     p.add_argument(
         "--eps-sweep",
@@ -240,10 +254,11 @@ def _config(cls: type[Network] | type[DatasetSource], options: dict[str, Any], w
     return _validate(cls.Config, options, where, key)
 
 
-def _device(name: str) -> torch.device:
+def _device(name: str, local_rank: int = 0) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda but no CUDA device is available; use --device auto or cpu")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+    use_cuda = name == "cuda" or (name == "auto" and torch.cuda.is_available())
+    return torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
 
 
 # ------------------------------------------------------------------------------------ the target
@@ -376,6 +391,8 @@ def _load_run(run: Path, args: argparse.Namespace) -> _Target:
         "step_size": ev.step_size,
         "batch_size": ev.batch_size,
         "seed": int(seed) if isinstance(seed, int) else 0,
+        # A run evaluated by N processes recorded the chunk size it used: reproduce its numbers by default.
+        "chunk_size": recorded_chunk_size(read_result(run / "result.json")) or ev.chunk_size,
     }
     return _Target(
         "run",
@@ -569,7 +586,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError(f"--step-size must be > 0, got {args.step_size}")
     if args.update_result and not args.target.is_dir():
         raise UserError("--update-result rewrites a run folder's result.json; give a run folder")
-    device = _device(args.device)
+    if args.chunk_size is not None and args.chunk_size < 0:
+        raise UserError(f"--chunk-size must be >= 0 (0: one chunk), got {args.chunk_size}")
+    world = setup_distributed(args.device)  # torchrun: every process evaluates its share of the chunks
+    device = _device(args.device, world.local_rank)
 
     target = _load_target(args)
     d = target.defaults
@@ -604,14 +624,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     images, labels = target.images[selection.indices], target.labels[selection.indices]
     out: Path = args.out if args.out is not None else target.default_out
     net = target.net.to(device)
+    chunk_size = args.chunk_size if args.chunk_size is not None else int(d.get("chunk_size", 0))
+    sharded: dict[str, Any] = {"chunk_size": chunk_size, "world": world}
     setup_seconds = time.perf_counter() - started
 
-    print(
-        f"kdbench: evaluating {target.model} on {len(labels)} {target.dataset} test images "
-        f"({selection.rule}; {', '.join(attacks)}; "
-        f"{'Linf' if norm == 'linf' else 'L2'} eps {eps_label(eps)}; {device.type})",
-        file=sys.stderr,
-    )
+    if world.is_main:
+        print(
+            f"kdbench: evaluating {target.model} on {len(labels)} {target.dataset} test images "
+            f"({selection.rule}; {', '.join(attacks)}; "
+            f"{'Linf' if norm == 'linf' else 'L2'} eps {eps_label(eps)}; {device.type}"
+            f"{f'; {world.world_size} processes' if world.enabled else ''})",
+            file=sys.stderr,
+        )
     report = evaluate(
         net,
         images,
@@ -624,6 +648,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         seed=seed,
         steps_check=args.check_steps,
         step_size=step_size,
+        store=progress_store_for(out),
+        **sharded,
     )
     report.flags += selection_flags(selection)
     flags = list(report.flags)
@@ -645,6 +671,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 device=device,
                 seed=seed,
                 sanity=False,
+                **sharded,
             )
             correct_by_eps[e] = point.correct[SWEEP_ATTACK]
             sweep.append(
@@ -659,6 +686,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         flags += check_sweep_reaches_zero(correct_by_eps, eps)
         seconds["eps_sweep"] = time.perf_counter() - t0
 
+    if not world.is_main:  # rank 0 writes and reports for every process
+        teardown_distributed(wait=True)
+        return 0
     plot = _sweep_plot_path(out) if sweep else None
     if plot is not None:
         title = f"{target.model} on {target.dataset}: PGD-20 accuracy vs eps (n={len(labels)})"
@@ -688,6 +718,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         {"models": [target.model], "datasets": [target.dataset]},
     )
     write_json(out, result)
+    progress_store_for(out).clear()  # eval.json holds it all now
     if args.update_result:
         update_result(target.path, result)
 
@@ -703,4 +734,5 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"result: {target.path / 'result.json'} (previous: result.json.orig)")
     if plot is not None:
         print(f"plot: {plot}")
+    teardown_distributed(wait=True)
     return 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -82,6 +83,41 @@ class Distributed:
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor: (B, ...)`` of every process concatenated in rank order: ``(world_size * B, ...)``.
+
+        Every process must pass the same shape (a training step's slices are equal: the loader drops
+        the last incomplete global batch). No autograd: the result is a new tensor. ``tensor`` itself
+        when not data-parallel.
+        """
+        if not self.enabled:
+            return tensor
+        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(parts, tensor.detach().contiguous())
+        return torch.cat(parts)
+
+    def gather_objects(self, obj: Any) -> list[Any]:
+        """Every process's picklable ``obj``, in rank order, on every process (``[obj]`` alone)."""
+        if not self.enabled:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's picklable ``obj`` on every process (``obj`` itself alone)."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def all_gather_sizes(self, n: int, device: torch.device | str = "cpu") -> list[int]:
+        """The ``n`` of every process, in rank order (``[n]`` when not data-parallel)."""
+        if not self.enabled:
+            return [n]
+        return [int(v) for v in self.all_gather(torch.tensor([n], dtype=torch.int64, device=device)).tolist()]
 
 
 def setup_distributed(device: str) -> Distributed:

@@ -66,7 +66,9 @@ from kdbench.attacks.fgsm import FGSM, FGSMConfig
 from kdbench.attacks.objectives import cross_entropy, cw_margin
 from kdbench.attacks.pgd import PGD
 from kdbench.attacks.threat import Norm, ThreatModelConfig, check_eps
+from kdbench.engine.distributed import Distributed
 from kdbench.evaluation.autoattack import AUTOATTACK_VERSIONS, require_autoattack, run_autoattack
+from kdbench.evaluation.progress_store import ChunkOutcome, EvalProgressStore, progress_key
 from kdbench.evaluation.sanity import (
     Flag,
     as_flag,
@@ -82,6 +84,7 @@ from kdbench.evaluation.sanity import (
     check_steps_monotone,
     check_unbounded,
 )
+from kdbench.evaluation.sharding import Chunk, ChunkRunner, check_world, chunk_seed, default_chunk_size, plan_chunks
 from kdbench.models.base import ModelOutput
 
 __all__ = [
@@ -110,6 +113,8 @@ SANITY_SAMPLE = 64
 BLACK_BOX_QUERIES = 200
 #: Steps of CW-inf (as in the RSLAD / ARD evaluation code).
 CW_STEPS = 30
+#: How a chunked evaluation seeds chunk k (`kdbench.evaluation.sharding.chunk_seed`), as result.json states it.
+CHUNK_SEED_RULE = "seed + 1000003 * chunk"
 #: Seconds between the per-attack progress lines of `evaluate`.
 PROGRESS_SECONDS = 10.0
 _PGD_NAME = re.compile(r"pgd(\d+)")
@@ -338,6 +343,9 @@ def evaluate(
     sanity_sample: int = SANITY_SAMPLE,
     black_box_queries: int = BLACK_BOX_QUERIES,
     on_progress: Callable[[str], None] | None = None,
+    chunk_size: int = 0,
+    world: Distributed | None = None,
+    store: EvalProgressStore | None = None,
 ) -> EvalReport:
     """Clean and robust accuracy of ``model`` on ``images: (N, C, H, W)`` (float in [0, 1] or uint8).
 
@@ -352,6 +360,15 @@ def evaluate(
     flags join the others and its wall time is ``seconds["steps_check"]`` (that of the sampled checks
     is ``seconds["sanity"]``). ``on_progress`` receives a line per attack at least every
     `PROGRESS_SECONDS` (examples done, robust accuracy so far, time) and AutoAttack's own log lines.
+
+    ``chunk_size`` (0: one chunk), ``world`` and ``store``: the examples are evaluated in chunks, each
+    attack seeding each chunk by `kdbench.evaluation.sharding.chunk_seed`; with ``world`` (a
+    data-parallel job, every process calling `evaluate` with the same arguments) the chunks are
+    shared among the processes and the outcomes merged, and every process returns the same report;
+    with ``store`` the outcomes of every finished (attack, chunk) are kept on disk and read back by a
+    resumed evaluation (`kdbench.evaluation.progress_store`). Either way the numbers equal those of
+    one uninterrupted process with the same ``chunk_size``; with one process and ``chunk_size = 0``
+    those of the evaluation before chunks existed, bit for bit.
     """
     names = parse_attacks(attacks)
     if norm not in ("linf", "l2"):
@@ -389,63 +406,90 @@ def evaluate(
     correct: dict[str, Tensor] = {}
     seconds: dict[str, float] = {}
     batches = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+    world = world or Distributed()
+    check_world(n, world)
+    size = chunk_size if chunk_size > 0 else default_chunk_size(n, world.world_size)
+    chunks = plan_chunks(n, size)
+    if store is not None and world.is_main:
+        settings = {"n": n, "eps": eps, "norm": norm, "step_size": step_size, "batch_size": batch_size, "seed": seed}
+        store.open(progress_key(model, x_all, y_all, {**settings, "chunk_size": size, "device": device.type}))
+    if not world.is_main:
+        on_progress = None  # rank 0 reports
+    runner = ChunkRunner(chunks, world, store, on_message=on_progress)
 
     with _frozen_eval(model) as net, _isolated_rng(device), torch.autocast(device.type, enabled=False):
         model_fn = _model_fn(net)
+
+        def batches_of(c: Chunk) -> Iterator[tuple[int, int]]:
+            return ((a, min(a + batch_size, c.stop)) for a in range(c.start, c.stop, batch_size))
+
+        def clean_chunk(c: Chunk) -> ChunkOutcome:
+            out = torch.empty(c.size, dtype=torch.bool)
+            for a, b in batches_of(c):
+                xb, yb = x_all[a:b].to(device), y_all[a:b].to(device)
+                out[a - c.start : b - c.start] = _predict_correct(net, xb, yb).cpu()
+            return ChunkOutcome(out)
+
         t0 = _clock(device)
-        clean = torch.empty(n, dtype=torch.bool)
-        for i, (a, b) in enumerate(batches):
+        clean, _ = runner.run("clean", clean_chunk)
+        correct["clean"] = clean
+        seconds["clean"] = _clock(device) - t0
+        if sanity and world.is_main:  # on the first batch (rank 0 alone: the flags are broadcast below)
+            a, b = batches[0]
             xb, yb = x_all[a:b].to(device), y_all[a:b].to(device)
             with torch.no_grad():
                 logits = net(xb)
-            clean[a:b] = (logits.argmax(dim=1) == yb).cpu()
-            if i == 0 and sanity:
-                flags += check_logits(logits)
-                flags += check_deterministic(net, xb)
-        correct["clean"] = clean
-        seconds["clean"] = _clock(device) - t0
-        if sanity:
+            flags += check_logits(logits)
+            flags += check_deterministic(net, xb)
             _seed(device, seed)
-            a, b = batches[0]
-            flags += check_eps_zero(net, x_all[a:b].to(device), y_all[a:b].to(device), norm=norm)
+            flags += check_eps_zero(net, xb, yb, norm=norm)
 
         for name in names:
             if name == "clean":
                 continue
-            _seed(device, seed)
             t0 = _clock(device)
-            if name in AUTOATTACK_VERSIONS:
-                result = run_autoattack(
-                    net,
-                    x_all,
-                    y_all,
-                    eps=eps,
-                    norm=norm,
-                    batch_size=batch_size,
-                    device=device,
-                    seed=seed,
-                    version=AUTOATTACK_VERSIONS[name],
-                    log=on_progress,
-                )
-                robust_correct = result.correct.cpu()
-                flags += [as_flag(text, check="autoattack") for text in result.flags]
-            else:
+            here = {"done": 0, "robust": 0, "shown": t0}  # this process's examples, for the progress lines
+
+            def attack_chunk(c: Chunk, name: str = name, t0: float = t0, here: dict[str, Any] = here) -> ChunkOutcome:
+                _seed(device, chunk_seed(seed, c.index))
+                if name in AUTOATTACK_VERSIONS:
+                    result = run_autoattack(
+                        net,
+                        x_all[c.start : c.stop],
+                        y_all[c.start : c.stop],
+                        eps=eps,
+                        norm=norm,
+                        batch_size=batch_size,
+                        device=device,
+                        seed=chunk_seed(seed, c.index),
+                        version=AUTOATTACK_VERSIONS[name],
+                        log=on_progress,
+                    )
+                    return ChunkOutcome(result.correct.cpu(), tuple(result.flags))
                 attack, objective = gradient_attacks[name]
-                robust_correct = torch.empty(n, dtype=torch.bool)
-                shown = t0
-                for a, b in batches:
+                out = torch.empty(c.size, dtype=torch.bool)
+                for a, b in batches_of(c):
                     xb, yb = x_all[a:b].to(device), y_all[a:b].to(device)
                     x_adv = attack.perturb(model_fn, xb, objective(yb))
-                    robust_correct[a:b] = _predict_correct(net, x_adv, yb).cpu()
+                    out[a - c.start : b - c.start] = _predict_correct(net, x_adv, yb).cpu()
+                    here["done"] += b - a
+                    here["robust"] += int((out[a - c.start : b - c.start] & clean[a:b]).sum())
                     now = time.perf_counter()
-                    if on_progress is not None and (now - shown >= PROGRESS_SECONDS or b == n):
-                        shown = now
-                        so_far = float((robust_correct[:b] & clean[:b]).float().mean())
-                        on_progress(f"{name}: {b}/{n} examples, robust accuracy {so_far:.4f}, {now - t0:.0f} s")
+                    last = not world.enabled and here["done"] == n
+                    if on_progress is not None and (now - here["shown"] >= PROGRESS_SECONDS or last):
+                        here["shown"] = now
+                        so_far = here["robust"] / here["done"]
+                        total = f"/{n}" if not world.enabled else " (this process)"
+                        done = f"{here['done']}{total} examples"
+                        on_progress(f"{name}: {done}, robust accuracy {so_far:.4f}, {now - t0:.0f} s")
+                return ChunkOutcome(out)
+
+            robust_correct, chunk_flags = runner.run(name, attack_chunk)
+            flags += [as_flag(text, check="autoattack") for text in chunk_flags]
             correct[name] = robust_correct & clean
             seconds[name] = _clock(device) - t0
 
-        if steps_check:
+        if steps_check and world.is_main:
             t0 = _clock(device)
             flags += check_steps_monotone(
                 net,
@@ -460,7 +504,7 @@ def evaluate(
             seconds["steps_check"] = _clock(device) - t0
 
         gradient_names = [name for name in names if name in gradient_attacks]
-        if sanity and gradient_names:
+        if sanity and gradient_names and world.is_main:
             t0 = _clock(device)
             flags += _sampled_checks(
                 net,
@@ -476,6 +520,7 @@ def evaluate(
             )
             seconds["sanity"] = _clock(device) - t0
 
+    flags = world.broadcast_object(flags)  # the checks rank 0 ran alone
     counts = {name: int(mask.sum()) for name, mask in correct.items()}
     counts["worst"] = int(torch.stack(list(correct.values())).all(dim=0).sum())
 
@@ -495,6 +540,9 @@ def evaluate(
         counts=counts,
         settings=attack_settings(names, eps=eps, norm=norm, step_size=step_size),
     )
+    if size > 0:  # chunked (data-parallel or resumable): how to reproduce it in one process
+        for record in report.settings.values():
+            record.update({"chunk_size": size, "chunk_seed": CHUNK_SEED_RULE})
     if sanity:
         report.flags += check_robust_le_clean(report.clean_acc, robust)
         report.flags += check_autoattack_vs_pgd(robust)

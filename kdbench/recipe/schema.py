@@ -187,6 +187,13 @@ class EvalSection(StrictModel):
     step_size: Number | None = introduced(
         None, since="0.2", gt=0, description="PGD/CW step; None: max(eps/4, 2.5*eps/steps) (2/255 for PGD-20 at 8/255)"
     )
+    chunk_size: int = introduced(
+        0,
+        since="0.2",
+        ge=0,
+        description="examples per chunk, each seeded on its own: the unit shared by torchrun processes and resumed "
+        "after a kill; 0: one chunk (one process), ceil(N / processes) under torchrun (docs/distributed.md)",
+    )
 
     @field_validator("eps")
     @classmethod

@@ -56,6 +56,17 @@ Choices of kdbench (not in RepDistiller), all made to keep a step free of host s
 
 The banks, the labels and ``Z`` are buffers: they are saved in every checkpoint through
 ``state_dict()`` and restored on resume.
+
+Data-parallel runs (torchrun; `ContrastMemory.enter_data_parallel`): every process holds the whole
+banks, and each step all-gathers the batch's indices, labels and embeddings, so every process applies
+the updates of the whole global batch, in rank order, as one process training on the global batch
+would. ``Z`` is estimated from the global batch's scores (a sum and a count all-reduced). The keys and
+the with-replacement draws of the negatives come from a `SharedGenerator` seeded by the run, drawn
+for the global batch on every process, each keeping its own slice; its state is part of the
+checkpointed method state. Only the draws differ from a single-process run, which keeps using the
+global RNG (its results are unchanged): an N-process run equals one process in this mode on the same
+global batches (tests/test_distributed_memory.py), to float tolerance (the heads' matrix products run
+on smaller batches).
 """
 
 from __future__ import annotations
@@ -69,6 +80,9 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from kdbench import StrictModel, UserError
+from kdbench.engine.distributed import Distributed
+
+from .shared import SharedGenerator
 
 __all__ = [
     "UNKNOWN_LABEL",
@@ -179,6 +193,19 @@ class ContrastMemory(nn.Module):
             self.register_buffer(f"memory_{name}", torch.rand(n_data, dim).mul_(2 * bound).add_(-bound))
             self.register_buffer(f"z_{name}", torch.tensor(-1.0))
         self.register_buffer("labels", torch.full((n_data,), UNKNOWN_LABEL, dtype=torch.int64))
+        # Set by enter_data_parallel; None: one process drawing from the global RNG (the default).
+        self.world: Distributed | None = None
+
+    def enter_data_parallel(self, world: Distributed, seed: int) -> None:
+        """Follow the global batch of ``world``: all-gather every update, draw negatives from a generator
+        shared by every process (a submodule, so its state is checkpointed). With ``Distributed()``
+        (one process) the same draws as N processes on the same global batches."""
+        self.world = world
+        self.shared_rng = SharedGenerator(seed, self.labels.device)
+
+    def _gather(self, tensor: Tensor) -> Tensor:
+        """The global batch's rows of ``tensor: (B, ...)`` (itself in a single process)."""
+        return tensor if self.world is None else self.world.all_gather(tensor)
 
     def bank(self, name: str) -> Tensor:
         """The ``(n_data, dim)`` memory of one side."""
@@ -192,8 +219,8 @@ class ContrastMemory(nn.Module):
 
     @torch.no_grad()
     def observe_labels(self, index: Tensor, y: Tensor) -> None:
-        """Record the classes of a batch's rows: ``index, y: (B,)``."""
-        self.labels.index_copy_(0, index, y.to(self.labels.dtype))
+        """Record the classes of a batch's rows: ``index, y: (B,)`` (of the global batch when data-parallel)."""
+        self.labels.index_copy_(0, self._gather(index), self._gather(y).to(self.labels.dtype))
 
     @torch.no_grad()
     def sample_negatives(self, y: Tensor, n: int, num_classes: int) -> Tensor:
@@ -206,15 +233,32 @@ class ContrastMemory(nn.Module):
         ``num_classes`` is accepted for interface stability; the draw does not need it.
         """
         del num_classes
+        keys, uniforms = self._draws(len(y), n, y.device)
         same_class = self.labels[None, :] == y[:, None]  # (B, M)
-        keys = torch.rand(same_class.shape, device=y.device).masked_fill_(same_class, 2.0)
+        keys = keys.masked_fill_(same_class, 2.0)
         order = keys.topk(n, dim=1, largest=False, sorted=True).indices  # valid rows first, random order
         valid = self.n_data - same_class.sum(dim=1, keepdim=True)  # (B, 1)
         # With replacement among the first v_b entries of `order`, which are then all the valid rows.
-        slots = (torch.rand(order.shape, device=y.device) * valid.clamp_min(1)).long().clamp_max(n - 1)
+        slots = (uniforms * valid.clamp_min(1)).long().clamp_max(n - 1)
         with_replacement = order.gather(1, slots)
         use_order = (valid >= n) | (valid == 0)
         return torch.where(use_order, order, with_replacement)
+
+    def _draws(self, b: int, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Uniform keys ``(b, M)`` and uniforms ``(b, n)`` for `sample_negatives`.
+
+        One process: the global RNG, keys first (the draws of kdbench <= 0.1). Data-parallel: the
+        shared generator draws both for the whole global batch on every process (the same numbers
+        everywhere), and this process keeps the rows of its slice of the batch.
+        """
+        if self.world is None:
+            return torch.rand((b, self.n_data), device=device), torch.rand((b, n), device=device)
+        sizes = self.world.all_gather_sizes(b, device)
+        start, total = sum(sizes[: self.world.rank]), sum(sizes)
+        generator = self.shared_rng.generator
+        keys = torch.rand((total, self.n_data), generator=generator, device=generator.device)
+        uniforms = torch.rand((total, n), generator=generator, device=generator.device)
+        return keys[start : start + b].to(device), uniforms[start : start + b].to(device)
 
     def logits(self, name: str, anchor: Tensor, rows: Tensor, tau: float) -> Tensor:
         """``anchor_b . memory[rows_bk] / tau``: ``anchor: (B, dim)``, ``rows: (B, K)`` -> ``(B, K)``.
@@ -228,10 +272,20 @@ class ContrastMemory(nn.Module):
     def normaliser(self, name: str, logits: Tensor, *, fix: bool = True) -> Tensor:
         """``Z``: the stored value once set, else `estimate_z` of ``logits``; ``fix`` stores it (first batch)."""
         stored = self.z(name)
-        z = torch.where(stored > 0, stored, estimate_z(logits, self.n_data))
+        z = torch.where(stored > 0, stored, self.estimate_z(logits))
         if fix:
             stored.copy_(z)
         return z
+
+    @torch.no_grad()
+    def estimate_z(self, logits: Tensor) -> Tensor:
+        """`estimate_z` over the global batch's scores: the mean of ``exp(logits)`` over every process
+        when data-parallel (a sum and a count all-reduced), as one process scoring the global batch."""
+        if self.world is None or not self.world.enabled:
+            return estimate_z(logits, self.n_data)
+        exp = logits.detach().float().exp()
+        totals = self.world.sum(torch.stack([exp.sum(), exp.new_tensor(float(exp.numel()))]))
+        return totals[0] / totals[1] * self.n_data
 
     @torch.no_grad()
     def update(self, name: str, index: Tensor, values: Tensor) -> None:
@@ -239,8 +293,10 @@ class ContrastMemory(nn.Module):
 
         Out of place: the buffer is replaced by an updated copy, because this step's scores saved the
         old bank for their backward pass (an in-place write would invalidate it). The copy costs one
-        pass over the bank (25 MiB for CIFAR), far less than the step.
+        pass over the bank (25 MiB for CIFAR), far less than the step. Data-parallel: the rows of the
+        whole global batch (all-gathered), on every process.
         """
+        index, values = self._gather(index), self._gather(values.detach().float())
         bank = self.bank(name)
         rows = bank.index_select(0, index).mul_(self.momentum).add_(values.detach().float(), alpha=1 - self.momentum)
         setattr(self, f"memory_{name}", bank.index_copy(0, index, F.normalize(rows, dim=1)))

@@ -41,6 +41,7 @@ from pydantic import Field
 from torch import Tensor
 
 from kdbench import Method, MethodSetup, StepContext, UserError
+from kdbench.engine.distributed import Distributed
 
 __all__ = ["CRD", "CRDConfig"]
 
@@ -61,8 +62,8 @@ class CRD(Method):
     needs_teacher: ClassVar[bool] = True
     # Only the optional KD term reads teacher logits: see teacher_logit_readers.
     uses_teacher_logits: ClassVar[bool] = False
-    # The memory bank would need an all-gather of every process's rows: not implemented yet.
-    supports_data_parallel: ClassVar[bool] = False
+    # Data-parallel: the memory banks all-gather every update (enter_data_parallel).
+    supports_data_parallel: ClassVar[bool] = True
 
     @classmethod
     def teacher_logit_readers(cls, config: CRDConfig) -> list[str]:  # type: ignore[override]
@@ -80,6 +81,10 @@ class CRD(Method):
         self.embed_t = Embed(setup.teacher_feature_dim, config.embed_dim)
         self.memory = ContrastMemory(setup.dataset_size, config.embed_dim, ("student", "teacher"), config.momentum)
         self.num_negatives = effective_negatives(config.negatives, setup.dataset_size)
+
+    def enter_data_parallel(self, world: Distributed, seed: int) -> None:
+        """Every process keeps the banks of the global batch (`kdbench_plugins._contrastive`)."""
+        self.memory.enter_data_parallel(world, seed)
 
     def loss(self, ctx: StepContext) -> dict[str, Tensor]:
         c, mem = self.config, self.memory

@@ -82,7 +82,6 @@ from kdbench_plugins._contrastive import (
     ContrastMemory,
     Embed,
     effective_negatives,
-    estimate_z,
     nce_loss_from_logits,
 )
 from kdbench_plugins.kd import kd_divergence
@@ -91,6 +90,7 @@ from torch import Tensor
 
 from kdbench import Method, MethodSetup, ModelOutput, Objective, StepContext, UserError
 from kdbench.attacks.objectives import cross_entropy, kl_to
+from kdbench.engine.distributed import Distributed
 from kdbench.losses import true_class_probability
 
 __all__ = ["GACD", "GACDConfig", "confidence_weights"]
@@ -161,8 +161,8 @@ class GACD(Method):
     needs_teacher: ClassVar[bool] = True
     # Teacher logits are read only by some options: see teacher_logit_readers.
     uses_teacher_logits: ClassVar[bool] = False
-    # The memory bank would need an all-gather of every process's rows: not implemented yet.
-    supports_data_parallel: ClassVar[bool] = False
+    # Data-parallel: the memory banks all-gather every update (enter_data_parallel).
+    supports_data_parallel: ClassVar[bool] = True
     attack_bn_mode: ClassVar[Literal["train", "eval"]] = "eval"
     attack_defaults: ClassVar[Mapping[str, Any]] = {}  # PGD-10, eps 8/255, step 2/255, uniform start
 
@@ -192,6 +192,10 @@ class GACD(Method):
         banks = ("student", "teacher") if config.anchors == "both" else ("student",)
         self.memory = ContrastMemory(setup.dataset_size, config.embed_dim, banks, config.momentum)
         self.num_negatives = effective_negatives(config.negatives, setup.dataset_size)
+
+    def enter_data_parallel(self, world: Distributed, seed: int) -> None:
+        """Every process keeps the banks of the global batch (`kdbench_plugins._contrastive`)."""
+        self.memory.enter_data_parallel(world, seed)
 
     def attack_objective(self, ctx: StepContext) -> Objective:
         mode = self.config.attack_objective
@@ -223,7 +227,7 @@ class GACD(Method):
 
             def teacher_anchored(out: ModelOutput) -> Tensor:
                 logit = (t * self.embed_s(out.features)).sum(dim=1) / c.tau
-                z = torch.where(z_s > 0, z_s, estimate_z(logit, n_data))
+                z = torch.where(z_s > 0, z_s, mem.estimate_z(logit))
                 return -F.logsigmoid(logit - z.log() - log_ratio)
 
             return teacher_anchored
@@ -239,7 +243,7 @@ class GACD(Method):
             logits = mem.logits("teacher", s, rows, c.tau)
             if c.positives == "current":
                 logits = torch.cat([(s * t).sum(dim=1, keepdim=True) / c.tau, logits], dim=1)
-            return nce_loss_from_logits(logits, torch.where(z_t > 0, z_t, estimate_z(logits, n_data)), n_data)
+            return nce_loss_from_logits(logits, torch.where(z_t > 0, z_t, mem.estimate_z(logits)), n_data)
 
         return guided
 
