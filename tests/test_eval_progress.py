@@ -11,6 +11,7 @@ from kdbench.evaluation import evaluate
 from kdbench.evaluation.progress_store import ChunkOutcome, EvalProgressStore
 from kdbench.evaluation.sharding import chunk_seed, plan_chunks, recorded_chunk_size
 from kdbench.models.base import NetworkSpec
+from kdbench.results import Result
 from kdbench.testing import TinyNet
 
 ATTACKS = ["clean", "fgsm", "pgd3"]
@@ -106,12 +107,23 @@ def test_one_chunk_without_a_world_is_the_evaluation_before_chunks():
     assert "chunk_size" not in plain.settings["pgd3"]  # result.json unchanged for single-process runs
 
 
+def _result(evaluation: object = None) -> Result:
+    base = {
+        "schema_version": 1,
+        "name": "r",
+        "method": "kd",
+        "student": "resnet8",
+        "dataset": "cifar10",
+        "threat_model": {"norm": "Linf", "eps": "8/255"},
+        "metrics": {"clean_acc": 0.5},
+    }
+    return Result.parse(base if evaluation is None else {**base, "evaluation": evaluation})
+
+
 def test_the_chunk_size_a_result_recorded_is_read_back_defensively():
-    record = {"evaluation": {"attacks": {"pgd20": {"chunk_size": 16}, "cw": {"chunk_size": 16}}}}
-    assert recorded_chunk_size(record) == 16
-    assert recorded_chunk_size({"evaluation": {"attacks": {"pgd20": {"steps": 20}}}}) is None  # one chunk
-    hostile = [None, {}, {"evaluation": []}, {"evaluation": {"attacks": 3}}, {"evaluation": {"attacks": {"a": 5}}}]
-    for record in hostile:
+    assert recorded_chunk_size(_result({"attacks": {"pgd20": {"chunk_size": 16}, "cw": {"chunk_size": 16}}})) == 16
+    assert recorded_chunk_size(_result({"attacks": {"pgd20": {"steps": 20}}})) is None  # one chunk
+    for record in [None, _result(), _result({}), _result({"attacks": 3}), _result({"attacks": {"a": 5}})]:
         assert recorded_chunk_size(record) is None
-    assert recorded_chunk_size({"evaluation": {"attacks": {"a": {"chunk_size": True}}}}) is None
-    assert recorded_chunk_size({"evaluation": {"attacks": {"a": {"chunk_size": 4}, "b": {"chunk_size": 8}}}}) is None
+    assert recorded_chunk_size(_result({"attacks": {"a": {"chunk_size": True}}})) is None
+    assert recorded_chunk_size(_result({"attacks": {"a": {"chunk_size": 4}, "b": {"chunk_size": 8}}})) is None

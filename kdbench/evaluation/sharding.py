@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -35,6 +34,7 @@ from torch import Tensor
 from kdbench._errors import UserError
 from kdbench.engine.distributed import Distributed
 from kdbench.evaluation.progress_store import ChunkOutcome, EvalProgressStore
+from kdbench.results import Result
 
 __all__ = [
     "Chunk",
@@ -82,12 +82,12 @@ def plan_chunks(n: int, chunk_size: int) -> list[Chunk]:
     return [Chunk(k, start, min(start + size, n)) for k, start in enumerate(range(0, n, size))]
 
 
-def recorded_chunk_size(result: dict[str, Any] | None) -> int | None:
+def recorded_chunk_size(result: Result | None) -> int | None:
     """The chunk size a result.json's evaluation used (a data-parallel or chunked one), else None.
 
     So that ``kdbench eval RUN`` in one process reproduces the numbers of a run evaluated by N processes.
     """
-    evaluation = (result or {}).get("evaluation")
+    evaluation = result.evaluation if result is not None else None
     attacks = evaluation.get("attacks") if isinstance(evaluation, dict) else None
     if not isinstance(attacks, dict):
         return None
@@ -143,7 +143,8 @@ class ChunkRunner:
                 outcome = self.store.load(attack, c.index, c.start, c.stop)
                 if outcome is not None:
                     found[c.index] = outcome
-        return self.world.broadcast_object(found)
+        received: dict[int, ChunkOutcome] = self.world.broadcast_object(found)  # an object sent by rank 0
+        return received
 
     def run(self, attack: str, compute: Callable[[Chunk], ChunkOutcome]) -> tuple[Tensor, list[str]]:
         done = self._stored(attack)
