@@ -115,7 +115,7 @@ def _arm_faults(trainer: Trainer, world: Distributed, spec: dict[str, Any]) -> N
 
         trainer.store.save = save_then_die  # type: ignore[method-assign]
     if stop_at is not None and world.is_main:
-        step = trainer._step
+        step = trainer.step
 
         def step_then_signal(x: Tensor, y: Tensor, index: Tensor, epoch: int, batch: int) -> Any:
             result = step(x, y, index, epoch, batch)
@@ -123,7 +123,7 @@ def _arm_faults(trainer: Trainer, world: Distributed, spec: dict[str, Any]) -> N
                 os.kill(os.getpid(), signal.SIGTERM)
             return result
 
-        trainer._step = step_then_signal  # type: ignore[method-assign]
+        trainer.step = step_then_signal  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":
