@@ -18,8 +18,8 @@ from kdbench._errors import UserError
 from kdbench.commands.eval import add_eval_parser, cmd_eval
 from kdbench.engine.progress import make_progress
 from kdbench.evaluation import evaluate
-from kdbench.evaluation import sanity as sanity_module
 from kdbench.evaluation.sanity import check_eps_monotone, check_steps_monotone, paired_noise_tolerance
+from kdbench.evaluation.sanity import monotone as sanity_module
 from kdbench.recipe import load_recipe
 from kdbench.run import run_recipe
 
