@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,27 +49,32 @@ import torch
 from torch import Tensor
 
 from kdbench._errors import UserError
-from kdbench.attacks.threat import Norm, check_eps
+from kdbench.attacks.threat import Norm
 from kdbench.build import DATA_ROOT_ENV
-from kdbench.config import parse_number
-from kdbench.engine.checkpoint import atomic_write_bytes
+from kdbench.commands.eval_options import (
+    _SWEEP_DEFAULT,
+    DEFAULT_EPS,
+    _attack_list,
+    _checked_eps,
+    _device,
+    _sweep_list,
+    parse_eps,
+)
 from kdbench.engine.distributed import setup_distributed, teardown_distributed
 from kdbench.evaluation.eps_sweep import (
     DEFAULT_SWEEP,
-    DEFAULT_SWEEP_L2,
     SWEEP_ATTACK,
     _sweep_plot_path,
     check_sweep_reaches_zero,
     plot_eps_sweep,
 )
 from kdbench.evaluation.progress_store import progress_store_for
-from kdbench.evaluation.record import evaluation_record, selection_flags
+from kdbench.evaluation.record import evaluation_record, selection_flags, update_result
 from kdbench.evaluation.sanity import check_eps_monotone
 from kdbench.evaluation.selection import read_examples, select_examples
-from kdbench.evaluation.suite import EvalReport, default_step_size, evaluate, parse_attacks
+from kdbench.evaluation.suite import EvalReport, default_step_size, evaluate
 from kdbench.evaluation.targets import DEFAULT_ATTACKS, _load_target
-from kdbench.results import SCHEMA_VERSION, environment, eps_label, read_result, write_json
-from kdbench.run_folder import RunFolder
+from kdbench.results import SCHEMA_VERSION, environment, eps_label, write_json
 
 __all__ = [
     "DEFAULT_ATTACKS",
@@ -83,10 +87,6 @@ __all__ = [
     "plot_eps_sweep",
     "update_result",
 ]
-
-#: The default budget per norm when neither ``--eps`` nor the run gives one.
-DEFAULT_EPS = {"linf": 8 / 255, "l2": 0.5}
-_SWEEP_DEFAULT = "default"
 
 
 def add_eval_parser(subparsers: Any) -> None:
@@ -179,85 +179,6 @@ def add_eval_parser(subparsers: Any) -> None:
 
 #: The entry point `kdbench.cli` calls for every module of its ``COMMAND_MODULES``.
 add_parser = add_eval_parser
-
-
-# ------------------------------------------------------------------------------------ parsing
-
-
-def parse_eps(text: str | float, *, what: str = "--eps") -> float:
-    """``"8/255"``, ``"0.03"`` or a number -> float; anything else is a `UserError`."""
-    value = parse_number(text)
-    try:
-        eps = float(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{what}: {text!r} is not a number (write e.g. 8/255 or 0.5)") from None
-    if eps != eps or eps in (float("inf"), float("-inf")):
-        raise UserError(f"{what}: {text!r} is not a finite number")
-    return eps
-
-
-def _checked_eps(eps: float, norm: str, what: str) -> float:
-    try:
-        check_eps(norm, eps)
-    except ValueError as err:
-        raise UserError(f"{what}: {err}") from None
-    return eps
-
-
-def _attack_list(values: list[str] | None, default: list[str] | tuple[str, ...]) -> list[str]:
-    if not values:
-        return parse_attacks(list(default))
-    names = [part for value in values for part in value.split(",") if part.strip()]
-    if not names:
-        raise UserError("--attacks: no attack named")
-    return parse_attacks(names)
-
-
-def _sweep_list(text: str, norm: str) -> list[float]:
-    if text == _SWEEP_DEFAULT:
-        text = DEFAULT_SWEEP if norm == "linf" else DEFAULT_SWEEP_L2
-    parts = [part for part in text.replace(" ", ",").split(",") if part]
-    if not parts:
-        raise UserError("--eps-sweep: empty list (write e.g. 0,2/255,4/255,8/255)")
-    values = {_checked_eps(parse_eps(part, what="--eps-sweep"), norm, "--eps-sweep") for part in parts}
-    return sorted(values)
-
-
-def _device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda but no CUDA device is available; use --device auto or cpu")
-    use_cuda = name == "cuda" or (name == "auto" and torch.cuda.is_available())
-    return torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-
-
-# ------------------------------------------------------------------------------------ the target
-
-
-def update_result(run: Path, evaluation: dict[str, Any]) -> None:
-    """Write ``evaluation`` (eval.json's content) into the run's result.json, keeping the old file.
-
-    Replaces ``threat_model``, ``metrics``, ``flags``, ``flag_details`` and ``evaluation``, and records
-    ``reevaluated`` (kdbench version, git commit, when); everything else (training, params, analysis,
-    env of the training) stays. The original is copied to result.json.orig once (never overwritten).
-    """
-    folder = RunFolder(run)
-    result = read_result(folder.result_file)
-    if result is None:
-        raise UserError(
-            f"{folder.result_file}: missing or not a result.json of schema_version {SCHEMA_VERSION}; nothing to update"
-        )
-    if not folder.original_result_file.exists():
-        atomic_write_bytes(folder.original_result_file, folder.result_file.read_bytes())
-    env = evaluation.get("env", {})
-    changes = {key: evaluation[key] for key in ("threat_model", "metrics", "flags", "flag_details", "evaluation")}
-    changes["reevaluated"] = {
-        "kdbench": env.get("kdbench"),
-        "git_commit": env.get("git_commit"),
-        "device": env.get("device"),
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "seconds": evaluation.get("seconds", {}).get("total"),
-    }
-    result.updated(**changes).write(folder.result_file)
 
 
 def _table(report: EvalReport, sweep: list[dict[str, Any]]) -> list[str]:

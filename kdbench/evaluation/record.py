@@ -19,13 +19,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from kdbench._errors import UserError
+from kdbench.engine.checkpoint import atomic_write_bytes
 from kdbench.evaluation.sanity import Flag, check_class_coverage, flag_details
 from kdbench.evaluation.selection import EvalSelection
 from kdbench.evaluation.suite import BLACK_BOX_QUERIES, CW_STEPS, SANITY_SAMPLE, STEP_RULE, EvalReport
+from kdbench.results import SCHEMA_VERSION, read_result
+from kdbench.run_folder import RunFolder
 
-__all__ = ["attack_protocol", "evaluation_record", "selection_flags"]
+__all__ = ["attack_protocol", "evaluation_record", "selection_flags", "update_result"]
 
 
 def attack_protocol(step_size: float | None) -> str:
@@ -56,3 +62,30 @@ def evaluation_record(report: EvalReport, selection: EvalSelection | None, step_
         },
         "flag_details": flag_details(report.flags),
     }
+
+
+def update_result(run: Path, evaluation: dict[str, Any]) -> None:
+    """Write ``evaluation`` (eval.json's content) into the run's result.json, keeping the old file.
+
+    Replaces ``threat_model``, ``metrics``, ``flags``, ``flag_details`` and ``evaluation``, and records
+    ``reevaluated`` (kdbench version, git commit, when); everything else (training, params, analysis,
+    env of the training) stays. The original is copied to result.json.orig once (never overwritten).
+    """
+    folder = RunFolder(run)
+    result = read_result(folder.result_file)
+    if result is None:
+        raise UserError(
+            f"{folder.result_file}: missing or not a result.json of schema_version {SCHEMA_VERSION}; nothing to update"
+        )
+    if not folder.original_result_file.exists():
+        atomic_write_bytes(folder.original_result_file, folder.result_file.read_bytes())
+    env = evaluation.get("env", {})
+    changes = {key: evaluation[key] for key in ("threat_model", "metrics", "flags", "flag_details", "evaluation")}
+    changes["reevaluated"] = {
+        "kdbench": env.get("kdbench"),
+        "git_commit": env.get("git_commit"),
+        "device": env.get("device"),
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "seconds": evaluation.get("seconds", {}).get("total"),
+    }
+    result.updated(**changes).write(folder.result_file)
