@@ -28,8 +28,9 @@ from kdbench.evaluation.sanity import (
 from kdbench.evaluation.selection import SELECTION_SEED, select_examples
 from kdbench.evaluation.suite import attack_settings, default_step_size
 from kdbench.leaderboard.collect import collect
+from kdbench.leaderboard.formats import render_markdown
 from kdbench.leaderboard.group import build_boards
-from kdbench.leaderboard.render import DEFAULT_COLUMNS, render_markdown
+from kdbench.leaderboard.render import DEFAULT_COLUMNS
 from kdbench.recipe import load_recipe
 
 from .conftest import write

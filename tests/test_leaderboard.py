@@ -19,7 +19,8 @@ import pytest
 from kdbench import _toml
 from kdbench.cli import main
 from kdbench.leaderboard import build_boards, collect
-from kdbench.leaderboard.render import choose_columns, render_markdown, render_table
+from kdbench.leaderboard.formats import render_markdown, render_table
+from kdbench.leaderboard.render import choose_columns
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [

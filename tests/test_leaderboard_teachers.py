@@ -11,8 +11,9 @@ import pytest
 from kdbench._errors import UserError
 from kdbench.cli import main
 from kdbench.leaderboard import build_boards, collect
+from kdbench.leaderboard.formats import render_table
 from kdbench.leaderboard.published import load_published
-from kdbench.leaderboard.render import choose_columns, render_table
+from kdbench.leaderboard.render import choose_columns
 
 from .conftest import REPO, write
 from .test_leaderboard import write_run

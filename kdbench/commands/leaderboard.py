@@ -20,17 +20,11 @@ from typing import Any
 from kdbench._errors import UserError
 from kdbench.engine.checkpoint import atomic_write_bytes
 from kdbench.leaderboard.collect import collect
+from kdbench.leaderboard.formats import render_csv, render_json, render_markdown, render_table
 from kdbench.leaderboard.group import SELECTIONS, SORT_KEYS, build_boards
 from kdbench.leaderboard.html import render_html
 from kdbench.leaderboard.published import load_published, published_to_dict, render_published
-from kdbench.leaderboard.render import (
-    COLUMNS,
-    choose_columns,
-    render_csv,
-    render_json,
-    render_markdown,
-    render_table,
-)
+from kdbench.leaderboard.render import COLUMNS, choose_columns
 
 __all__ = ["FORMATS", "add_parser", "cmd_leaderboard"]
 

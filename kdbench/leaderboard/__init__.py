@@ -10,9 +10,9 @@ self-contained HTML page of `kdbench.leaderboard.html`. ``kdbench robustbench RU
 from __future__ import annotations
 
 from kdbench.leaderboard.collect import Collection, RunRecord, Skipped, collect
+from kdbench.leaderboard.formats import render_csv, render_json, render_markdown, render_table
 from kdbench.leaderboard.group import Board, Setting, Stat, Variant, build_boards
 from kdbench.leaderboard.html import render_html
-from kdbench.leaderboard.render import render_csv, render_json, render_markdown, render_table
 
 __all__ = [
     "Board",
