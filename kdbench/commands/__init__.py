@@ -1,4 +1,4 @@
-"""The sub-commands of ``kdbench`` beyond run/validate/list/show (`kdbench.cli`), one module each.
+"""The sub-commands of ``kdbench`` beyond validate/list/show (`kdbench.cli`), one module each (``run`` included).
 
 Each module has ``add_parser(subparsers)``, which adds its sub-command and sets ``handler``
 (``args -> exit code``); `kdbench.cli.COMMAND_MODULES` names them, and one that fails to import breaks
