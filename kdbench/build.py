@@ -277,7 +277,7 @@ def check_label_spaces(resolved: ResolvedRecipe, teacher_classes: int, student_c
             f"but the teacher has {teacher_classes} classes and the student {student_classes}",
             file=resolved.file,
             key="method",
-            hint="use a feature-based method (crd, gacd) with options that read no teacher logits, "
+            hint="use a feature-based method with options that read no teacher logits, "
             "or a teacher of the same dataset",
         )
 

@@ -38,8 +38,9 @@ from pydantic import (
     ValidationError,
 )
 
+from kdbench._errors import UserError
 from kdbench._registry import ATTACKS, DATASETS, METHODS, MODELS, Registry
-from kdbench.engine.checkpoint import atomic_write_bytes
+from kdbench.engine.checkpoint import atomic_write_bytes, read_regular_file
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -198,9 +199,6 @@ class Result(_Record):
     @classmethod
     def read(cls, path: Path) -> Result:
         """The result at ``path``; `ResultError` (missing, unreadable, too large, not a result) otherwise."""
-        from kdbench._errors import UserError
-        from kdbench.engine.checkpoint import read_regular_file
-
         try:
             text = read_regular_file(path, max_bytes=MAX_RESULT_BYTES, what="result file").decode("utf-8")
         except UserError as exc:

@@ -53,7 +53,7 @@ from kdbench.results import SCHEMA_VERSION, Result, read_result, write_json
 if TYPE_CHECKING:
     from kdbench.recipe import ResolvedRecipe
 
-__all__ = ["PROVENANCE_TABLE", "RunFolder", "RunStatus"]
+__all__ = ["PROVENANCE_TABLE", "RunFolder", "RunStatus", "recorded_recipe_hash"]
 
 RunStatus = Literal["done", "partial", "new"]
 _HEADER = "# resolved recipe "
@@ -110,10 +110,7 @@ class RunFolder:
 
     def recorded_hash(self) -> str | None:
         """The recipe hash in recipe.toml's first line (``# resolved recipe NAME, hash HASH``)."""
-        line = _first_line(self.recipe_file)
-        if line is None or not line.startswith(_HEADER) or ", hash " not in line:
-            return None
-        return line.rsplit(", hash ", 1)[1].strip() or None
+        return recorded_recipe_hash(self.recipe_file)
 
     def read_result(self) -> Result | None:
         """result.json as a `Result`, or None when absent; an unusable one is None with a warning."""
@@ -332,6 +329,15 @@ class RunFolder:
             f"{' or '.join(str(c) for c in candidates)}; "
             "pass --teacher-checkpoint PATH (the teacher's model.pt or run folder)"
         )
+
+
+def recorded_recipe_hash(path: Path) -> str | None:
+    """The hash in the kdbench header of a run folder's recipe file (``# resolved recipe NAME, hash HASH``),
+    or None when the file has no such header (a recipe written by hand)."""
+    line = _first_line(path)
+    if line is None or not line.startswith(_HEADER) or ", hash " not in line:
+        return None
+    return line.rsplit(", hash ", 1)[1].strip() or None
 
 
 def _first_line(path: Path) -> str | None:

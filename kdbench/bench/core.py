@@ -290,7 +290,7 @@ def _teacher(resolved: ResolvedRecipe, runs_dir: Path | None, student_classes: i
 
     def finished_run(sub: ResolvedRecipe) -> Path | None:
         folder = RunFolder(default_out_dir(sub, runs_dir))
-        return folder.path if folder.status(sub.hash) == "done" else None
+        return folder.path if folder.finished(sub.hash) is not None else None
 
     built = build_teacher(resolved, student_classes, finished_run, lambda _line: None, untrained_ok=True)
     return built.network, built.identity.path or built.identity.key

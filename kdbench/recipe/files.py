@@ -76,16 +76,10 @@ def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
 def _drop_provenance(raw: dict[str, Any], path: Path) -> None:
     """A run folder's recipe.toml records where it came from in a ``[run]`` table
     (`kdbench.run_folder`): provenance, not a setting, so it is left out when the file is read as a recipe."""
-    from kdbench.run_folder import PROVENANCE_TABLE
+    from kdbench.run_folder import PROVENANCE_TABLE, recorded_recipe_hash
 
-    if isinstance(raw.get(PROVENANCE_TABLE), dict):
-        try:
-            with open(path, "rb") as fh:
-                first = fh.readline(4096)
-        except OSError:
-            return
-        if first.startswith(b"# resolved recipe "):
-            raw.pop(PROVENANCE_TABLE)
+    if isinstance(raw.get(PROVENANCE_TABLE), dict) and recorded_recipe_hash(path) is not None:
+        raw.pop(PROVENANCE_TABLE)
 
 
 def read_raw(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
