@@ -2,7 +2,8 @@
 and compares with the conventional training loop of published code. See docs/performance.md."""
 
 from kdbench.bench.baseline import ConventionalLoop, ConventionalPGD, PILDataset, conventional_loader
-from kdbench.bench.core import CIFAR_TRAIN_IMAGES, BenchOptions, Timing, benchmark, count_flops, time_steps
+from kdbench.bench.core import BenchOptions, benchmark
+from kdbench.bench.measure import CIFAR_TRAIN_IMAGES, Timing, count_flops, time_steps
 from kdbench.bench.peaks import GPU_PEAKS, Peak, device_peak, lookup_gpu_peak, measured_matmul_tflops
 
 __all__ = [

@@ -7,40 +7,25 @@ passes and the student's update. Only speed is measured, so the teacher need not
 weights come from the teacher recipe's finished run or ``teacher.checkpoint`` when present, else the
 teacher architecture is used with its random initialisation (nothing is trained for a benchmark).
 
-Definitions (``B`` images per step, ``t`` mean seconds per timed step, warm-up steps excluded):
-
-    images/s          = B / t
-    seconds per epoch = 50,000 / (images/s)                  (a CIFAR training epoch)
-    flops_per_step    = FLOPs executed by one step, counted by torch.utils.flop_counter.FlopCounterMode
-                        on a real step (matmuls and convolutions of every forward and backward pass:
-                        attack, teacher and student; the optimiser's elementwise work is not counted)
-    tflops            = flops_per_step / t / 1e12
-    mfu               = model_flops_per_step / t / peak      (`kdbench.bench.peaks`)
-
-``model_flops_per_step`` is the fast path's count for both loops: the work the method needs. The
-conventional loop executes more (its attack also computes parameter gradients); its own count is its
-``flops_per_step``. Timing: CUDA work is asynchronous, so the device is synchronised only before and
-after the timed region (per-step times come from CUDA events, which do not block), never inside it.
+The report's quantities (images/s, seconds per epoch, FLOPs, TFLOP/s, MFU) are defined in
+`kdbench.bench.measure`. ``model_flops_per_step`` is the fast path's count for both loops: the work the
+method needs. The conventional loop executes more (its attack also computes parameter gradients); its own
+count is its ``flops_per_step``.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
-import os
 import platform
-import resource
-import statistics
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from kdbench._errors import UserError
 from kdbench.build import (
@@ -66,21 +51,12 @@ from kdbench.results import git_commit
 from kdbench.teachers import build_teacher
 
 from .baseline import ConventionalLoop, conventional_loader, default_num_workers
+from .eval_throughput import evaluation_throughput
+from .measure import Timing, count_flops, cpu_model, library_versions, load_average, step_block, time_steps
 from .peaks import Peak, device_peak
 
-__all__ = [
-    "CIFAR_TRAIN_IMAGES",
-    "BenchOptions",
-    "Timing",
-    "benchmark",
-    "count_flops",
-    "cpu_model",
-    "library_versions",
-    "time_steps",
-]
+__all__ = ["DEFAULTS", "BenchOptions", "benchmark"]
 
-#: Images in one CIFAR-10/100 training epoch: the unit of "seconds per epoch".
-CIFAR_TRAIN_IMAGES = 50_000
 #: Defaults per device type: (timed steps, warm-up steps, evaluation images).
 DEFAULTS = {"cuda": (50, 10, 10_000), "cpu": (5, 1, 32)}
 
@@ -100,176 +76,6 @@ class BenchOptions:
     runs_dir: Path | None = None  # where finished teacher runs are looked for
     eval_only: bool = False  # time the evaluation attacks only: no training step, no baseline
     weights: Path | None = None  # the evaluated (student) network's weights: a run folder or a weights file
-
-
-@dataclass
-class Timing:
-    """Wall time of the timed steps, each step's time, images processed, and the peak memory."""
-
-    seconds: float
-    step_seconds: list[float]
-    images: int
-    peak_memory_bytes: int
-    peak_memory_source: str
-
-
-# ------------------------------------------------------------------------------------ measuring
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (else `platform.processor`)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-#: Distributions whose versions a report records (those a timing or an evaluation depends on).
-VERSIONED = ("torch", "torchvision", "timm", "numpy", "pydantic", "pyautoattack")
-
-
-def library_versions(device: torch.device) -> dict[str, str | None]:
-    """Versions of the libraries a measurement depends on, and CUDA's, cuDNN's and the GPU's (None where absent)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    found: dict[str, str | None] = {}
-    for name in VERSIONED:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = None
-    found["cuda"] = torch.version.cuda
-    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-    found["cudnn"] = str(cudnn) if cudnn is not None else None
-    found["gpu"] = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    return found
-
-
-class _GlobalOnly:
-    """A stand-in for FlopCounterMode's per-module tracker that attributes every FLOP to "Global".
-
-    The tracker's multi-grad hooks make ``torch.autograd.grad`` with respect to a leaf input fail
-    ("A leaf node was passed to _will_engine_execute_node", pytorch/pytorch#131753), and that is how
-    kdbench's attacks take their input gradients. Only the total is needed here.
-    """
-
-    parents: ClassVar[set[str]] = {"Global"}
-
-    def __enter__(self) -> _GlobalOnly:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _conv_backward_flop(
-    grad_out_shape: list[int],
-    x_shape: list[int],
-    w_shape: list[int],
-    _bias: Any,
-    _stride: Any,
-    _padding: Any,
-    _dilation: Any,
-    transposed: bool,
-    _output_padding: Any,
-    _groups: int,
-    output_mask: list[bool],
-    out_shape: Any = None,
-    **kwargs: Any,
-) -> int:
-    """FLOPs of ``aten.convolution_backward``: each requested gradient costs what the forward convolution costs.
-
-    The input gradient is a transposed convolution and the weight gradient a convolution of the input
-    with the output gradient, each with the forward's multiply-adds. torch's own formula counts the
-    weight gradient of a grouped convolution ``groups`` times too high (a depthwise 3x3 conv of C channels
-    is counted C times over; torch 2.14, see pytorch/pytorch#183405), which inflates MobileNetV2's count
-    several-fold.
-    """
-    forward = conv_flop_count(x_shape, w_shape, grad_out_shape, transposed)  # w_shape holds C_in / groups
-    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
-
-
-def count_flops(fn: Callable[[], Any]) -> int:
-    """FLOPs of the matmuls and convolutions ``fn()`` runs, forward and backward (FlopCounterMode)."""
-    counter = FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flop})
-    if hasattr(counter, "mod_tracker"):
-        counter.mod_tracker = _GlobalOnly()  # type: ignore[assignment]
-    with counter:
-        fn()
-    return int(counter.get_total_flops())
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_steps(step: Callable[[], int], *, steps: int, warmup: int, device: torch.device) -> Timing:
-    """Run ``step`` (which returns the images it processed) ``warmup`` times untimed, then ``steps`` times timed.
-
-    CUDA: synchronise, reset the peak-memory counter, record an event pair around each step (no
-    host sync), synchronise at the end; the peak is ``torch.cuda.max_memory_allocated`` over the timed
-    steps. CPU: ``perf_counter`` around each step; the peak is the process's maximum resident set
-    size (``getrusage``), a rough upper bound that includes everything the process ever held.
-    """
-    if steps < 1:
-        raise UserError(f"--steps must be >= 1, got {steps}")
-    for _ in range(warmup):
-        step()
-    cuda = device.type == "cuda"
-    _sync(device)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
-    events: list[tuple[Any, Any]] = []
-    per_step: list[float] = []
-    images = 0
-    tic = time.perf_counter()
-    for _ in range(steps):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            images += step()
-            end.record()
-            events.append((start, end))
-        else:
-            t0 = time.perf_counter()
-            images += step()
-            per_step.append(time.perf_counter() - t0)
-    _sync(device)
-    seconds = time.perf_counter() - tic
-    if cuda:
-        per_step = [s.elapsed_time(e) / 1e3 for s, e in events]
-        peak, source = int(torch.cuda.max_memory_allocated(device)), "cuda max_memory_allocated"
-    else:
-        # ru_maxrss is in KiB on Linux (bytes on macOS).
-        scale = 1 if platform.system() == "Darwin" else 1024
-        peak = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
-        source = "cpu maxrss of the whole process (rough)"
-    return Timing(seconds, per_step, images, peak, source)
-
-
-def _step_block(timing: Timing, *, flops: int, model_flops: int, peak: Peak, warmup: int) -> dict[str, Any]:
-    steps = len(timing.step_seconds)
-    mean = timing.seconds / steps
-    ips = timing.images / timing.seconds
-    return {
-        "images_per_second": ips,
-        "seconds_per_epoch": CIFAR_TRAIN_IMAGES / ips,
-        "step_ms": mean * 1e3,
-        "step_ms_median": statistics.median(timing.step_seconds) * 1e3,
-        "steps": steps,
-        "warmup": warmup,
-        "images_per_step": timing.images / steps,
-        "flops_per_step": flops,
-        "model_flops_per_step": model_flops,
-        "tflops": flops / mean / 1e12,
-        "mfu": model_flops / mean / (peak.tflops * 1e12),
-        "peak_memory_bytes": timing.peak_memory_bytes,
-        "peak_memory_source": timing.peak_memory_source,
-    }
 
 
 # ------------------------------------------------------------------------------------ building
@@ -383,7 +189,7 @@ def benchmark(
         "dataset": r.data.dataset,
         "image_size": data.info.image_size,
         "train_size": data.train_size,
-        "load_average": _load_average(),  # at the start; CPU timings shared with other work are noise
+        "load_average": load_average(),  # at the start; CPU timings shared with other work are noise
     }
 
     peak = device_peak(hw.device, hw.precision)
@@ -391,10 +197,11 @@ def benchmark(
     report["step"] = None
     report["baseline"] = None
     report["speedup"] = None
+    trained = opts.weights is not None  # the evaluated weights are real, not random
     if opts.eval_only:
         say("evaluation only: no training step is timed")
-        report["eval"] = _evaluation(student, resolved, hw, n, opts.autoattack, say, trained=opts.weights is not None)
-        report["load_average_end"] = _load_average()
+        report["eval"] = evaluation_throughput(student, resolved, hw, n, opts.autoattack, say, trained=trained)
+        report["load_average_end"] = load_average()
         return report
 
     # ---- the fast path: Trainer.step on DeviceLoader batches
@@ -403,7 +210,7 @@ def benchmark(
     data.train.images = data.train.images.new_empty((0, *data.train.images.shape[1:]))
     if hw.device.type == "cuda":
         torch.cuda.empty_cache()
-    report["step"] = _step_block(fast, flops=model_flops, model_flops=model_flops, peak=peak, warmup=warmup)
+    report["step"] = step_block(fast, flops=model_flops, model_flops=model_flops, peak=peak, warmup=warmup)
     say(f"fast path: {report['step']['images_per_second']:.1f} images/s")
 
     # ---- the conventional loop
@@ -414,17 +221,9 @@ def benchmark(
     # ---- evaluation throughput
     report["eval"] = None
     if opts.evaluate and n > 0:
-        report["eval"] = _evaluation(student, resolved, hw, n, opts.autoattack, say, trained=opts.weights is not None)
-    report["load_average_end"] = _load_average()
+        report["eval"] = evaluation_throughput(student, resolved, hw, n, opts.autoattack, say, trained=trained)
+    report["load_average_end"] = load_average()
     return report
-
-
-def _load_average() -> list[float] | None:
-    """The 1, 5 and 15 minute load averages of the machine (None where the OS has none)."""
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
 
 
 def _fast_path(
@@ -525,7 +324,7 @@ def _baseline(
     flops = count_flops(lambda: loop.step(x0, y0, i0))
     say(f"conventional loop ({workers} workers, attack gradient by {opts.baseline_gradient}): timing {steps} steps")
     timing = time_steps(baseline_step, steps=steps, warmup=warmup, device=hw.device)
-    block = _step_block(timing, flops=flops, model_flops=model_flops, peak=peak, warmup=warmup)
+    block = step_block(timing, flops=flops, model_flops=model_flops, peak=peak, warmup=warmup)
     block.update(
         {
             "num_workers": workers,
@@ -537,77 +336,3 @@ def _baseline(
     )
     say(f"conventional loop: {block['images_per_second']:.1f} images/s")
     return block
-
-
-def _evaluation(
-    student: Network,
-    resolved: ResolvedRecipe,
-    hw: Hardware,
-    n: int,
-    autoattack: bool,
-    say: Callable[[str], None],
-    *,
-    trained: bool = False,
-) -> dict[str, Any]:
-    """Throughput of PGD-20 and (optionally) standard AutoAttack on the first ``n`` test images.
-
-    ``trained``: the student's weights were loaded (``--weights``), so the AutoAttack time is that of a
-    real model, not the lower bound of a barely trained one.
-    """
-    from kdbench.evaluation import evaluate
-    from kdbench.evaluation.autoattack import require_autoattack
-
-    r = resolved.recipe
-    test = load_split_cached(build_source(resolved), "test")
-    n = min(n, len(test.labels))
-    attacks = ["clean", "pgd20"]
-    skipped = None
-    if autoattack:
-        try:
-            require_autoattack()
-            attacks.append("autoattack")
-        except UserError as exc:
-            skipped = str(exc)
-    say(f"evaluation: {', '.join(attacks)} on {n} test images")
-    net = student.to(memory_format=torch.contiguous_format)  # as kdbench.run evaluates
-    result = evaluate(
-        net,
-        test.images[:n],
-        test.labels[:n],
-        attacks,
-        eps=r.eval.eps,
-        norm=r.eval.norm,
-        batch_size=r.eval.batch_size,
-        device=hw.device,
-        seed=r.seed,
-        sanity=False,
-    )
-
-    def block(name: str) -> dict[str, Any]:
-        seconds = result.seconds[name]
-        return {
-            "seconds": seconds,
-            "images_per_second": n / seconds if seconds > 0 else None,
-            "seconds_per_10000": seconds * 10_000 / n,
-            "accuracy": result.robust.get(name) if name != "clean" else result.clean_acc,
-        }
-
-    out: dict[str, Any] = {
-        "n": n,
-        "batch_size": r.eval.batch_size,
-        "model": "student",
-        "clean_acc": result.clean_acc,
-        "clean": block("clean"),
-        "pgd20": block("pgd20"),
-        "autoattack": block("autoattack") if "autoattack" in attacks else None,
-        "note": "AutoAttack attacks only points classified correctly and stops on a point once it is broken, "
-        "so its time grows with the model's clean and robust accuracy; "
-        + (
-            "the evaluated weights were loaded with --weights"
-            if trained
-            else "the benchmarked student is barely trained, which makes this a lower bound"
-        ),
-    }
-    if skipped is not None:
-        out["autoattack_skipped"] = skipped
-    return out
