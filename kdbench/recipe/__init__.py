@@ -10,8 +10,9 @@ components up in the registries and validates their own tables against each comp
 from __future__ import annotations
 
 from kdbench.engine.config import TrainSection
+from kdbench.recipe.consistency import check_files, eval_size
 from kdbench.recipe.files import MAX_EXTENDS_DEPTH, MAX_SWEEP_ENV, apply_overrides, read_raw, teacher_overrides
-from kdbench.recipe.resolve import check_files, eval_size, load_recipe, load_recipes, resolve
+from kdbench.recipe.resolve import load_recipe, load_recipes, resolve
 from kdbench.recipe.resolved import ResolvedRecipe
 from kdbench.recipe.schema import (
     NAME_PATTERN,

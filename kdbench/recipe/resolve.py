@@ -1,27 +1,28 @@
 """Resolution: a recipe dict validated in two phases, its components looked up once, its teacher recipes
-resolved recursively, and the stable hash (`ResolvedRecipe`)."""
+resolved recursively, and the stable hash (`ResolvedRecipe`). The checks across sections are in
+`kdbench.recipe.consistency`."""
 
 from __future__ import annotations
 
 import copy
 import itertools
 import math
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
-
-from pydantic import BaseModel
+from typing import Any, TypeVar
 
 from kdbench import _toml
-from kdbench._errors import RecipeError, UserError, did_you_mean
+from kdbench._errors import RecipeError, UserError
 from kdbench._registry import ATTACKS, DATASETS, METHODS, MODELS, Registry
 from kdbench.config import StrictModel
-
-if TYPE_CHECKING:
-    from kdbench.method import Method
-
+from kdbench.recipe.consistency import (
+    check_eps_schedule,
+    check_eval_attacks,
+    check_eval_size,
+    check_extra_teacher_names,
+    check_teacher_normalize,
+)
 from kdbench.recipe.files import (
     MAX_SWEEP_ENV,
     _max_sweep_variants,
@@ -34,7 +35,6 @@ from kdbench.recipe.files import (
 )
 from kdbench.recipe.resolved import ResolvedRecipe
 from kdbench.recipe.schema import (
-    AttackSection,
     Recipe,
     TeacherSection,
 )
@@ -114,23 +114,6 @@ def _load(
     return resolve(raw, path=path, overrides=overrides, _stack=(*stack, key))
 
 
-def _check_eval_size(recipe: Recipe, file: str) -> None:
-    """``data.test_subset`` is the old name of the evaluation size: it may not contradict ``eval.n_examples``."""
-    subset, n = recipe.data.test_subset, recipe.eval.n_examples
-    if subset is not None and n is not None:
-        raise RecipeError(
-            f"the evaluation size is given twice ({subset} here, eval.n_examples = {n})",
-            file=file,
-            key="data.test_subset",
-            hint=f"drop data.test_subset and keep eval.n_examples = {min(subset, n)} (the dataset's fixed selection)",
-        )
-
-
-def eval_size(recipe: Recipe) -> int | None:
-    """How many test images the recipe evaluates: ``eval.n_examples``, else the old ``data.test_subset``."""
-    return recipe.eval.n_examples if recipe.eval.n_examples is not None else recipe.data.test_subset
-
-
 def resolve(
     raw: dict[str, Any],
     *,
@@ -150,14 +133,14 @@ def resolve(
     attack_cls = _lookup(ATTACKS, recipe.attack.name, file, "attack.name")
     attack_options = {**method_cls.attack_defaults, **recipe.attack.options()}
     attack_config = _validate(attack_cls.Config, attack_options, file, "attack")
-    _check_eps_schedule(recipe.attack, attack_config, file)
+    check_eps_schedule(recipe.attack, attack_config, file)
 
     student_config = _model_config(recipe.student.model, recipe.student.options, file, "student")
     data_cls = _lookup(DATASETS, recipe.data.dataset, file, "data.dataset")
     data_config = _validate(data_cls.Config, recipe.data.options, file, "data.options")
 
-    _check_eval_attacks(recipe.eval.attacks, file)
-    _check_eval_size(recipe, file)
+    check_eval_attacks(recipe.eval.attacks, file)
+    check_eval_size(recipe, file)
 
     resolved = ResolvedRecipe(
         recipe=recipe,
@@ -190,7 +173,7 @@ def resolve(
         )
     if teacher is not None:
         resolved.teacher_config, resolved.teacher_recipe = _resolve_teacher(teacher, resolved, "teacher", _stack)
-    _check_extra_teacher_names(method_cls, recipe, file)
+    check_extra_teacher_names(method_cls, recipe, file)
     for name, section in recipe.teachers.items():
         config, sub = _resolve_teacher(section, resolved, f"teachers.{name}", _stack)
         resolved.extra_teacher_configs[name] = config
@@ -233,107 +216,15 @@ def _resolve_teacher(
             )
         teacher_model = sub.recipe.student.model
         teacher_options = teacher.options or sub.recipe.student.options
-        _check_teacher_normalize(teacher.normalize, sub.recipe.student.normalize, file, key)
+        check_teacher_normalize(teacher.normalize, sub.recipe.student.normalize, file, key)
     else:
         teacher_options = teacher.options
     assert teacher_model is not None
     return _model_config(teacher_model, teacher_options, file, key), sub
 
 
-def _check_teacher_normalize(given: Any, trained: Any, file: str, key: str = "teacher") -> None:
-    """A teacher trained by a recipe normalises as that recipe's student did; another setting is an error."""
-    if given is not None and (given or "dataset") != (trained or "dataset"):
-        shown = trained if isinstance(trained, str) or trained is None else trained.model_dump()
-        raise RecipeError(
-            f"{key}.normalize is {given if isinstance(given, str) else given.model_dump()!r} but the teacher recipe "
-            f"trains its student with normalize = {shown or 'dataset'!r}",
-            file=file,
-            key=f"{key}.normalize",
-            hint=f"remove {key}.normalize (it follows the teacher recipe) or make them agree",
-        )
-
-
-def _check_extra_teacher_names(method_cls: type[Method], recipe: Recipe, file: str) -> None:
-    """Every teacher the method lists in ``extra_teachers`` is given, and no other one."""
-    wanted: dict[str, str] = dict(method_cls.extra_teachers)
-    for name in recipe.teachers:
-        if name not in wanted:
-            listing = did_you_mean(name, wanted) if wanted else f"method {recipe.method.name!r} reads no other teacher"
-            raise RecipeError(
-                f"method {recipe.method.name!r} reads no teacher named {name!r}",
-                file=file,
-                key=f"teachers.{name}",
-                hint=f"{listing}; remove the table",
-            )
-    for name, purpose in wanted.items():
-        if name not in recipe.teachers:
-            raise RecipeError(
-                f"method {recipe.method.name!r} needs a second teacher {name!r} ({purpose})",
-                file=file,
-                key=f"teachers.{name}",
-                hint=f'add [teachers.{name}] with model and checkpoint, or recipe = "<teacher recipe>.toml"',
-            )
-
-
-def _check_eps_schedule(section: AttackSection, config: StrictModel, file: str) -> None:
-    """Schedule points: strictly increasing epochs, each budget inside the attack's own eps."""
-    points = section.eps_schedule
-    if not points:
-        return
-    eps = getattr(config, "eps", None)
-    if not isinstance(eps, float) or not isinstance(getattr(config, "step_size", None), float):
-        raise RecipeError(
-            f"attack {section.name!r} has no eps and step_size options to schedule",
-            file=file,
-            key="attack.eps_schedule",
-            hint="use a gradient attack such as pgd, or remove eps_schedule",
-        )
-    for i, point in enumerate(points):
-        if i and point.epoch <= points[i - 1].epoch:
-            raise RecipeError(
-                f"epoch {point.epoch} does not come after the previous point's {points[i - 1].epoch}",
-                file=file,
-                key=f"attack.eps_schedule.{i}.epoch",
-                hint="list the points in increasing epoch order",
-            )
-        if point.eps > eps:
-            raise RecipeError(
-                f"eps {point.eps:.6g} exceeds the threat model's attack.eps {eps:.6g}",
-                file=file,
-                key=f"attack.eps_schedule.{i}.eps",
-                hint="keep every scheduled eps <= attack.eps (raise attack.eps if the threat model is larger)",
-            )
-
-
-def check_files(resolved: ResolvedRecipe) -> None:
-    """Files the recipe names must exist: ``teacher.checkpoint`` (here and down the teacher chain).
-
-    Raises a `RecipeError` naming the key and the resolved path; called by ``kdbench validate`` and
-    before a run builds its teacher.
-    """
-    tables = {"teacher": resolved.recipe.teacher, **{f"teachers.{n}": t for n, t in resolved.recipe.teachers.items()}}
-    for key, teacher in tables.items():
-        if teacher is None or teacher.checkpoint is None:
-            continue
-        path = resolved.relative(teacher.checkpoint)
-        # Only a missing path is reported here; what exists but is no weights file (a device, a FIFO, a
-        # huge file, a run folder without model.pt) is refused, with its reason, where it is read.
-        if not os.path.lexists(path):
-            raise RecipeError(
-                f"file {str(path)!r} not found",
-                file=resolved.file,
-                key=f"{key}.checkpoint",
-                hint="give the path of a weights file or a finished run folder, relative to the recipe",
-            )
-    for sub in [resolved.teacher_recipe, *resolved.extra_teacher_recipes.values()]:
-        if sub is not None:
-            check_files(sub)
-
-
 #: A component base class (`Method`, `Attack`, `Network`, `DatasetSource`), for `_lookup`.
 _Component = TypeVar("_Component")
-#: A pydantic model class, for `_validate`.
-_Model = TypeVar("_Model", bound=BaseModel)
 
 
 def _model_config(name: str, options: dict[str, Any], file: str, section: str) -> StrictModel:
@@ -353,12 +244,3 @@ def _lookup(registry: Registry[_Component], name: str, file: str, key: str) -> t
             f"{registry.kind[:-1]} {base!r} takes no ':variant'", file=file, key=key, hint=f"write {base!r}"
         )
     return cls
-
-
-def _check_eval_attacks(names: list[str], file: str) -> None:
-    from kdbench.evaluation import check_attack_names  # imported on use: the recipe package stays light
-
-    try:
-        check_attack_names(names)
-    except UserError as exc:
-        raise RecipeError(str(exc), file=file, key="eval.attacks") from None

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from kdbench._errors import RecipeError, did_you_mean
-
-if TYPE_CHECKING:
-    pass
-
 
 #: A pydantic model class, for `_validate`.
 _Model = TypeVar("_Model", bound=BaseModel)
