@@ -18,8 +18,8 @@ from kdbench.leaderboard import build_boards, collect
 from kdbench.leaderboard.formats import render_csv, render_json
 from kdbench.leaderboard.group import train_device
 from kdbench.leaderboard.html import render_html
+from kdbench.leaderboard.label_layout import place_label, text_width
 from kdbench.leaderboard.render import cell, choose_columns
-from kdbench.leaderboard.svg import _place_label, _text_width
 from kdbench.results import Result
 
 from .test_leaderboard import CHROMIUM, _chromium, write_run
@@ -120,7 +120,7 @@ def test_labels_never_overlap_in_a_crowd():
     points = [(200.0 + 3 * (i % 5), 150.0 + 2 * (i // 5)) for i in range(25)]  # a tight cluster
     taken = [(x - 7, y - 7, 14.0, 14.0) for x, y in points]
     obstacles = len(taken)
-    placed = [_place_label(f"a-long-recipe-name-{i}", 11.5, x, y, 6, area, taken) for i, (x, y) in enumerate(points)]
+    placed = [place_label(f"a-long-recipe-name-{i}", 11.5, x, y, 6, area, taken) for i, (x, y) in enumerate(points)]
     boxes = [b for b in placed if b is not None]
     assert 0 < len(boxes) < len(points)  # some fit, the rest do not
     assert taken[obstacles:] == boxes
@@ -128,7 +128,7 @@ def test_labels_never_overlap_in_a_crowd():
         for b in [*taken[:obstacles], *boxes[i + 1 :]]:
             assert not (a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3])
     assert all(b[0] >= 0 and b[0] + b[2] <= 400 and b[1] >= 0 and b[1] + b[3] <= 300 for b in boxes)
-    assert _text_width("mmmm", 10) > _text_width("iiii", 10) > 0
+    assert text_width("mmmm", 10) > text_width("iiii", 10) > 0
 
 
 # ------------------------------------------------------------------------------------ in a browser

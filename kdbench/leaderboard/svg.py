@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from html import escape
 
 from kdbench.leaderboard.group import METRIC_LABELS, METRICS, Board, Stat, Variant
+from kdbench.leaderboard.label_layout import Box, place_label, text_width
 
 __all__ = ["FLAG_COLOR", "METRIC_COLORS", "PALETTE", "bars_svg", "scatter_svg"]
 
@@ -83,84 +84,6 @@ def _breakable(text: str) -> str:
     """Escaped ``text`` with break opportunities after ``_ - . /``, so a long recipe name wraps at its
     separators instead of pushing the table past its card."""
     return re.sub(r"([_\-./])", r"\1<wbr>", escape(text))
-
-
-Box = tuple[float, float, float, float]  # x, y, width, height (SVG user units = CSS px)
-
-#: Advance widths in em of DejaVu Sans, the widest of the usual sans-serif fonts (a browser that picks
-#: a narrower font only leaves more room). Characters not listed count as the widest letter.
-_NARROW, _MEDIUM = set("iljI.,:;'!|` "), set('frt()[]{}-/\\"*')
-_WIDE = set("mwMW@%…⚑—")
-
-
-def _text_width(text: str, size: float) -> float:
-    """An upper bound of the rendered width of ``text`` at ``size`` px (the page has no font metrics)."""
-    em = 0.0
-    for ch in text:
-        if ch in _NARROW:
-            em += 0.34
-        elif ch in _MEDIUM:
-            em += 0.48
-        elif ch in _WIDE:
-            em += 1.0
-        elif ch.isupper():
-            em += 0.78
-        elif ch.isascii():
-            em += 0.66
-        else:
-            em += 1.0
-    return em * size * 1.06 + 2
-
-
-def _overlaps(a: Box, b: Box) -> bool:
-    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
-
-
-def _inside(box: Box, area: Box) -> bool:
-    return (
-        area[0] <= box[0]
-        and box[0] + box[2] <= area[0] + area[2]
-        and area[1] <= box[1]
-        and box[1] + box[3] <= area[1] + area[3]
-    )
-
-
-def _place_label(
-    text: str, size: float, cx: float, cy: float, r: float, area: Box, taken: list[Box], *, far: bool = False
-) -> Box | None:
-    """A box for ``text`` next to the point (cx, cy) of radius r, inside ``area``, overlapping nothing in
-    ``taken`` (labels placed so far and every point); None when no candidate is free. Candidates: right,
-    left, above, below, the four diagonals, right and left moved up and down by a line at a time, and
-    with ``far`` (for short texts: a name that far from its point would read as another's) rings
-    farther out."""
-    w, h = _text_width(text, size), 1.3 * size
-    gap = r + 3
-    right, left, middle = cx + gap, cx - gap - w, cx - w / 2
-    candidates = [
-        (right, cy - h / 2),
-        (left, cy - h / 2),
-        (middle, cy - gap - h),
-        (middle, cy + gap),
-        (right, cy - gap - h + 4),
-        (right, cy + gap - 4),
-        (left, cy - gap - h + 4),
-        (left, cy + gap - 4),
-    ]
-    for step in (1, 2, 3, 4):
-        for sign in (-1, 1):
-            dy = sign * step * h
-            candidates += [(right, cy - h / 2 + dy), (left, cy - h / 2 + dy)]
-    for distance in range(30, 130, 12) if far else ():  # farther out, all around (a leader line joins them)
-        for k in range(16):
-            angle = 2 * math.pi * k / 16
-            bx, by = cx + distance * math.cos(angle), cy - distance * math.sin(angle)
-            candidates.append((bx if math.cos(angle) >= 0 else bx - w, by - h / 2))
-    for x0, y0 in candidates:
-        box = (x0, y0, w, h)
-        if _inside(box, area) and not any(_overlaps(box, other) for other in taken):
-            taken.append(box)
-            return box
-    return None
 
 
 def _leader(cx: float, cy: float, r: float, box: Box) -> str:
@@ -263,11 +186,11 @@ def _scatter(board: Board) -> tuple[str, list[tuple[int, Variant]]]:
             )
         out.append(f'<circle cx="{_f(cx)}" cy="{_f(cy)}" r="6" fill="{color}" stroke="#fff" stroke-width="1.5"/>')
         name = _plot_name(v, shared, 22)
-        box = _place_label(name, size, cx, cy, radius[i], area, taken)
+        box = place_label(name, size, cx, cy, radius[i], area, taken)
         if box is None:  # no room beside the point: a number, named in the key under the plot
             key.append((i + 1, v))
             name = str(i + 1)
-            box = _place_label(name, size, cx, cy, radius[i], area, taken, far=True)
+            box = place_label(name, size, cx, cy, radius[i], area, taken, far=True)
         if box is not None:  # (a number with no free spot at all is left out; the key and tooltip name it)
             out.append(_leader(cx, cy, radius[i], box))
             fill = FLAG_COLOR if v.flags else "#1d2330"
@@ -284,7 +207,7 @@ def scatter_svg(board: Board) -> str:
     """Robust accuracy (the ranked metric) against clean accuracy, one point per variant, as inline SVG.
 
     Each point is named beside it where the name fits without overlapping another name or point
-    (`_place_label`); otherwise it carries its rank-order number, which the key under the plot names."""
+    (`place_label`); otherwise it carries its rank-order number, which the key under the plot names."""
     return _scatter(board)[0]
 
 
@@ -308,7 +231,7 @@ def bars_svg(board: Board) -> str:
     shared = _common_prefix([v.label for v in board.variants])
     names = [_plot_name(v, shared, 18) for v in board.variants]
     # the first name, rotated 28 degrees, ends under the middle of its group: room for it on the left
-    first = _text_width(names[0], 11) * math.cos(math.radians(28)) if names else 0.0
+    first = text_width(names[0], 11) * math.cos(math.radians(28)) if names else 0.0
     L, R, T, B = max(48, math.ceil(first - gap / 2 - n * bar / 2) + 4), 16, 40, 78
     W = max(500, L + R + group * len(board.variants))
     H = 360
