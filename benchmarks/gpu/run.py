@@ -31,6 +31,9 @@ minimum is left; a stage that fails or times out is recorded and the next one ru
 ``--cpu`` runs the same stages on the CPU with tiny sizes (benchmarks/gpu/smoke/, fake data), so the script is
 exercised end to end anywhere; ``--dry-run`` runs nothing: it resolves every recipe and parses every command
 with kdbench's own parser, then writes the plan as summary.json (the default test suite does this).
+
+The stages and their commands are in gpu_plan.py, the targets' verdicts in gpu_targets.py; this file runs
+the stages and writes the output folder.
 """
 
 from __future__ import annotations
@@ -39,240 +42,39 @@ import argparse
 import contextlib
 import json
 import os
-import shlex
 import signal
 import subprocess
 import sys
 import time
-import xml.etree.ElementTree as ET
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
+if str(HERE) not in sys.path:  # the plan and the targets sit beside this script, also when it is loaded by path
+    sys.path.insert(0, str(HERE))
+
+from gpu_plan import COMPARE_METHODS, CPU, GPU, ROOT, Stage, plan, run_dir  # noqa: E402
+from gpu_targets import TARGETS, check_targets, junit_counts  # noqa: E402
+
+__all__ = [
+    "COMPARE_METHODS",
+    "CPU",
+    "GPU",
+    "MAX_OUTPUT_FILES",
+    "OUTPUT_FILES",
+    "TARGETS",
+    "Session",
+    "Stage",
+    "check_targets",
+    "junit_counts",
+    "main",
+    "plan",
+]
+
 #: The device tool returns at most 8 files from $OUT; this script writes these five.
 OUTPUT_FILES = ("summary.json", "bench.json", "comparison.json", "tests.xml", "run.log")
 MAX_OUTPUT_FILES = 8
-#: The targets of issue 19 (docs/performance.md): seconds per CIFAR-10 epoch, speedup, AutoAttack seconds.
-TARGETS = {
-    "rslad_resnet18_seconds_per_epoch": 6.0,
-    "rslad_mobilenetv2_seconds_per_epoch": 8.0,
-    "speedup_over_conventional": 10.0,
-    "autoattack_10k_seconds": 240.0,
-}
-COMPARE_METHODS = ("kd", "rslad", "gacd")
 SUMMARY_SCHEMA = 1
-
-
-@dataclass
-class Stage:
-    """One step of the session: a command, its cap and minimum (seconds), and what became of it."""
-
-    name: str
-    argv: list[str]
-    cap_s: float
-    min_s: float
-    kind: str  # "preflight" | "tests" | "bench" | "run"
-    json_path: str | None = None  # where a bench stage writes its report
-    run_recipe: list[str] | None = None  # a "run" stage's recipe and overrides, to find its result.json
-    status: str = "pending"  # pending | planned | ok | failed | timeout | skipped
-    rc: int | None = None
-    seconds: float | None = None
-    limit_s: float | None = None
-    reason: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def command(self) -> str:
-        return shlex.join(self.argv)
-
-    def record(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["command"] = self.command
-        del data["argv"]
-        return data
-
-
-# ------------------------------------------------------------------------------------------- the plan
-
-
-@dataclass(frozen=True)
-class Profile:
-    """Sizes and recipes of one mode: the GPU session, or the CPU smoke run of the same stages."""
-
-    name: str
-    rslad: str
-    pgdat: str
-    compare_teacher: str
-    compare: str
-    resnet18: str  # the model name standing in for ResNet-18
-    bench_flags: tuple[str, ...]
-    eval_n: int
-    compare_sets: tuple[str, ...]
-    caps: dict[str, tuple[float, float]]  # stage -> (cap, minimum) seconds
-
-
-GPU = Profile(
-    name="gpu",
-    rslad="recipes/rslad_cifar10.toml",
-    pgdat="recipes/teacher_cifar10_resnet18_pgdat.toml",
-    compare_teacher="benchmarks/gpu/compare_teacher.toml",
-    compare="benchmarks/gpu/compare.toml",
-    resnet18="resnet18",
-    bench_flags=(),  # kdbench bench's CUDA defaults: 10 warm-up and 50 timed steps
-    eval_n=10_000,
-    compare_sets=(),
-    caps={
-        "preflight": (120, 10),
-        "tests": (200, 30),
-        "bench": (100, 30),
-        "bench_eval": (150, 30),
-        "compare_teacher": (150, 40),
-        "compare_student": (90, 30),
-        "bench_eval_trained": (300, 30),
-    },
-)
-CPU = Profile(
-    name="cpu",
-    rslad="benchmarks/gpu/smoke/rslad.toml",
-    pgdat="benchmarks/gpu/smoke/teacher.toml",
-    compare_teacher="benchmarks/gpu/smoke/teacher.toml",
-    compare="benchmarks/gpu/compare.toml",
-    resnet18="resnet8",
-    bench_flags=("--steps", "1", "--warmup", "0", "--workers", "0"),
-    eval_n=8,
-    compare_sets=(
-        "teacher.recipe=smoke/teacher.toml",
-        'data.dataset="fake"',
-        "data.options={train_size = 64, test_size = 16, image_size = 16}",
-        "eval.n_examples=16",
-        'student.model="resnet8"',
-        "train.epochs=1",
-        "train.batch_size=16",
-        "attack.steps=1",
-        'eval.attacks=["clean", "pgd20"]',
-    ),
-    # Generous caps: a CPU shared with other work can be ten times slower than an idle one.
-    caps={
-        "preflight": (300, 5),
-        "tests": (300, 10),
-        "bench": (300, 10),
-        "bench_eval": (300, 10),
-        "compare_teacher": (300, 10),
-        "compare_student": (300, 10),
-        "bench_eval_trained": (300, 10),
-    },
-)
-
-
-def kdbench(*args: str) -> list[str]:
-    return [sys.executable, "-m", "kdbench", *args]
-
-
-def plan(profile: Profile, work: Path, out: Path) -> list[Stage]:
-    """The stages, in order, with the commands they run."""
-    p = profile
-    caps = p.caps
-    bench_dir = work / "bench"
-    runs = work / "runs"
-
-    def bench(name: str, recipe: str, *extra: str, cap: str = "bench") -> Stage:
-        path = str(bench_dir / f"{name}.json")
-        argv = kdbench("bench", recipe, *extra, *p.bench_flags, "--json", path)
-        return Stage(name, argv, *caps[cap], kind="bench", json_path=path)
-
-    no_aa = ("--no-autoattack",) if p.name == "cpu" else ()
-    stages = [
-        Stage(
-            "preflight",
-            [sys.executable, str(HERE / "preflight.py"), "--profile", p.name, "--json", str(work / "preflight.json")],
-            *caps["preflight"],
-            kind="preflight",
-        ),
-        Stage(
-            "tests",
-            [
-                sys.executable,
-                "-m",
-                "pytest",
-                "tests/gpu",
-                "-m",
-                "gpu",
-                "-q",
-                "-p",
-                "no:cacheprovider",
-                "--junitxml",
-                str(out / "tests.xml"),
-            ],
-            *caps["tests"],
-            kind="tests",
-        ),
-        bench("bench_rslad_resnet18", p.rslad, "--set", f"student.model={p.resnet18}", "--baseline", "--no-eval"),
-        bench("bench_rslad_mobilenetv2", p.rslad, "--baseline", "--no-eval"),
-        bench("bench_pgdat_resnet18", p.pgdat, "--set", f"student.model={p.resnet18}", "--baseline", "--no-eval"),
-        bench(
-            "bench_eval_resnet18",
-            p.pgdat,
-            "--set",
-            f"student.model={p.resnet18}",
-            "--eval-only",
-            "--eval-n",
-            str(p.eval_n),
-            *no_aa,
-            cap="bench_eval",
-        ),
-    ]
-    sets = [a for s in p.compare_sets for a in ("--set", s)]
-    teacher_args = [p.compare_teacher]
-    stages.append(
-        Stage(
-            "compare_teacher",
-            kdbench("run", *teacher_args, "--runs-dir", str(runs)),
-            *caps["compare_teacher"],
-            kind="run",
-            run_recipe=teacher_args,
-        )
-    )
-    for method in COMPARE_METHODS:
-        recipe_args = [p.compare, *sets, "--set", f'method.name="{method}"']
-        stages.append(
-            Stage(
-                f"compare_{method}",
-                kdbench("run", *recipe_args, "--runs-dir", str(runs)),
-                *caps["compare_student"],
-                kind="run",
-                run_recipe=recipe_args,
-            )
-        )
-    try:
-        teacher_dir = run_dir(teacher_args, runs)
-    except ImportError:  # kdbench cannot load (pydantic missing): the preflight says so and blocks every stage
-        teacher_dir = runs / "unresolved-teacher"
-    stages.append(
-        bench(
-            "bench_eval_resnet18_trained",
-            p.compare_teacher,
-            "--eval-only",
-            "--eval-n",
-            str(p.eval_n),
-            *no_aa,
-            "--weights",
-            str(teacher_dir),
-            cap="bench_eval_trained",
-        )
-    )
-    return stages
-
-
-def run_dir(recipe_args: list[str], runs: Path) -> Path:
-    """The output folder ``kdbench run`` gives this recipe (and its --set overrides) under ``runs``."""
-    from kdbench.recipe import load_recipes
-    from kdbench.run import default_out_dir
-
-    recipe, overrides = recipe_args[0], [recipe_args[i + 1] for i in range(1, len(recipe_args), 2)]
-    (resolved,) = load_recipes(ROOT / recipe, overrides)
-    return default_out_dir(resolved, runs)
 
 
 # ------------------------------------------------------------------------------------------ execution
@@ -453,111 +255,6 @@ def validate(stage: Stage) -> None:
             raise SystemExit(f"{stage.name}: no tests in {tests}")
     elif not Path(argv[1]).is_file():
         raise SystemExit(f"{stage.name}: {argv[1]} not found")
-
-
-# -------------------------------------------------------------------------------------------- results
-
-
-def junit_counts(path: Path) -> dict[str, int] | None:
-    """``{"tests", "failures", "errors", "skipped", "passed"}`` of a pytest JUnit file (None if absent)."""
-    if not path.is_file():
-        return None
-    try:
-        root = ET.parse(path).getroot()
-    except ET.ParseError:
-        return None
-    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
-    counts = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
-    counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
-    return counts
-
-
-def _target(name: str, target: float, measured: float | None, unit: str, source: str, *, at_most: bool) -> dict:
-    if measured is None:
-        status = "not measured"
-    else:
-        status = "holds" if (measured <= target if at_most else measured >= target) else "fails"
-    rule = "<=" if at_most else ">="
-    return {
-        "name": name,
-        "target": f"{rule} {target:g} {unit}",
-        "measured": measured,
-        "unit": unit,
-        "status": status,
-        "source": source,
-    }
-
-
-def check_targets(bench: dict[str, Any], stages: list[Stage], profile: str = "gpu") -> list[dict[str, Any]]:
-    """Each target of docs/performance.md against what was measured: holds, fails, lower bound only, not measured.
-
-    The targets are GPU figures: a CPU smoke run reports its numbers with the status "not a GPU figure".
-    """
-    out = []
-
-    def epoch(name: str) -> float | None:
-        step = (bench.get(name) or {}).get("step")
-        return step["seconds_per_epoch"] if step else None
-
-    out.append(
-        _target(
-            "RSLAD ResNet-18 <- ResNet-18, PGD-10, seconds per CIFAR-10 epoch",
-            TARGETS["rslad_resnet18_seconds_per_epoch"],
-            epoch("bench_rslad_resnet18"),
-            "s",
-            "bench_rslad_resnet18",
-            at_most=True,
-        )
-    )
-    out.append(
-        _target(
-            "RSLAD MobileNetV2 <- ResNet-18, PGD-10, seconds per CIFAR-10 epoch",
-            TARGETS["rslad_mobilenetv2_seconds_per_epoch"],
-            epoch("bench_rslad_mobilenetv2"),
-            "s",
-            "bench_rslad_mobilenetv2",
-            at_most=True,
-        )
-    )
-    for name in ("bench_rslad_resnet18", "bench_rslad_mobilenetv2", "bench_pgdat_resnet18"):
-        speedup = (bench.get(name) or {}).get("speedup")
-        out.append(
-            _target(
-                f"speedup over the conventional loop ({name.removeprefix('bench_')})",
-                TARGETS["speedup_over_conventional"],
-                speedup,
-                "x",
-                name,
-                at_most=False,
-            )
-        )
-    out.append(_autoattack_target(bench, stages))
-    if profile != "gpu":
-        for row in out:
-            row["status"] = "not a GPU figure"
-    return out
-
-
-def _autoattack_target(bench: dict[str, Any], stages: list[Stage]) -> dict[str, Any]:
-    """AutoAttack on 10,000 images of a ResNet-18: the trained teacher's time decides; random weights bound it."""
-    limit = TARGETS["autoattack_10k_seconds"]
-    name = "standard AutoAttack on 10,000 test images, ResNet-18"
-    for source in ("bench_eval_resnet18_trained", "bench_eval_resnet18"):
-        ev = (bench.get(source) or {}).get("eval") or {}
-        aa = ev.get("autoattack")
-        if aa is None or ev.get("n") != 10_000:
-            continue
-        row = _target(name, limit, aa["seconds"], "s", source, at_most=True)
-        if source == "bench_eval_resnet18" and row["status"] == "holds":
-            row["status"] = "lower bound only"  # random weights: AutoAttack has almost nothing to attack
-            row["note"] = "random weights; the trained teacher's figure is missing"
-        return row
-    trained = next((s for s in stages if s.name == "bench_eval_resnet18_trained"), None)
-    if trained is not None and trained.status == "timeout" and (trained.limit_s or 0) >= limit:
-        row = _target(name, limit, None, "s", trained.name, at_most=True)
-        row["status"], row["note"] = "fails", f"did not finish within {trained.limit_s:.0f} s"
-        return row
-    return _target(name, limit, None, "s", "bench_eval_resnet18_trained", at_most=True)
 
 
 def commit() -> str | None:
