@@ -233,3 +233,43 @@ def test_analyze_asks_for_the_teacher_when_the_recipe_path_does_not_resolve(tmp_
 def test_analyze_rejects_runs_without_a_teacher(teacher_run, capsys):
     assert main(["analyze", str(teacher_run)]) == 2
     assert "trained without a teacher" in capsys.readouterr().err
+
+
+def test_analyze_builds_each_network_with_the_normalisation_it_was_trained_with(
+    tmp_path, teacher_run, capsys, monkeypatch
+):
+    """A student trained on raw pixels (``student.normalize = "none"``) beside a teacher that normalises with
+    the dataset's statistics: the analysed networks compute what ``kdbench eval`` evaluates for each run."""
+    import argparse
+
+    from kdbench.commands import analyze
+    from kdbench.commands.eval import add_eval_parser
+    from kdbench.evaluation.targets import _load_target
+
+    student = write(
+        tmp_path / "recipes" / "student.toml",
+        RECIPE.format(name="student", method="kd").replace(
+            'model = "resnet8"\n', 'model = "resnet8"\nnormalize = "none"\n'
+        )
+        + f'[teacher]\nmodel = "resnet8"\ncheckpoint = "{teacher_run / "model.pt"}"\n',
+    )
+    run = tmp_path / "student_run"
+    assert main(["run", str(student), "--out", str(run), "--quiet"]) == 0
+    seen = []
+    real_outputs = analyze._outputs
+
+    def spy(net, images, batch_size, device):
+        seen.append(net)
+        return real_outputs(net, images, batch_size, device)
+
+    monkeypatch.setattr(analyze, "_outputs", spy)
+    assert main(["analyze", str(run), "--n", "8"]) == 0
+    analysed_student, analysed_teacher = seen[0], seen[1]
+
+    parser = argparse.ArgumentParser()
+    add_eval_parser(parser.add_subparsers(dest="command"))
+    x = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    for analysed, folder in ((analysed_student, run), (analysed_teacher, teacher_run)):
+        evaluated = _load_target(parser.parse_args(["eval", str(folder)])).net.eval()
+        with torch.no_grad():
+            assert torch.equal(analysed(x), evaluated(x)), folder

@@ -13,11 +13,12 @@ They are printed and added to the run's result.json under ``"analysis"`` (re-rea
 written atomically; the rest of the file is kept as it was), where `kdbench leaderboard` shows them.
 
 The student is rebuilt from the run's recipe.toml and model.pt. The teacher comes from
-``--teacher-checkpoint`` (a model.pt or run folder), else from recipe.toml: ``teacher.checkpoint``, or
-the finished run of ``teacher.recipe`` (looked up beside the run, ``<runs>/<name>/<hash>``, then in
-the default runs folder). recipe.toml keeps those paths as written in the original recipe, relative
-to *its* folder, so from the run folder they may not resolve; then the command stops with one line
-asking for ``--teacher-checkpoint``.
+``--teacher-checkpoint`` (a model.pt or run folder), else from the folder's self-contained recipe.toml
+(`kdbench.run_folder`): ``teacher.checkpoint``, the teacher run's model.pt for a teacher trained by a
+recipe (folders of older kdbench versions: the teacher run is looked for beside the student's). A zoo
+teacher, or weights that are no longer where the folder says, stop the command with one line asking for
+``--teacher-checkpoint``. Each network normalises its input as it was trained to: as its weights file
+records, else (a bare state_dict) as the recipe's ``student.normalize`` / ``teacher.normalize`` says.
 """
 
 from __future__ import annotations
@@ -44,13 +45,17 @@ from kdbench.build import (
     eval_selection,
     load_network_weights,
     network_spec,
+    student_normalization,
 )
+from kdbench.data.base import DatasetInfo
 from kdbench.data.cache import load_split_cached
 from kdbench.evaluation.selection import has_canonical_order, select_examples
 from kdbench.models.base import Network
+from kdbench.models.normalization import Normalization, recorded_normalization
 from kdbench.recipe import ResolvedRecipe, resolve
 from kdbench.results import eps_label, read_result
 from kdbench.run_folder import RunFolder
+from kdbench.teachers import load_network_metadata, teacher_normalization
 
 __all__ = ["DEFAULT_N", "add_parser", "analyze_run", "cmd_analyze"]
 
@@ -107,7 +112,16 @@ def _resolve(run: Path, teacher_checkpoint: Path | None) -> tuple[ResolvedRecipe
     # Resolve with the teacher given by its weights (model and options those of the run), so nothing the
     # folder does not hold is needed.
     raw["teacher"] = {"model": teacher.get("model"), "checkpoint": str(weights), "options": teacher.get("options", {})}
+    if "normalize" in teacher:  # the fallback for weights that record no normalisation (a bare state_dict)
+        raw["teacher"]["normalize"] = teacher["normalize"]
     return resolve(raw, path=folder.recipe_file), weights
+
+
+def _normalization(weights: Path, fallback: Normalization, info: DatasetInfo) -> Normalization:
+    """The input normalisation the network of ``weights`` was trained with: what the file records (a kdbench
+    model.pt or checkpoint), else the recipe's setting ``fallback`` (a bare state_dict records none)."""
+    recorded = recorded_normalization(load_network_metadata(weights), tuple(info.mean), tuple(info.std))
+    return recorded if recorded is not None else fallback
 
 
 def _test_images(resolved: ResolvedRecipe, n: int | None) -> tuple[Tensor, Tensor, Any]:
@@ -184,11 +198,16 @@ def analyze_run(
     images = images_u8.float().div_(255)
 
     student_classes = checkpoint_num_classes(run / "model.pt") or info.num_classes
-    student = build_network(r.student.model, resolved.student_config, network_spec(info, student_classes))
+    student_normalize = _normalization(run / "model.pt", student_normalization(resolved, info), info)
+    student_spec = network_spec(info, student_classes, student_normalize)
+    student = build_network(r.student.model, resolved.student_config, student_spec)
     load_network_weights(student, run / "model.pt", what="student")
     teacher_model = resolved.to_dict()["teacher"]["model"]
     teacher_classes = checkpoint_num_classes(teacher_weights) or student_classes
-    teacher = build_network(teacher_model, resolved.teacher_config, network_spec(info, teacher_classes))
+    fallback = teacher_normalization(resolved, info)
+    assert fallback is not None  # a zoo teacher was replaced by its weights in _resolve
+    teacher_spec = network_spec(info, teacher_classes, _normalization(teacher_weights, fallback, info))
+    teacher = build_network(teacher_model, resolved.teacher_config, teacher_spec)
     load_network_weights(teacher, teacher_weights, what="teacher")
     for net in (student, teacher):
         net.eval().requires_grad_(False).to(device)
