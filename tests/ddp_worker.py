@@ -11,7 +11,8 @@ the banks.
     python tests/ddp_worker.py SPEC_JSON
 
 SPEC keys: "out" (folder), "method", "options" (its config), "attack" (PGD config, or null),
-"global_batch", "epochs", "n", "seed"; optional "shared_rng" (one process in the data-parallel
+"global_batch", "epochs", "n", "seed"; optional "extra_teachers" (names of the method's additional
+teachers, each a frozen network like the teacher), "shared_rng" (one process in the data-parallel
 sampling mode), "batchnorm" (networks with BatchNorm), "kill_at": [epoch, batch] (rank 0 SIGKILLs
 itself right after writing that checkpoint), "stop_at": [epoch, batch] (rank 0 gets SIGTERM after
 that step: the trainer writes a mid-epoch checkpoint).
@@ -71,6 +72,7 @@ def main(spec: dict[str, Any]) -> None:
     else:
         student, teacher = PlainNet(6), PlainNet(5)
     teacher.eval().requires_grad_(False)
+    extra = {name: PlainNet(5).eval().requires_grad_(False) for name in spec.get("extra_teachers", [])}
     cls = METHODS.get(spec["method"])
     setup = MethodSetup(NUM_CLASSES, student.feature_dim, teacher.feature_dim, NUM_CLASSES, n, hw.device)
     method = cls(cls.Config(**spec["options"]), setup)
@@ -84,8 +86,8 @@ def main(spec: dict[str, Any]) -> None:
         epochs=spec["epochs"], batch_size=per_process, lr=0.05, device="cpu", deterministic=True, log_every=1
     )
     trainer = Trainer(
-        student=student, method=method, teacher=teacher, attack=attack, loader=loader, train=train, hardware=hw,
-        seed=seed, store=CheckpointStore(out / "checkpoints"), metrics_path=out / "metrics.jsonl",
+        student=student, method=method, teacher=teacher, teachers=extra, attack=attack, loader=loader, train=train,
+        hardware=hw, seed=seed, store=CheckpointStore(out / "checkpoints"), metrics_path=out / "metrics.jsonl",
         progress=PlainProgress(io.StringIO()), distributed=world, method_name=spec["method"],
     )  # fmt: skip
     _arm_faults(trainer, world, spec)

@@ -35,8 +35,10 @@ attacks = ["clean", "pgd20"]
 """
 
 
-def _torchrun(*args: str, cwd) -> subprocess.CompletedProcess:
+def _torchrun(*args: str, cwd, pythonpath: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if pythonpath is not None:  # a throw-away plugin distribution the processes must find
+        env["PYTHONPATH"] = os.pathsep.join([pythonpath, *filter(None, [env.get("PYTHONPATH")])])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "kdbench", *args]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
 
@@ -74,17 +76,27 @@ def test_torchrun_two_processes_train_one_result(tmp_path):
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
-def test_methods_with_unsynchronised_state_refuse_data_parallel(tmp_path):
-    teachers = '[teacher]\ncheckpoint = "x.pt"\nmodel = "resnet8"\n'
-    teachers += '[teachers.natural]\ncheckpoint = "y.pt"\nmodel = "resnet8"\n'
-    recipe = write(
-        tmp_path / "mtard.toml",
-        RECIPE.replace('name = "pgd_at"', 'name = "mtard"').replace("[student]", teachers + "[student]"),
+def test_methods_with_unsynchronised_state_refuse_data_parallel(tmp_path, fake_distribution):
+    """A plugin that declares ``supports_data_parallel = False`` (state it does not synchronise) is refused
+    in one line before anything is built."""
+    site = fake_distribution(
+        "unsynced-method",
+        entry_points={"kdbench.methods": {"unsynced": "unsynced_method:Unsynced"}},
+        modules={
+            "unsynced_method": """
+                from kdbench_plugins.pgd_at import PGDAT
+
+                class Unsynced(PGDAT):
+                    supports_data_parallel = False
+            """
+        },
     )
-    proc = _torchrun("run", str(recipe), "--out", str(tmp_path / "out"), "--quiet", cwd=tmp_path)
+    recipe = write(tmp_path / "unsynced.toml", RECIPE.replace('name = "pgd_at"', 'name = "unsynced"'))
+    proc = _torchrun("run", str(recipe), "--out", str(tmp_path / "out"), "--quiet", cwd=tmp_path, pythonpath=str(site))
     assert proc.returncode != 0  # torchrun exits 1 when a process exits 2
-    assert "method 'mtard' keeps state that is not synchronised across processes" in proc.stderr
+    assert "method 'unsynced' keeps state that is not synchronised across processes" in proc.stderr
     assert "kdbench/run.py" not in proc.stderr  # one line, no traceback of ours (torchrun prints its own)
+    assert not (tmp_path / "out" / "checkpoints").exists()
 
 
 @pytest.mark.slow  # a teacher and a student under torchrun: about a minute on 2 loaded cores
@@ -110,3 +122,26 @@ def test_memory_bank_methods_train_under_torchrun(tmp_path, method):
     labels = state["method"]["memory.labels"]
     assert (labels >= 0).all()  # every row labelled: each process saw the other's batches too
     assert "memory.shared_rng._extra_state" in state["method"]
+
+
+@pytest.mark.slow  # two teachers and a student under torchrun
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_mtard_trains_under_torchrun(tmp_path):
+    """MTARD with its robust and natural teachers (one teacher recipe serves both here): the run finishes
+    data-parallel and its checkpoint holds one set of adaptive weights that moved from 0.5."""
+    write(tmp_path / "teacher.toml", RECIPE.replace('name = "ddp"', 'name = "t"').replace("pgd_at", "natural"))
+    teachers = '[teacher]\nrecipe = "teacher.toml"\n[teachers.natural]\nrecipe = "teacher.toml"\n'
+    recipe = write(
+        tmp_path / "mtard.toml",
+        RECIPE.replace('name = "pgd_at"', 'name = "mtard"').replace("[student]", teachers + "[student]"),
+    )
+    out = tmp_path / "out"
+    proc = _torchrun(
+        "run", str(recipe), "--out", str(out), "--runs-dir", str(tmp_path / "runs"), "--quiet", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["world_size"] == 2 and result["method"] == "mtard"
+    state = torch.load(out / "checkpoints" / "ckpt-e0002-b000000.pt", weights_only=True)
+    assert float(state["method"]["natural_weight"]) != 0.5
+    assert (state["method"]["initial_losses"] > 0).all()

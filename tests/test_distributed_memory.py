@@ -1,8 +1,10 @@
-"""Memory-bank methods (crd, gacd) under data parallelism: 2 gloo processes equal 1 on the same global batch.
+"""Methods with state (crd and gacd's memory banks, mtard's adaptive weights) under data parallelism:
+2 gloo processes equal 1 on the same global batch.
 
 Every process must hold the banks, row labels and normalisers Z one process holds after the same
 global batches, draw the same negatives, and so reach the same weights (to float tolerance: the
-matrix products run on half batches). A SIGKILL and a resume must not change that.
+matrix products run on half batches). A SIGKILL and a resume must not change that. MTARD's teacher
+weights must follow the global batch's losses, not each process's own.
 """
 
 from __future__ import annotations
@@ -56,6 +58,25 @@ CASES = {
         "attack": {"steps": 2, "random_start": "none"},
     },
 }
+
+
+def test_two_processes_hold_the_adaptive_teacher_weights_of_one(tmp_path):
+    """MTARD: w_nat and L_init after 9 steps equal one process's on the global batch; without the
+    all-reduce each process would step w_nat from its own shard's losses and the two would differ."""
+    spec = {
+        "method": "mtard",
+        "options": {"eta": 0.3},  # large steps, so a shard-wise update would visibly drift
+        "attack": {"steps": 2, "random_start": "none"},
+        "extra_teachers": ["natural"],
+    }
+    one = train(tmp_path / "one", 1, **spec)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = train(tmp_path / "two", 2, **spec)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, r0, r1 = final_state(tmp_path / "one"), final_state(tmp_path / "two"), final_state(tmp_path / "two", 1)
+    assert float(a["method.natural_weight"]) != 0.5  # the weights moved
+    assert torch.equal(r0["method.natural_weight"], r1["method.natural_weight"])  # one value on every process
+    assert_same_state(a, r0)
 
 
 # The other branches of gacd: teacher-anchored only (its guided attack estimates Z from the positives

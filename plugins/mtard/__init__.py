@@ -22,8 +22,10 @@ would change r). Official settings (mtard_resnet18_cifar10.py:16-20,42-49,74,135
 or a one-cycle ramp, and decays with any other schedule's decay.
 
 State: ``w_nat``, both ``L_init`` and the highest lr so far are buffers, so a checkpoint holds them
-and a resume continues bit for bit (the official code does not checkpoint them). The weights are computed from one
-process's batch: data-parallel runs are refused (an all-reduce of L_adv, L_nat would be needed).
+and a resume continues bit for bit (the official code does not checkpoint them). Data-parallel: the weights
+read the global batch's losses, the mean over processes of each shard's L_adv and L_nat (an all-reduce of
+two numbers per step; equal shards, so exactly the global mean), so every process holds the weights one
+process would hold on the whole batch.
 Differences from the official code: docs/methods/mtard.md.
 """
 
@@ -39,6 +41,7 @@ from torch import Tensor
 
 from kdbench import Method, MethodSetup, Objective, StepContext, StrictModel
 from kdbench.attacks.objectives import cross_entropy
+from kdbench.engine.distributed import Distributed
 from kdbench.losses import kl_log_eps
 
 __all__ = ["MTARD", "MTARDConfig", "adaptive_weight_step"]
@@ -77,8 +80,6 @@ class MTARD(Method):
     # mtard_loss.py: model.eval() for the attack, then S(x') and S(x) in train mode.
     attack_bn_mode: ClassVar[Literal["train", "eval"]] = "eval"
     attack_defaults: ClassVar[Mapping[str, Any]] = {"random_start": "normal"}
-    # The weights follow one process's losses: an all-reduce would be needed under torchrun.
-    supports_data_parallel: ClassVar[bool] = False
 
     natural_weight: Tensor
     initial_losses: Tensor
@@ -90,6 +91,12 @@ class MTARD(Method):
         self.register_buffer("natural_weight", torch.tensor(config.initial_natural_weight, dtype=torch.float64))
         self.register_buffer("initial_losses", torch.full((2,), -1.0, dtype=torch.float64))  # (adv, nat); -1: unset
         self.register_buffer("peak_lr_scale", torch.tensor(0.0, dtype=torch.float64))
+        self._world: Distributed | None = None  # set in data-parallel runs only
+
+    def enter_data_parallel(self, world: Distributed, seed: int) -> None:
+        """The adaptive weights follow the global batch's losses (mean of the processes' shard losses)."""
+        del seed  # nothing random here
+        self._world = world
 
     def attack_objective(self, ctx: StepContext) -> Objective:
         return cross_entropy(ctx.y)
@@ -110,6 +117,8 @@ class MTARD(Method):
         ``lr_scale``: this step's lr over the recipe's peak (1.0 when eta does not follow the lr).
         """
         current = torch.stack([l_adv, l_nat]).detach().double()
+        if self._world is not None:  # equal shards: the mean of their means is the global batch's mean
+            current = self._world.sum(current).div_(self._world.world_size)
         # The first batch sets L_init; no host read (a where on the device instead of an if).
         self.initial_losses.copy_(torch.where(self.initial_losses > 0, self.initial_losses, current))
         ratio = current / self.initial_losses
