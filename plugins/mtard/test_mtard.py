@@ -112,10 +112,10 @@ def test_weights_are_state_that_round_trips_bitwise():
     assert torch.equal(method.natural_weight, fresh.natural_weight)
 
 
-def test_mtard_refuses_data_parallel_and_attacks_like_the_official_code():
+def test_mtard_trains_data_parallel_and_attacks_like_the_official_code():
     from kdbench_plugins.mtard import MTARD
 
-    assert not MTARD.supports_data_parallel
+    assert MTARD.supports_data_parallel  # its weights all-reduce (tests/test_distributed_memory.py)
     assert MTARD.attack_bn_mode == "eval"
     assert MTARD.attack_defaults == {"random_start": "normal"}
     assert set(MTARD.extra_teachers) == {"natural"}
