@@ -7,11 +7,11 @@ import torch
 from kdbench._errors import UserError
 from kdbench.attacks.threat import check_eps
 from kdbench.config import parse_number
+from kdbench.evaluation.attack_setup import parse_attacks
 from kdbench.evaluation.eps_sweep import (
     DEFAULT_SWEEP,
     DEFAULT_SWEEP_L2,
 )
-from kdbench.evaluation.suite import parse_attacks
 
 #: The default budget per norm when neither ``--eps`` nor the run gives one.
 DEFAULT_EPS = {"linf": 8 / 255, "l2": 0.5}
