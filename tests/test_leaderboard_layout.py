@@ -16,8 +16,8 @@ import pytest
 from kdbench.cli import main
 from kdbench.leaderboard import build_boards, collect
 from kdbench.leaderboard.formats import render_csv, render_json
-from kdbench.leaderboard.group import train_device
 from kdbench.leaderboard.html import render_html
+from kdbench.leaderboard.readings import train_device
 from kdbench.leaderboard.render import cell, choose_columns
 from kdbench.leaderboard.svg import _place_label, _text_width
 from kdbench.results import Result

@@ -9,7 +9,9 @@ import re
 from collections.abc import Sequence
 from html import escape
 
-from kdbench.leaderboard.group import METRIC_LABELS, METRICS, Board, Stat, Variant
+from kdbench.leaderboard.group import Board
+from kdbench.leaderboard.readings import METRIC_LABELS, METRICS
+from kdbench.leaderboard.variant import Stat, Variant
 
 __all__ = ["FLAG_COLOR", "METRIC_COLORS", "PALETTE", "bars_svg", "scatter_svg"]
 
