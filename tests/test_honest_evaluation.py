@@ -16,6 +16,7 @@ from kdbench.build import build_data
 from kdbench.data.sources import CIFAR10
 from kdbench.engine.hardware import resolve_hardware
 from kdbench.evaluation import evaluate
+from kdbench.evaluation.attack_setup import attack_settings, default_step_size
 from kdbench.evaluation.sanity import (
     SERIOUS,
     WARNING,
@@ -26,7 +27,6 @@ from kdbench.evaluation.sanity import (
     paired_noise_tolerance,
 )
 from kdbench.evaluation.selection import SELECTION_SEED, select_examples
-from kdbench.evaluation.suite import attack_settings, default_step_size
 from kdbench.leaderboard.collect import collect
 from kdbench.leaderboard.formats import render_markdown
 from kdbench.leaderboard.group import build_boards

@@ -16,9 +16,9 @@ import pytest
 from kdbench.cli import main
 from kdbench.leaderboard import build_boards, collect
 from kdbench.leaderboard.formats import render_csv, render_json
-from kdbench.leaderboard.group import train_device
 from kdbench.leaderboard.html import render_html
 from kdbench.leaderboard.label_layout import place_label, text_width
+from kdbench.leaderboard.readings import train_device
 from kdbench.leaderboard.render import cell, choose_columns
 from kdbench.results import Result
 

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from kdbench.attacks.objectives import cross_entropy
 from kdbench.attacks.pgd import pgd
-from kdbench.evaluation.suite import LINF_STEP
+from kdbench.evaluation.attack_setup import LINF_STEP
 from kdbench.models.base import Network
 
 __all__ = ["PGD_STEPS", "adversarial_inputs", "relative_feature_change"]

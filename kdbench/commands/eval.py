@@ -26,7 +26,7 @@ Weights are only ever read with ``weights_only=True``. The result, eval.json (sc
      "env": {"kdbench", "torch", "python", "device", "git_commit", "plugins"}}
 
 written atomically, by default into the run folder (or next to the weights file). ``--eps-sweep``
-runs PGD-20 (its step scaled to each eps, `kdbench.evaluation.suite.default_step_size`) at several
+runs PGD-20 (its step scaled to each eps, `kdbench.evaluation.attack_setup.default_step_size`) at several
 budgets on the same samples and seed, stores accuracy against eps in eval.json and draws it
 (matplotlib, Agg) into a PNG next to eval.json. Every evaluation runs the sanity checks of
 `kdbench.evaluation.sanity`; ``--check-steps`` adds the costly PGD-10/20/50 check, and a sweep is
@@ -60,6 +60,7 @@ from kdbench.commands.eval_options import (
     parse_eps,
 )
 from kdbench.engine.distributed import setup_distributed, teardown_distributed
+from kdbench.evaluation.attack_setup import default_step_size
 from kdbench.evaluation.eps_sweep import (
     DEFAULT_SWEEP,
     SWEEP_ATTACK,
@@ -69,9 +70,10 @@ from kdbench.evaluation.eps_sweep import (
 )
 from kdbench.evaluation.progress_store import progress_store_for
 from kdbench.evaluation.record import evaluation_record, selection_flags, update_result
+from kdbench.evaluation.report import EvalReport
 from kdbench.evaluation.sanity import check_eps_monotone
 from kdbench.evaluation.selection import read_examples, select_examples
-from kdbench.evaluation.suite import EvalReport, default_step_size, evaluate
+from kdbench.evaluation.suite import evaluate
 from kdbench.evaluation.targets import DEFAULT_ATTACKS, _load_target
 from kdbench.results import SCHEMA_VERSION, environment, eps_label, write_json
 

@@ -12,11 +12,11 @@ from kdbench._errors import UserError
 from kdbench.attacks.threat import check_eps
 from kdbench.build import DATA_ROOT_ENV
 from kdbench.config import parse_number
+from kdbench.evaluation.attack_setup import parse_attacks
 from kdbench.evaluation.eps_sweep import (
     DEFAULT_SWEEP,
     DEFAULT_SWEEP_L2,
 )
-from kdbench.evaluation.suite import parse_attacks
 from kdbench.evaluation.targets import DEFAULT_ATTACKS
 
 #: The default budget per norm when neither ``--eps`` nor the run gives one.

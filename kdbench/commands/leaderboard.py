@@ -2,7 +2,8 @@
 
 Finds every result.json under the folders (`kdbench.leaderboard.collect`; broken files and files of
 another schema version are reported on stderr, one line each, and skipped), groups runs by setting
-and averages seeds (`kdbench.leaderboard.group`), and renders the ranked boards
+(`kdbench.leaderboard.setting`), averages seeds (`kdbench.leaderboard.variant`) and ranks them
+(`kdbench.leaderboard.group`), and renders the ranked boards
 (`kdbench.leaderboard.render`, `kdbench.leaderboard.html`) to stdout or, atomically, to ``--out``.
 ``--format`` defaults to the output file's extension (``.md``, ``.csv``, ``.json``, ``.html``), else
 ``table``: rich's table on a terminal, a plain aligned table otherwise (rich pads to 80 columns when
@@ -21,9 +22,10 @@ from kdbench._errors import UserError
 from kdbench.engine.checkpoint import atomic_write_bytes
 from kdbench.leaderboard.collect import collect
 from kdbench.leaderboard.formats import render_csv, render_json, render_markdown, render_table
-from kdbench.leaderboard.group import SELECTIONS, SORT_KEYS, build_boards
+from kdbench.leaderboard.group import SORT_KEYS, build_boards
 from kdbench.leaderboard.html import render_html
 from kdbench.leaderboard.published import load_published, published_to_dict, render_published
+from kdbench.leaderboard.readings import SELECTIONS
 from kdbench.leaderboard.render import COLUMNS, choose_columns
 
 __all__ = ["FORMATS", "add_parser", "cmd_leaderboard"]

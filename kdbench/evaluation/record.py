@@ -25,9 +25,11 @@ from typing import Any
 
 from kdbench._errors import UserError
 from kdbench.engine.checkpoint import atomic_write_bytes
+from kdbench.evaluation.attack_setup import CW_STEPS, STEP_RULE
+from kdbench.evaluation.report import EvalReport
 from kdbench.evaluation.sanity import Flag, check_class_coverage, flag_details
 from kdbench.evaluation.selection import EvalSelection
-from kdbench.evaluation.suite import BLACK_BOX_QUERIES, CW_STEPS, SANITY_SAMPLE, STEP_RULE, EvalReport
+from kdbench.evaluation.suite import BLACK_BOX_QUERIES, SANITY_SAMPLE
 from kdbench.results import SCHEMA_VERSION, read_result
 from kdbench.run_folder import RunFolder
 

@@ -11,8 +11,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from kdbench.leaderboard.collect import Skipped
-from kdbench.leaderboard.group import ANALYSIS_KEYS, METRIC_LABELS, METRICS, Board, Stat
+from kdbench.leaderboard.group import Board
+from kdbench.leaderboard.readings import ANALYSIS_KEYS, METRIC_LABELS, METRICS
 from kdbench.leaderboard.render import JSON_KIND, RANK_MARK, _heads, _rows, cell, shown_variants, subtitle, title
+from kdbench.leaderboard.variant import Stat
 
 __all__ = ["JSON_KIND", "board_to_dict", "render_csv", "render_json", "render_markdown", "render_table"]
 

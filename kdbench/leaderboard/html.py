@@ -23,7 +23,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from kdbench.leaderboard.collect import Skipped
-from kdbench.leaderboard.group import ANALYSIS_KEYS, METRIC_LABELS, Board, Variant
+from kdbench.leaderboard.group import Board
+from kdbench.leaderboard.readings import ANALYSIS_KEYS, METRIC_LABELS
 from kdbench.leaderboard.render import (
     cell,
     format_device,
@@ -42,6 +43,7 @@ from kdbench.leaderboard.svg import (
     bars_svg,
     scatter_svg,
 )
+from kdbench.leaderboard.variant import Variant
 
 __all__ = ["bars_svg", "render_html", "scatter_svg"]
 

@@ -23,7 +23,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from kdbench._errors import UserError, did_you_mean
-from kdbench.leaderboard.group import ANALYSIS_KEYS, METRIC_LABELS, METRICS, Board, Stat, Variant
+from kdbench.leaderboard.group import Board
+from kdbench.leaderboard.readings import ANALYSIS_KEYS, METRIC_LABELS, METRICS
+from kdbench.leaderboard.variant import Stat, Variant
 
 __all__ = [
     "COLUMNS",

@@ -9,8 +9,10 @@ import re
 from collections.abc import Sequence
 from html import escape
 
-from kdbench.leaderboard.group import METRIC_LABELS, METRICS, Board, Stat, Variant
+from kdbench.leaderboard.group import Board
 from kdbench.leaderboard.label_layout import Box, place_label, text_width
+from kdbench.leaderboard.readings import METRIC_LABELS, METRICS
+from kdbench.leaderboard.variant import Stat, Variant
 
 __all__ = ["FLAG_COLOR", "METRIC_COLORS", "PALETTE", "bars_svg", "scatter_svg"]
 

@@ -12,7 +12,7 @@ ATTACK_TOLERANCE = 0.01
 MASKING_TOLERANCE = 0.05
 #: PGD step counts compared by `check_steps_monotone` (same eps, step size, start and seed).
 STEPS_CHECK_STEPS = (10, 20, 50)
-#: The L-inf step size of the evaluation's PGD (`kdbench.evaluation.suite.LINF_STEP`); L2 uses eps / 4.
+#: The L-inf step size of the evaluation's PGD (`kdbench.evaluation.attack_setup.LINF_STEP`); L2 uses eps / 4.
 _LINF_STEP = 2 / 255
 #: Share of points with an all-zero (or non-finite) input gradient above which gradients are masked.
 ZERO_GRADIENT_SHARE = 0.05
