@@ -19,6 +19,7 @@ import datetime as _dt
 import os
 from collections.abc import Sequence
 from html import escape
+from importlib import resources
 from pathlib import Path
 from urllib.parse import quote
 
@@ -50,101 +51,10 @@ __all__ = ["bars_svg", "render_html", "scatter_svg"]
 #: Table columns holding text (left-aligned, sorted as text); the others are numbers.
 TEXT_COLUMNS = ("arch", "paper")
 
-_CSS = """
-:root { --fg: #1d2330; --muted: #5b6475; --line: #d9dde5; --flag: #C0161B; --flagbg: #fff6e0; }
-* { box-sizing: border-box; }
-body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
-       color: var(--fg); margin: 0; background: #f6f7f9; }
-main { max-width: 1240px; margin: 0 auto; padding: 24px 20px 48px; }
-h1 { font-size: 22px; margin: 0 0 4px; }
-h2 { font-size: 17px; margin: 0 0 2px; }
-.meta, .sub { color: var(--muted); margin: 0 0 12px; }
-section.board { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 16px;
-                margin: 18px 0; }
-/* The table fits its card: headers, names and links wrap, a std sits under its mean. What still does
-   not fit (many columns on a narrow window) scrolls inside the card, never past it. */
-section.board { min-width: 0; }
-.scroll { overflow-x: auto; max-width: 100%; }
-table.lb { border-collapse: collapse; width: 100%; font-size: 12.5px; font-variant-numeric: tabular-nums; }
-table.lb th, table.lb td { padding: 5px 5px; border-bottom: 1px solid var(--line); white-space: nowrap;
-                           vertical-align: top; }
-table.lb th { text-align: left; background: #eef1f6; cursor: pointer; user-select: none; position: sticky; top: 0;
-              white-space: normal; vertical-align: bottom; line-height: 1.25; }
-table.lb td.label { white-space: normal; overflow-wrap: break-word; min-width: 10em; max-width: 18em; }
-table.lb td.recipe { white-space: normal; min-width: 4.5em; max-width: 8em; }
-table.lb td.wrap { white-space: normal; max-width: 9em; overflow-wrap: anywhere; }
-.sd, .dev { display: block; font-size: 11px; color: var(--muted); }
-.dev { white-space: normal; min-width: 8em; max-width: 10em; margin-left: auto; }
-table.lb th.num, table.lb td.num { text-align: right; }
-table.lb th.ranked { color: #0b4f8a; }
-table.lb th[aria-sort="descending"]::after { content: " \\25BE"; }
-table.lb th[aria-sort="ascending"]::after { content: " \\25B4"; }
-table.lb tbody tr:hover { background: #f3f6fb; }
-table.lb tr.flagged { background: var(--flagbg); box-shadow: inset 3px 0 0 var(--flag); }
-table.lb td.label { font-weight: 600; }
-.flag { color: var(--flag); font-weight: 700; }
-td details summary { cursor: pointer; color: var(--flag); font-weight: 600; }
-td details ul { margin: 4px 0 0; padding-left: 18px; white-space: normal; max-width: 420px; color: var(--fg);
-                font-weight: 400; }
-td a { color: #0b63b6; text-decoration: none; margin-right: 6px; }
-td a:hover { text-decoration: underline; }
-.plots { display: flex; flex-wrap: wrap; gap: 18px; margin-top: 16px; }
-figure { margin: 0; background: #fff; border: 1px solid var(--line); border-radius: 6px; padding: 8px;
-         max-width: 100%; overflow-x: auto; }
-figure.scatter { width: min-content; }  /* as wide as its plot: the key and caption wrap under it */
-ol.key { margin: 4px 0 0; padding: 0 4px; list-style: none; font-size: 12px; columns: 2; column-gap: 14px; }
-ol.key li { break-inside: avoid; overflow-wrap: anywhere; }
-ol.key b { display: inline-block; min-width: 1.6em; }
-ol.key i { display: inline-block; width: 9px; height: 9px; border-radius: 50%; margin-right: 4px; }
-figcaption { color: var(--muted); font-size: 12.5px; padding: 2px 4px 0; }
-svg text { font-family: system-ui, -apple-system, "Segoe UI", Roboto, Arial, sans-serif; }
-.note { color: #8a5a00; }
-details.skipped { margin-top: 18px; color: var(--muted); }
-"""
-
-_JS = """
-(function () {
-  function value(td, numeric) {
-    var v = td.getAttribute('data-v');
-    if (v === null || v === '') return null;
-    return numeric ? parseFloat(v) : v.toLowerCase();
-  }
-  function sortTable(table, col, dir) {
-    var heads = table.tHead.rows[0].cells, th = heads[col];
-    var numeric = th.getAttribute('data-type') === 'num';
-    var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
-    rows.sort(function (a, b) {
-      var x = value(a.cells[col], numeric), y = value(b.cells[col], numeric);
-      if (x === null && y === null) return 0;
-      if (x === null) return 1;
-      if (y === null) return -1;
-      var c = x < y ? -1 : (x > y ? 1 : 0);
-      return dir === 'asc' ? c : -c;
-    });
-    rows.forEach(function (r) { body.appendChild(r); });
-    for (var i = 0; i < heads.length; i++) heads[i].removeAttribute('aria-sort');
-    th.setAttribute('aria-sort', dir === 'asc' ? 'ascending' : 'descending');
-  }
-  var tables = document.querySelectorAll('table.lb');
-  Array.prototype.forEach.call(tables, function (table) {
-    Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, i) {
-      th.addEventListener('click', function () {
-        var now = th.getAttribute('aria-sort');
-        var dir = now === 'descending' ? 'asc' : (now === 'ascending' ? 'desc' : th.getAttribute('data-first'));
-        sortTable(table, i, dir);
-      });
-    });
-  });
-  var m = /sort=(\\d+):([\\w-]+):(asc|desc)/.exec(window.location.hash);
-  if (m && tables[+m[1]]) {
-    var cells = tables[+m[1]].tHead.rows[0].cells;
-    for (var i = 0; i < cells.length; i++) {
-      if (cells[i].getAttribute('data-key') === m[2]) sortTable(tables[+m[1]], i, m[3]);
-    }
-  }
-  document.documentElement.setAttribute('data-ready', '1');
-})();
-"""
+#: The page's stylesheet and script, kept beside this module as page.css and page.js (package data) and
+#: inlined into every page, so the file needs nothing from the network.
+_CSS = resources.files("kdbench.leaderboard").joinpath("page.css").read_text(encoding="utf-8")
+_JS = resources.files("kdbench.leaderboard").joinpath("page.js").read_text(encoding="utf-8")
 
 
 # ------------------------------------------------------------------------------------ the table
