@@ -17,12 +17,13 @@ EVALUATION_ATTACKS: dict[str, tuple[str, str]] = {
         "x' = clip(x + eps * sign(grad_x CE(f(x), y))). Cheap and weak: a sanity check, not a robustness claim.",
     ),
     "pgd<k>": (
-        "k steps of PGD on the cross-entropy, step 2/255 (L2: eps/4), uniform start (Madry et al. 2018)",
-        "pgd20 is the usual report; any k from 1 to 10000 is accepted (pgd50, pgd100, ...).",
+        "k steps of PGD on the cross-entropy, step max(eps/4, 2.5*eps/k), uniform start (Madry et al. 2018)",
+        "pgd20 is the usual report (step 2/255 at 8/255); any k from 1 to 10000 is accepted (pgd50, pgd100, ...). "
+        "eval.step_size or --step-size pins the step.",
     ),
     "cw": (
         "PGD-30 on the CW margin max_{j!=y} z_j - z_y (Carlini & Wagner 2017), the CW-inf of RSLAD tables",
-        "Step 2/255 (L2: eps/4), uniform start.",
+        "Step max(eps/4, 2.5*eps/30) (2/255 at 8/255), uniform start; eval.step_size pins it.",
     ),
     "autoattack": (
         "standard AutoAttack: APGD-CE, APGD-T, FAB-T, Square (Croce & Hein 2020), through pyautoattack",
