@@ -22,7 +22,7 @@ from kdbench.leaderboard.readings import train_device
 from kdbench.leaderboard.render import cell, choose_columns
 from kdbench.results import Result
 
-from .test_leaderboard import CHROMIUM, _chromium, write_run
+from .leaderboard_runs import CHROMIUM, chromium, write_run
 
 
 def _patch_result(run: Path, **extra: Any) -> None:
@@ -200,7 +200,7 @@ def crowded_runs(root: Path) -> Path:
 def _measure(page: Path, tmp_path: Path, width: int = 1280) -> dict[str, Any]:
     measured = tmp_path / "measured.html"
     measured.write_text(page.read_text().replace("</body>", f"<script>{MEASURE_JS}</script></body>"))
-    proc = _chromium([f"--window-size={width},2000", "--dump-dom", measured.as_uri()], tmp_path)
+    proc = chromium([f"--window-size={width},2000", "--dump-dom", measured.as_uri()], tmp_path)
     found = re.search(r'<pre id="geometry">(.*?)</pre>', proc.stdout, re.S)
     assert found, proc.stderr[-2000:]
     geometry = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))

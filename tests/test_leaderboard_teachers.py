@@ -16,7 +16,7 @@ from kdbench.leaderboard.published import load_published
 from kdbench.leaderboard.render import choose_columns
 
 from .conftest import REPO, write
-from .test_leaderboard import write_run
+from .leaderboard_runs import write_run
 
 
 def _extend(run: Path, **extra) -> None:

@@ -9,7 +9,7 @@ import pytest
 from kdbench.cli import main
 from kdbench.commands.robustbench import FIELDS, architecture_name, percent
 
-from .test_leaderboard import write_run
+from .leaderboard_runs import write_run
 
 
 def test_entry_has_robustbench_fields_and_string_percentages(tmp_path, capsys):
