@@ -36,8 +36,7 @@ from kdbench.build import (
 )
 from kdbench.data.base import DatasetInfo
 from kdbench.engine.checkpoint import load_weights_file, max_weights_bytes
-from kdbench.engine.trainer import freeze
-from kdbench.models.base import Network
+from kdbench.models.base import Network, freeze
 from kdbench.models.normalization import (
     Normalization,
     check_recorded,
