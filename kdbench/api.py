@@ -30,10 +30,9 @@ from kdbench._registry import DATASETS, MODELS
 from kdbench.build import DATA_ROOT_ENV, build_network, load_network_weights, network_spec
 from kdbench.data.base import DatasetSource
 from kdbench.engine.checkpoint import load_weights_file
-from kdbench.engine.trainer import freeze
 from kdbench.evaluation import EvalReport
 from kdbench.evaluation import evaluate as _evaluate
-from kdbench.models.base import Network
+from kdbench.models.base import Network, freeze
 from kdbench.models.normalization import recorded_normalization
 from kdbench.recipe import ResolvedRecipe, load_recipe, resolve
 from kdbench.results import Result

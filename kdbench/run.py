@@ -5,57 +5,54 @@ its files (recipe.toml, metrics.jsonl, checkpoints/, model.pt, result.json: `kdb
 
 A finished run (result.json with the same recipe hash) is reported and not run again; an
 interrupted one resumes from its newest good checkpoint.
+
+This module puts a run together and writes its result; the parts live beside it: the teachers
+(`kdbench.teachers`), the evaluation on the run's examples (`kdbench.run_evaluation`), the teacher's own
+numbers (`kdbench.teacher_eval`) and the trained weights' files (`kdbench.trained_model`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from kdbench._errors import RecipeError, UserError
+from kdbench._errors import UserError
 from kdbench.build import (
     DataBundle,
     build_attack,
     build_data,
-    build_network,
-    build_source,
     build_student_and_method,
-    checkpoint_num_classes,
-    load_network_weights,
     network_spec,
     place,
     student_normalization,
 )
-from kdbench.data.base import DatasetInfo
 from kdbench.engine.compile import compile_network
 from kdbench.engine.cost import cost_record, reset_peak_memory
 from kdbench.engine.distributed import Distributed, setup_distributed
 from kdbench.engine.fingerprint import tensor_digests
 from kdbench.engine.hardware import Hardware, resolve_hardware
 from kdbench.engine.progress import Progress, make_progress, run_log
-from kdbench.engine.trainer import Trainer, freeze
-from kdbench.evaluation.progress_store import EvalProgressStore, progress_store_for
+from kdbench.engine.trainer import Trainer
+from kdbench.evaluation.progress_store import progress_store_for
 from kdbench.evaluation.sharding import join_evaluation
 from kdbench.locations import RUNS_DIR_ENV, default_runs_dir, remember_runs_dir
 from kdbench.models.base import Network, NetworkSpec
-from kdbench.models.normalization import Normalization, check_recorded, recorded_normalization, resolve_normalization
-from kdbench.models.zoo import default_model_dir, load_zoo_teacher
+from kdbench.models.normalization import Normalization
 from kdbench.recipe import ResolvedRecipe
 from kdbench.results import SCHEMA_VERSION, Result, environment, eps_label
+from kdbench.run_evaluation import evaluate_network, validator
 from kdbench.run_folder import RunFolder, RunStatus
-from kdbench.teachers import TEACHER_EVAL_DIR, BuiltTeacher, build_teacher, cached_teacher_eval, load_network_metadata
+from kdbench.teacher_eval import TEACHER_EVAL_DIR, teacher_record
+from kdbench.teachers import BuiltTeacher, build_extra_teacher, build_teacher
+from kdbench.trained_model import best_on_validation, model_payload
 
 __all__ = ["RUNS_DIR_ENV", "RunOutcome", "default_out_dir", "run_recipe", "status"]
-
-#: Seed of the attacks' random starts when the teacher is evaluated (whatever the student's seed).
-TEACHER_EVAL_SEED = 0
 
 
 @dataclass
@@ -117,89 +114,6 @@ def _train_teacher(sub: ResolvedRecipe, runs_dir: Path | None, progress: Progres
     return outcome.out_dir
 
 
-def _extra_teacher(
-    resolved: ResolvedRecipe, name: str, runs_dir: Path | None, progress: Progress, student: DatasetInfo
-) -> Network:
-    """The additional teacher ``[teachers.<name>]``, frozen; refused when its classes or input size differ.
-
-    It sees the student's batches, so its input size must be the student's; its label space must be the
-    student's whenever the method reads teacher logits (`Method.teacher_logit_readers`). Like the main
-    teacher it may be a RobustBench zoo model, and it normalises as ``normalize`` (else its recipe's
-    student, else the dataset) says; a kdbench model.pt that records another normalisation is refused.
-    """
-    section = resolved.recipe.teachers[name]
-    key = f"teachers.{name}"
-    if section.zoo_name is not None:
-        zoo = load_zoo_teacher(
-            section.zoo_name,
-            dataset=resolved.recipe.data.dataset,
-            norm=resolved.recipe.eval.norm,
-            model_dir=resolved.relative(section.model_dir) if section.model_dir else default_model_dir(),
-            download=section.download,
-            image_size=student.image_size,
-            file=resolved.file,
-        )
-        _check_extra_teacher_fits(resolved, key, "model", zoo.network.num_classes, student.image_size, student)
-        progress.message(
-            f"teacher {name!r}: RobustBench {zoo.name} ({zoo.dataset}, {zoo.threat_model}) from {zoo.path}"
-        )
-        freeze(zoo.network)
-        return zoo.network
-    sub = resolved.extra_teacher_recipes.get(name)
-    setting = section.normalize
-    if sub is not None:
-        info = build_source(sub).info()
-        _check_extra_teacher_fits(resolved, key, "recipe", info.num_classes, info.image_size, student)
-        progress.message(f"teacher {name!r}: recipe {os.path.normpath(sub.file)} (hash {sub.short_hash})")
-        outcome = run_recipe(sub, runs_dir=runs_dir, progress=progress)
-        setup_distributed(sub.recipe.train.device).barrier()
-        weights, model_name = outcome.out_dir / "model.pt", sub.recipe.student.model
-        if setting is None:
-            setting = sub.recipe.student.normalize
-    else:
-        assert section.checkpoint is not None and section.model is not None
-        info = student
-        weights, model_name = resolved.relative(section.checkpoint), section.model
-    normalization = resolve_normalization(setting, tuple(info.mean), tuple(info.std))
-    file = weights / "model.pt" if weights.is_dir() else weights
-    meta = load_network_metadata(file)
-    check_recorded(
-        recorded_normalization(meta, tuple(info.mean), tuple(info.std)),
-        normalization,
-        file=resolved.file,
-        key=f"{key}.normalize",
-        what=f"the weights of teacher {name!r} {weights}",
-    )
-    classes = checkpoint_num_classes(weights) or info.num_classes
-    _check_extra_teacher_fits(resolved, key, "model", classes, info.image_size, student)
-    spec = network_spec(info, classes, normalization)
-    teacher = build_network(model_name, resolved.extra_teacher_configs[name], spec)
-    load_network_weights(teacher, weights, what=f"teacher {name!r}")
-    freeze(teacher)
-    return teacher
-
-
-def _check_extra_teacher_fits(
-    resolved: ResolvedRecipe, key: str, field: str, classes: int, image_size: int, student: DatasetInfo
-) -> None:
-    readers = resolved.method_class.teacher_logit_readers(resolved.method_config)
-    if readers and classes != student.num_classes:
-        raise RecipeError(
-            f"method {resolved.recipe.method.name!r} compares this teacher's logits with the student's "
-            f"({', '.join(readers)}), but it has {classes} classes and the student {student.num_classes}",
-            file=resolved.file,
-            key=f"{key}.{field}",
-            hint="use a teacher of the student's dataset",
-        )
-    if image_size != student.image_size:
-        raise RecipeError(
-            f"this teacher takes {image_size}-pixel inputs but the student's images are {student.image_size} pixels",
-            file=resolved.file,
-            key=f"{key}.{field}",
-            hint="use a teacher trained on images of the student's size",
-        )
-
-
 def _execute(
     resolved: ResolvedRecipe, folder: RunFolder, runs_dir: Path | None, progress: Progress, ddp: Distributed
 ) -> Result | None:
@@ -217,13 +131,13 @@ def _execute(
     data = build_data(resolved, hw, ddp.rank, ddp.world_size)
     normalization = student_normalization(resolved, data.info)
     spec = network_spec(data.info, normalization=normalization)
+    train_teacher = partial(_train_teacher, runs_dir=runs_dir, progress=progress)
     built = (
-        build_teacher(resolved, spec.num_classes, lambda sub: _train_teacher(sub, runs_dir, progress), progress.message)
-        if r.teacher is not None
-        else None
+        build_teacher(resolved, spec.num_classes, train_teacher, progress.message) if r.teacher is not None else None
     )
     extra_teachers = {
-        name: place(_extra_teacher(resolved, name, runs_dir, progress, data.info), hw) for name in r.teachers
+        name: place(build_extra_teacher(resolved, name, data.info, train_teacher, progress.message), hw)
+        for name in r.teachers
     }
     close_log = _nothing
     if ddp.is_main:  # from here on this run's lines also go to its train.log (the teacher's went to its own)
@@ -289,7 +203,7 @@ def _train_and_evaluate(
         teachers=extra_teachers,
         attack_schedule=r.attack.schedule(),
         run_key=resolved.hash,
-        validator=_validator(data, resolved, hw.device) if data.val_images is not None else None,
+        validator=validator(data, resolved, hw.device) if data.val_images is not None else None,
         val_every=r.train.val_every,
     )
     reset_peak_memory(hw.device)
@@ -297,9 +211,9 @@ def _train_and_evaluate(
     ddp.broadcast_module(student)  # every process evaluates rank 0's weights and BatchNorm statistics (model.pt's)
     if not ddp.is_main:
         if join_evaluation(ddp):  # rank 0 evaluates (no evaluation kept by an earlier attempt): take a share
-            _evaluate(student, data, resolved, hw.device, progress, world=ddp)
+            evaluate_network(student, data, resolved, hw.device, progress, world=ddp)
         return None
-    folder.write_model(_model_payload(student, resolved, spec.num_classes, normalization))
+    folder.write_model(model_payload(student, resolved, spec.num_classes, normalization))
 
     weights_digest = _weights_digest(student)
     pending = folder.pending_evaluation(resolved.hash, weights_digest)
@@ -307,15 +221,32 @@ def _train_and_evaluate(
     tic = time.perf_counter()
     store = progress_store_for(folder.result_file)
     if pending is None:
-        pending = _evaluate(student, data, resolved, hw.device, progress, world=ddp, store=store)
+        pending = evaluate_network(student, data, resolved, hw.device, progress, world=ddp, store=store)
     report = pending
     eval_seconds = time.perf_counter() - tic
-    selection = _best_on_validation(trainer, student, data, resolved, hw.device, progress, folder, spec, normalization)
-    teacher_record: dict[str, Any] | None = None
+    selection = best_on_validation(
+        trainer.best,
+        student,
+        data,
+        resolved,
+        progress,
+        folder,
+        spec,
+        normalization,
+        lambda net: evaluate_network(net, data, resolved, hw.device, progress),
+    )
+    teacher_numbers: dict[str, Any] | None = None
     teacher_eval_seconds = 0.0
     if built is not None:
         tic = time.perf_counter()
-        teacher_record = _teacher_record(built, data, resolved, hw.device, progress, teacher_evals)
+        teacher_numbers = teacher_record(
+            built,
+            data,
+            resolved,
+            progress,
+            teacher_evals,
+            lambda net, seed: evaluate_network(net, data, resolved, hw.device, progress, seed=seed),
+        )
         teacher_eval_seconds = time.perf_counter() - tic
     record = {
         "schema_version": SCHEMA_VERSION,
@@ -346,9 +277,9 @@ def _train_and_evaluate(
                 else None
             ),
         },
-        "teacher_source": teacher_record["identity"] if teacher_record else None,
-        "teacher_metrics": teacher_record["metrics"] if teacher_record else None,
-        "teacher_flags": teacher_record["flags"] if teacher_record else None,
+        "teacher_source": teacher_numbers["identity"] if teacher_numbers else None,
+        "teacher_metrics": teacher_numbers["metrics"] if teacher_numbers else None,
+        "teacher_flags": teacher_numbers["flags"] if teacher_numbers else None,
         **selection,
         "cost": cost_record(
             device=hw.device,
@@ -369,125 +300,6 @@ def _train_and_evaluate(
     store.clear()  # result.json holds the evaluation now
     progress.message(f"{r.name}: result in {folder.result_file}")
     return result
-
-
-def _validator(data: Any, resolved: ResolvedRecipe, device: torch.device) -> Any:
-    """The cheap robust check on the held-out training images (``train.val_attack``, PGD-10 by default):
-    ``{"score": robust accuracy, "clean_acc", <attack>}``. Never touches the test set."""
-    r = resolved.recipe
-    from kdbench.evaluation import evaluate
-
-    attack = r.train.val_attack
-
-    def check(net: Network) -> dict[str, float]:
-        net = net.to(memory_format=torch.contiguous_format)
-        report = evaluate(
-            net,
-            data.val_images,
-            data.val_labels,
-            ["clean"] if attack == "clean" else ["clean", attack],
-            eps=r.eval.eps,
-            norm=r.eval.norm,
-            batch_size=r.eval.batch_size,
-            device=device,
-            seed=r.seed,
-            sanity=False,
-        )
-        metrics = report.to_dict()
-        robust = metrics["clean_acc"] if attack == "clean" else metrics["robust"][attack]
-        return {"score": float(robust), "clean_acc": float(metrics["clean_acc"]), attack: float(robust)}
-
-    return check
-
-
-def _best_on_validation(
-    trainer: Trainer,
-    student: Network,
-    data: Any,
-    resolved: ResolvedRecipe,
-    device: torch.device,
-    progress: Progress,
-    folder: RunFolder,
-    spec: NetworkSpec,
-    normalization: Normalization,
-) -> dict[str, Any]:
-    """With data.val_size: the best-on-validation weights, saved as model_best_val.pt and evaluated on the
-    test set with the full suite (result.json ``validation`` and ``metrics_best_val``). The selection used
-    only the held-out training images."""
-    r = resolved.recipe
-    if data.val_images is None or trainer.best is None:
-        return {}
-    best = trainer.best
-    indices = data.val_indices.to(torch.int64).contiguous().numpy().tobytes()
-    record: dict[str, Any] = {
-        "size": len(data.val_labels),
-        "seed": r.seed,
-        "stratified": True,
-        "indices_sha256": hashlib.sha256(indices).hexdigest(),
-        "attack": r.train.val_attack,
-        "every": r.train.val_every,
-        "best_epoch": int(best["epoch"]),
-        "best_score": float(best["score"]),
-        "best_metrics": best["metrics"],
-        "ranked": "final",
-    }
-    if best["epoch"] == r.train.epochs:  # the final model is the best one: nothing more to evaluate
-        record["best_is_final"] = True
-        return {"validation": record, "metrics_best_val": None}
-    final_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
-    student.load_state_dict(best["student"])
-    folder.write_model(
-        _model_payload(student, resolved, spec.num_classes, normalization, extra={"epoch": best["epoch"]}),
-        best_val=True,
-    )
-    tic = time.perf_counter()
-    progress.message(f"{r.name}: best-on-validation model (epoch {best['epoch']}) on the test set")
-    report = _evaluate(student, data, resolved, device, progress)
-    record["test_eval_seconds"] = round(time.perf_counter() - tic, 3)
-    record["best_is_final"] = False
-    student.load_state_dict(final_state)
-    return {"validation": record, "metrics_best_val": report["metrics"], "flags_best_val": report["flags"]}
-
-
-def _teacher_record(
-    built: BuiltTeacher, data: Any, resolved: ResolvedRecipe, device: torch.device, progress: Progress, cache_dir: Path
-) -> dict[str, Any]:
-    """The teacher's identity and its own numbers, measured by `_evaluate` (the student's evaluation, on the
-    same examples), cached per teacher in ``cache_dir`` (``<runs dir>/.teacher-evals/``, wherever --out puts
-    the student)."""
-    r = resolved.recipe
-    identity = built.identity
-    record: dict[str, Any] = {"identity": identity.to_dict(), "metrics": None, "flags": []}
-    if not r.eval.teacher:
-        return record
-    classes = data.info.num_classes
-    if getattr(built.network, "num_classes", classes) != classes:
-        # A teacher from another label space (feature transfer, e.g. CRD from CIFAR-100 to CIFAR-10) has no
-        # accuracy on these labels: say so instead of evaluating it.
-        record["flags"] = [
-            f"teacher not evaluated: it predicts {built.network.num_classes} classes, the dataset has {classes}"
-        ]
-        return record
-    # A fixed attack seed: the teacher's numbers belong to the teacher, so a seed sweep of students shares them.
-    settings: dict[str, Any] = {
-        "attacks": list(r.eval.attacks),
-        "eps": r.eval.eps,
-        "norm": r.eval.norm,
-        "seed": TEACHER_EVAL_SEED,
-    }
-    if r.eval.step_size is not None:  # a pinned step changes the numbers (absent: earlier cache entries hold)
-        settings["step_size"] = r.eval.step_size
-    if r.eval.chunk_size:  # chunks seed the attacks apart (absent at 0: earlier cache entries hold)
-        settings["chunk_size"] = r.eval.chunk_size
-
-    def run() -> dict[str, Any]:
-        progress.message(f"{r.name}: evaluating the teacher ({identity.key}) once; later runs reuse it")
-        return _evaluate(built.network, data, resolved, device, progress, seed=TEACHER_EVAL_SEED)
-
-    report, cached = cached_teacher_eval(identity, settings, data.test_images, data.test_labels, cache_dir, run)
-    record["metrics"], record["flags"] = report["metrics"], report["flags"]
-    record["identity"]["metrics_cached"] = cached
-    return record
 
 
 def _environment(resolved: ResolvedRecipe, device: str) -> dict[str, Any]:
@@ -518,78 +330,6 @@ def _count(net: torch.nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-def _model_payload(
-    net: Network,
-    resolved: ResolvedRecipe,
-    num_classes: int,
-    normalization: Normalization,
-    state: dict[str, Any] | None = None,
-    extra: dict[str, Any] | None = None,
-) -> bytes:
-    """model.pt's bytes: the trained weights with what is needed to rebuild the network (safe to load
-    weights_only), including the input normalisation it was trained with."""
-    import io
-
-    weights = state if state is not None else net.state_dict()
-    payload = {
-        "format": 1,
-        "model": resolved.recipe.student.model,
-        "options": resolved.student_config.model_dump(mode="json"),
-        "num_classes": num_classes,
-        "normalize": normalization.model_dump(mode="json"),
-        "recipe_hash": resolved.hash,
-        **(extra or {}),
-        "state_dict": {k: v.detach().cpu().contiguous() for k, v in weights.items()},
-    }
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    return buffer.getvalue()
-
-
 def _checkpoint_owner(resolved: ResolvedRecipe) -> dict[str, str]:
     """What a training checkpoint of this run records, so that one copied from another run is refused."""
     return {"recipe_hash": resolved.hash, "model": resolved.recipe.student.model}
-
-
-def _evaluate(
-    net: Network,
-    data: Any,
-    resolved: ResolvedRecipe,
-    device: torch.device,
-    progress: Progress,
-    seed: int | None = None,
-    world: Distributed | None = None,
-    store: EvalProgressStore | None = None,
-) -> dict[str, Any]:
-    """The evaluation suite on the run's evaluation examples: the one place that chooses them, used for the
-    student, its best-on-validation weights and the teacher alike. ``world``: shared by the processes
-    of a data-parallel run (each calls it); ``store``: resumable per chunk (docs/distributed.md)."""
-    r = resolved.recipe
-    from kdbench.evaluation import evaluate
-    from kdbench.evaluation.record import evaluation_record, selection_flags
-
-    main = world is None or world.is_main
-    if main:
-        progress.message(f"{r.name}: evaluating {', '.join(r.eval.attacks)} on {len(data.test_labels)} test images")
-    net = net.to(memory_format=torch.contiguous_format)
-    report = evaluate(
-        net,
-        data.test_images,
-        data.test_labels,
-        r.eval.attacks,
-        eps=r.eval.eps,
-        norm=r.eval.norm,
-        batch_size=r.eval.batch_size,
-        device=device,
-        seed=r.seed if seed is None else seed,
-        step_size=r.eval.step_size,
-        on_progress=progress.message,
-        chunk_size=r.eval.chunk_size,
-        world=world,
-        store=store,
-    )
-    report.flags += selection_flags(data.selection)
-    for flag in report.flags if main else []:
-        print(f"kdbench: flag: {flag}", file=sys.stderr)
-    record = evaluation_record(report, data.selection, r.eval.step_size)
-    return {"metrics": report.to_dict(), "flags": [str(f) for f in report.flags], "record": record}

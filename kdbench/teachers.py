@@ -1,6 +1,6 @@
-"""Where a run's teacher comes from, and who it is.
+"""Where a run's teachers come from, and who they are.
 
-A teacher is one of
+The teacher (``[teacher]``) is one of
 
 * ``teacher.recipe``: the student of another recipe, trained first unless its run is finished;
 * ``teacher.checkpoint``: a weights file (a kdbench model.pt, a training checkpoint, or a bare state_dict
@@ -9,21 +9,23 @@ A teacher is one of
 
 Its identity (`TeacherIdentity`) pins the weights, not the path: the teacher recipe's hash, the
 checkpoint file's SHA-256, or the zoo name plus its file's SHA-256. result.json records it, the
-teacher's own evaluation is cached under it, and the leaderboard groups students by it.
+teacher's own evaluation is cached under it (`kdbench.teacher_eval`), and the leaderboard groups
+students by it.
+
+The additional teachers of a method that names them (``[teachers.<name>]``, `Method.extra_teachers`)
+come from the same three sources (`build_extra_teacher`). Both builders take the runner of a teacher
+recipe as a callable, so this module builds networks and never runs a recipe itself.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor
-
+from kdbench._errors import RecipeError
 from kdbench.build import (
     build_network,
     build_source,
@@ -33,9 +35,8 @@ from kdbench.build import (
     network_spec,
 )
 from kdbench.data.base import DatasetInfo
-from kdbench.engine.checkpoint import atomic_write_bytes, load_weights_file, max_weights_bytes
-from kdbench.engine.trainer import freeze
-from kdbench.models.base import Network
+from kdbench.engine.checkpoint import load_weights_file, max_weights_bytes
+from kdbench.models.base import Network, freeze
 from kdbench.models.normalization import (
     Normalization,
     check_recorded,
@@ -46,12 +47,10 @@ from kdbench.models.zoo import default_model_dir, file_sha256, load_zoo_teacher
 from kdbench.recipe import ResolvedRecipe, check_files
 
 __all__ = [
-    "TEACHER_EVAL_DIR",
     "BuiltTeacher",
     "TeacherIdentity",
+    "build_extra_teacher",
     "build_teacher",
-    "cached_teacher_eval",
-    "examples_fingerprint",
     "load_network_metadata",
     "teacher_normalization",
 ]
@@ -224,43 +223,90 @@ def load_network_metadata(weights: Path) -> dict[str, Any]:
     return {}
 
 
-# ------------------------------------------------------------------------ the teacher's own numbers
-
-#: Cached teacher evaluations live in ``<runs dir>/.teacher-evals/`` (one file per teacher and examples).
-TEACHER_EVAL_DIR = ".teacher-evals"
+# ------------------------------------------------------------------ the additional teachers
 
 
-def examples_fingerprint(images: Tensor, labels: Tensor) -> str:
-    """sha256 over the exact evaluation tensors, so "the same examples" is checked, not assumed."""
-    digest = hashlib.sha256()
-    for t in (images, labels):
-        t = t.detach().cpu().contiguous()
-        digest.update(str((tuple(t.shape), str(t.dtype))).encode())
-        digest.update(t.numpy().tobytes())
-    return digest.hexdigest()
+def build_extra_teacher(
+    resolved: ResolvedRecipe,
+    name: str,
+    student: DatasetInfo,
+    train_teacher_recipe: Callable[[ResolvedRecipe], Path],
+    say: Callable[[str], None],
+) -> Network:
+    """The additional teacher ``[teachers.<name>]``, frozen; refused when its classes or input size differ.
+
+    It sees the student's batches, so its input size must be the student's; its label space must be the
+    student's whenever the method reads teacher logits (`Method.teacher_logit_readers`). Like the main
+    teacher it may be a RobustBench zoo model, and it normalises as ``normalize`` (else its recipe's
+    student, else the dataset) says; a kdbench model.pt that records another normalisation is refused.
+    ``train_teacher_recipe`` runs its recipe (or finds its finished run) and returns the run folder, as
+    for `build_teacher`.
+    """
+    section = resolved.recipe.teachers[name]
+    key = f"teachers.{name}"
+    if section.zoo_name is not None:
+        zoo = load_zoo_teacher(
+            section.zoo_name,
+            dataset=resolved.recipe.data.dataset,
+            norm=resolved.recipe.eval.norm,
+            model_dir=resolved.relative(section.model_dir) if section.model_dir else default_model_dir(),
+            download=section.download,
+            image_size=student.image_size,
+            file=resolved.file,
+        )
+        _check_extra_teacher_fits(resolved, key, "model", zoo.network.num_classes, student.image_size, student)
+        say(f"teacher {name!r}: RobustBench {zoo.name} ({zoo.dataset}, {zoo.threat_model}) from {zoo.path}")
+        freeze(zoo.network)
+        return zoo.network
+    sub = resolved.extra_teacher_recipes.get(name)
+    setting = section.normalize
+    if sub is not None:
+        info = build_source(sub).info()
+        _check_extra_teacher_fits(resolved, key, "recipe", info.num_classes, info.image_size, student)
+        say(f"teacher {name!r}: recipe {os.path.normpath(sub.file)} (hash {sub.short_hash})")
+        weights, model_name = train_teacher_recipe(sub) / "model.pt", sub.recipe.student.model
+        if setting is None:
+            setting = sub.recipe.student.normalize
+    else:
+        assert section.checkpoint is not None and section.model is not None
+        info = student
+        weights, model_name = resolved.relative(section.checkpoint), section.model
+    normalization = resolve_normalization(setting, tuple(info.mean), tuple(info.std))
+    file = weights / "model.pt" if weights.is_dir() else weights
+    meta = load_network_metadata(file)
+    check_recorded(
+        recorded_normalization(meta, tuple(info.mean), tuple(info.std)),
+        normalization,
+        file=resolved.file,
+        key=f"{key}.normalize",
+        what=f"the weights of teacher {name!r} {weights}",
+    )
+    classes = checkpoint_num_classes(weights) or info.num_classes
+    _check_extra_teacher_fits(resolved, key, "model", classes, info.image_size, student)
+    spec = network_spec(info, classes, normalization)
+    teacher = build_network(model_name, resolved.extra_teacher_configs[name], spec)
+    load_network_weights(teacher, weights, what=f"teacher {name!r}")
+    freeze(teacher)
+    return teacher
 
 
-def cached_teacher_eval(
-    identity: TeacherIdentity,
-    settings: dict[str, Any],
-    images: Tensor,
-    labels: Tensor,
-    cache_dir: Path,
-    evaluate: Callable[[], dict[str, Any]],
-) -> tuple[dict[str, Any], bool]:
-    """The teacher's ``{"metrics", "flags"}`` on ``images``/``labels`` under the evaluation ``settings``,
-    from the cache when this teacher was evaluated on these examples before, else from ``evaluate()``
-    (then cached). Returns (record, whether it came from the cache)."""
-    key_data = {"teacher": identity.key, "examples": examples_fingerprint(images, labels), **settings}
-    key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()
-    path = cache_dir / f"{identity.key.replace(':', '_').replace('@', '_')}-{key[:16]}.json"
-    try:
-        cached = json.loads(path.read_text())
-        if cached.get("key") == key and isinstance(cached.get("metrics"), dict):
-            return {"metrics": cached["metrics"], "flags": list(cached.get("flags", []))}, True
-    except (OSError, ValueError):
-        pass
-    record = evaluate()
-    payload = {"key": key, **key_data, "identity": identity.to_dict(), **record}
-    atomic_write_bytes(path, (json.dumps(payload, indent=2) + "\n").encode())
-    return record, False
+def _check_extra_teacher_fits(
+    resolved: ResolvedRecipe, key: str, part: str, classes: int, image_size: int, student: DatasetInfo
+) -> None:
+    """Refuse, under ``<key>.<part>``, a teacher the student's batches do not fit (see `build_extra_teacher`)."""
+    readers = resolved.method_class.teacher_logit_readers(resolved.method_config)
+    if readers and classes != student.num_classes:
+        raise RecipeError(
+            f"method {resolved.recipe.method.name!r} compares this teacher's logits with the student's "
+            f"({', '.join(readers)}), but it has {classes} classes and the student {student.num_classes}",
+            file=resolved.file,
+            key=f"{key}.{part}",
+            hint="use a teacher of the student's dataset",
+        )
+    if image_size != student.image_size:
+        raise RecipeError(
+            f"this teacher takes {image_size}-pixel inputs but the student's images are {student.image_size} pixels",
+            file=resolved.file,
+            key=f"{key}.{part}",
+            hint="use a teacher trained on images of the student's size",
+        )

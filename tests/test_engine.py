@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from kdbench.engine.trainer import Interrupted, NonFiniteLossError, Trainer
+from kdbench.engine.loss_checks import NonFiniteLossError
+from kdbench.engine.trainer import Interrupted, Trainer
 from kdbench.recipe import load_recipe
 from kdbench.run import default_out_dir, run_recipe
 

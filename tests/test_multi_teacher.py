@@ -4,6 +4,7 @@ per-step state through a mid-epoch signal and resume, and the one-line errors of
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ import torch
 from kdbench import RecipeError
 from kdbench.engine.checkpoint import CheckpointStore
 from kdbench.engine.trainer import Interrupted, Trainer
-from kdbench.recipe import load_recipe
+from kdbench.recipe import ResolvedRecipe, load_recipe
 from kdbench.run import run_recipe
 
 from .conftest import write
@@ -138,7 +139,7 @@ def test_a_second_teacher_follows_normalize_like_the_first(tmp_path):
     not be contradicted, and a model.pt recording another normalisation is refused under its key."""
     from kdbench.build import build_source
     from kdbench.engine.progress import make_progress
-    from kdbench.run import _extra_teacher
+    from kdbench.teachers import build_extra_teacher
 
     _teachers(tmp_path)
     natural = tmp_path / "natural.toml"
@@ -155,8 +156,14 @@ def test_a_second_teacher_follows_normalize_like_the_first(tmp_path):
     resolved = load_recipe(write(tmp_path / "from_file.toml", from_file))
     info = build_source(resolved).info()
     with pytest.raises(RecipeError, match=r"teachers\.natural\.normalize: "):
-        _extra_teacher(resolved, "natural", tmp_path / "runs", make_progress(), info)
+        build_extra_teacher(resolved, "natural", info, _runs_no_recipe, make_progress().message)
     pinned = from_file.replace(f'checkpoint = "{trained}"', f'checkpoint = "{trained}"\nnormalize = "none"')
-    net = _extra_teacher(load_recipe(write(tmp_path / "fixed.toml", pinned)), "natural", None, make_progress(), info)
+    fixed = load_recipe(write(tmp_path / "fixed.toml", pinned))
+    net = build_extra_teacher(fixed, "natural", info, _runs_no_recipe, make_progress().message)
     assert net.normalize.mean.flatten().tolist() == [0.0, 0.0, 0.0]
     assert net.normalize.std.flatten().tolist() == [1.0, 1.0, 1.0]
+
+
+def _runs_no_recipe(sub: ResolvedRecipe) -> Path:
+    """The recipe runner handed to a teacher given as a checkpoint: it must never be called."""
+    raise AssertionError(f"a teacher from a checkpoint ran the recipe {sub.file}")

@@ -13,7 +13,7 @@ from kdbench.engine.hardware import resolve_hardware
 from kdbench.engine.progress import make_progress
 from kdbench.recipe import load_recipe
 from kdbench.run import run_recipe
-from kdbench.teachers import TEACHER_EVAL_DIR
+from kdbench.teacher_eval import TEACHER_EVAL_DIR
 
 from .conftest import write
 

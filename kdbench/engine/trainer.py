@@ -7,12 +7,13 @@ non-finite step are accumulated as tensors and read only at sync points (every
 
 Resume is exact: each epoch's data order and augmentation depend only on (seed, epoch) and the
 global RNG state is checkpointed, so a run killed at any moment and resumed produces the same
-weights as an uninterrupted one (bitwise on CPU with ``train.deterministic``).
+weights as an uninterrupted one (bitwise on CPU with ``train.deterministic``). What a checkpoint
+holds and how the trainer is put back to it: `kdbench.engine.train_state`; what the loop refuses in
+a method's loss terms: `kdbench.engine.loss_checks`.
 """
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -20,30 +21,27 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from kdbench._errors import PluginError, UserError
 from kdbench.attacks.base import Attack
 from kdbench.attacks.schedule import EpsSchedule, budget_at
-from kdbench.engine.checkpoint import CheckpointStore, atomic_write_bytes
+from kdbench.engine.checkpoint import CheckpointStore
 from kdbench.engine.config import TrainSection
 from kdbench.engine.distributed import Distributed
 from kdbench.engine.epoch_totals import EpochTotals
-from kdbench.engine.fingerprint import TeacherModifiedError, changed_tensors, tensor_digests
+from kdbench.engine.fingerprint import tensor_digests
 from kdbench.engine.hardware import Hardware
+from kdbench.engine.loss_checks import check_finite, check_loss_terms
 from kdbench.engine.progress import Progress
 from kdbench.engine.schedule import build_scheduler, lr_factor
+from kdbench.engine.train_state import TrainerState
 from kdbench.method import Method, StepContext
 from kdbench.models.base import Network
 
-__all__ = ["Interrupted", "NonFiniteLossError", "TrainSummary", "Trainer", "global_seed"]
-
-
-class NonFiniteLossError(UserError):
-    """A loss term became NaN or infinite; the run stops and keeps its last good checkpoint."""
+__all__ = ["Interrupted", "TrainSummary", "Trainer", "global_seed"]
 
 
 class Interrupted(Exception):
@@ -68,7 +66,7 @@ def global_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63)
 
 
-class Trainer:
+class Trainer(TrainerState):
     """Runs ``train.epochs`` epochs of ``method`` on ``student``, checkpointing after each epoch."""
 
     def __init__(
@@ -141,125 +139,11 @@ class Trainer:
         self.best: dict[str, Any] | None = None  # {"epoch", "score", "metrics", "student"}
         self.val_seconds = 0.0
 
-    # ------------------------------------------------------------------------------ checkpointing
-
-    def _rng_state(self) -> dict[str, Any]:
-        rng: dict[str, Any] = {"cpu": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return rng
-
-    def state_dict(self, epoch: int, batch: int) -> dict[str, Any]:
-        rng = self._rng_state()
-        return {
-            "format": 1,
-            "world_size": self.dist.world_size,
-            "epoch": epoch,
-            "batch": batch,
-            "student": self.student.state_dict(),
-            "method": self.method.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "rng": rng,
-            "history": self.history,
-            "seconds": self.seconds,
-            "images": self.images,
-            "partial": self._partial if batch else None,
-            **({"best": self.best, "val_seconds": self.val_seconds} if self.validator is not None else {}),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> tuple[int, int]:
-        check_world_size(state, self.dist, self.store.folder)
-        self.student.load_state_dict(state["student"])
-        self.method.load_state_dict(state["method"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["cpu"])
-        if "cuda" in state["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
-        self._restore_rank_state(state)
-        self.history = list(state["history"])
-        self.seconds = float(state["seconds"])
-        self.images = int(state["images"])
-        partial = state.get("partial")  # absent in checkpoints of kdbench <= 0.1: the epoch's row then says so
-        self._partial = partial if isinstance(partial, dict) and partial.get("steps") == state["batch"] else None
-        if self.validator is not None:
-            self.best = state.get("best")
-            self.val_seconds = float(state.get("val_seconds", 0.0))
-        return int(state["epoch"]), int(state["batch"])
-
-    def _checkpoint(self, epoch: int, batch: int) -> Path:
-        self._check_teacher_unchanged(epoch, batch)
-        ranks = self.dist.gather_objects(self._rank_state()) if self.dist.enabled else None
-        if not self.dist.is_main:  # rank 0 writes for everyone
-            return self.store.path((epoch, batch))
-        state = self.state_dict(epoch, batch)
-        if ranks is not None:
-            state["ranks"] = ranks
-        path = self.store.save((epoch, batch), state)
-        self._write_metrics()
-        return path
-
-    def _rank_state(self) -> dict[str, Any]:
-        """What differs between the processes of a data-parallel run: the global RNG (attack starts are
-        drawn per process) and the student's buffers (BatchNorm statistics of each process's slice).
-        Gathered into rank 0's checkpoint, so every process resumes its own stream: bitwise."""
-        buffers = {k: v.detach().cpu().clone() for k, v in self.student.named_buffers()}
-        return {"rng": {k: v.cpu() for k, v in self._rng_state().items()}, "student_buffers": buffers}
-
-    def _restore_rank_state(self, state: dict[str, Any]) -> None:
-        """This process's part of `_rank_state` (checkpoints of kdbench <= 0.1 hold rank 0's only: then
-        `fit` reseeds the global RNG per process; the buffers stay rank 0's)."""
-        ranks = state.get("ranks")
-        self._rank_state_restored = False
-        if not self.dist.enabled or not isinstance(ranks, list) or len(ranks) != self.dist.world_size:
-            return
-        mine = ranks[self.dist.rank]
-        torch.set_rng_state(mine["rng"]["cpu"].cpu())
-        if "cuda" in mine["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(mine["rng"]["cuda"].cpu(), self.device)
-        with torch.no_grad():
-            for name, buffer in self.student.named_buffers():
-                if name in mine["student_buffers"]:
-                    buffer.copy_(mine["student_buffers"][name])
-        self._rank_state_restored = True
-
-    def _check_teacher_unchanged(self, epoch: int, batch: int) -> None:
-        """Stop (before writing the checkpoint) when the method changed the teacher's tensors."""
-        changed: list[str] = []
-        if self._teacher_digests is not None and self.teacher is not None:
-            changed = changed_tensors(self._teacher_digests, self.teacher)
-        for name, digests in self._extra_teacher_digests.items():
-            changed += [f"{name}:{key}" for key in changed_tensors(digests, self.teachers[name])]
-        if changed:
-            last = self.store.positions()
-            good = f"last good checkpoint: {self.store.path(last[0])}" if last else "no checkpoint was written yet"
-            shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
-            when = f"epoch {epoch + 1}, step {batch}" if batch else f"the end of epoch {epoch}"
-            raise TeacherModifiedError(
-                f"method {self.method_name} modified the teacher's weights ({shown} changed by {when}); "
-                "a method must never change the teacher (read it through the step context, leave it in eval mode); "
-                f"stopped without saving; {good}"
-            )
-
-    def _write_metrics(self) -> None:
-        text = "".join(json.dumps(row) + "\n" for row in self.history)
-        atomic_write_bytes(self.metrics_path, text.encode())
-
-    # ----------------------------------------------------------------------------------- the loop
-
     def fit(self) -> TrainSummary:
         """Train (resuming from the newest good checkpoint) and return the summary."""
-        start_epoch, start_batch = 0, 0
-        latest = self.store.load_latest(self.device)
-        if latest is not None:
-            start_epoch, start_batch = self.load_state_dict(latest[1])
-            if self.dist.is_main:  # killed between a checkpoint and its metrics: make them agree again
-                self._write_metrics()
-            if self.dist.enabled and start_batch and not self._rank_state_restored:  # rank 0's RNG state only
-                torch.manual_seed(global_seed(self.seed, start_epoch) + 7919 * start_batch + self.dist.rank)
-            where = f"epoch {start_epoch + 1}" + (f", step {start_batch}" if start_batch else "")
-            self.progress.message(f"resuming from {latest[0]} at {where}")
+        start_epoch, start_batch = self._resume()
+        if self.dist.enabled and start_batch and not self._rank_state_restored:  # rank 0's RNG state only
+            torch.manual_seed(global_seed(self.seed, start_epoch) + 7919 * start_batch + self.dist.rank)
         begin_run = getattr(self.progress, "begin_run", None)  # optional: elapsed, images/s, ETA
         if begin_run is not None:
             begin_run(
@@ -318,7 +202,7 @@ class Trainer:
             if due or (self._stop_signal is not None and not self.dist.enabled):
                 steps_since_sync = 0
                 last_sync = time.perf_counter()
-                self._check_finite(totals, epoch)
+                check_finite(totals, epoch, self.method_name, self.store)
                 values = totals.means(batch)
                 if logits is not None:
                     values["acc"] = totals.local_accuracy()  # this process's share of the epoch
@@ -330,7 +214,7 @@ class Trainer:
         self.seconds += time.perf_counter() - tic
         done = batch - start_batch
         self.images += done * self.loader.batch_size * self.dist.world_size
-        self._check_finite(totals, epoch)
+        check_finite(totals, epoch, self.method_name, self.store)
         if self._stop_signal is not None and batch < steps:
             self._partial = totals.partial(batch)
             path = self._checkpoint(epoch, batch)
@@ -421,18 +305,6 @@ class Trainer:
             return True
         return False
 
-    def _check_finite(self, totals: EpochTotals, epoch: int) -> None:
-        bad = totals.first_bad_step()
-        if bad is None:
-            return
-        step, names = bad
-        last = self.store.positions()
-        good = f"last good checkpoint: {self.store.path(last[0])}" if last else "no checkpoint was written yet"
-        raise NonFiniteLossError(
-            f"non-finite loss term {', '.join(names)!s} of method {self.method_name} "
-            f"at epoch {epoch + 1}, step {step}; stopped without saving; {good}"
-        )
-
     @contextmanager
     def _signals(self) -> Iterator[None]:
         """SIGINT/SIGTERM: finish the current step, checkpoint, stop (a second signal stops at once)."""
@@ -454,59 +326,3 @@ class Trainer:
         finally:
             for sig, old in previous.items():
                 signal.signal(sig, old)
-
-
-def check_world_size(state: dict[str, Any], world: Distributed, folder: Path) -> None:
-    """Refuse to resume a checkpoint of a run with another number of processes, in one line.
-
-    The global batch would stay the same, but each process has its own slice of it, its own RNG
-    stream (attack starts) and its own BatchNorm statistics, all saved per process in the checkpoint;
-    with another number of processes they cannot continue, and the resumed run would silently be
-    another run than the one started. Checkpoints of kdbench <= 0.1 do not record it (accepted, as before).
-    """
-    saved = state.get("world_size")
-    if saved is None or int(saved) == world.world_size:
-        return
-    how = "without torchrun (one process)" if int(saved) == 1 else f"with {saved} processes in all (torchrun "
-    how += "" if int(saved) == 1 else f"--nproc_per_node={saved}, or nodes x processes = {saved})"
-    raise UserError(
-        f"{folder} holds checkpoints of a run with {saved} process(es), but this one has {world.world_size}: "
-        f"resume it {how}, or start a fresh run in another folder (--out)"
-    )
-
-
-def check_loss_terms(terms: Any, method_name: str) -> None:
-    """Refuse what `Method.loss` may not return, in one line naming the method and the term.
-
-    The contract: a non-empty dict of name -> scalar floating-point tensor with autograd history. A
-    vector would be summed by nobody (stack fails or, worse, broadcasts), a Python float or a detached
-    tensor trains nothing, and an empty dict has nothing to minimise.
-    """
-    where = f"method {method_name}"
-    fix = "return a dict of named scalar tensors computed from the step context (e.g. loss.mean())"
-    if not isinstance(terms, dict) or not terms:
-        got = "an empty dict" if isinstance(terms, dict) else type(terms).__name__
-        raise PluginError(f"{where}: loss() returned {got}, not named loss terms; {fix}; stopped before any step")
-    for name, value in terms.items():
-        problem = None
-        if not isinstance(value, Tensor):
-            problem = f"is a {type(value).__name__}, not a tensor"
-        elif value.dim() != 0:
-            problem = f"has shape {tuple(value.shape)}, not a scalar"
-        elif not value.is_floating_point():
-            problem = f"has dtype {value.dtype}, not a floating-point type"
-        elif not value.requires_grad:
-            problem = "has no gradient (computed under torch.no_grad() or detached)"
-        if problem is not None:
-            raise PluginError(f"{where}: loss term {name!r} {problem}; {fix}; stopped before any optimiser step")
-
-
-_Module = TypeVar("_Module", bound=nn.Module)
-
-
-def freeze(module: _Module) -> _Module:
-    """Eval mode and no parameter gradients: how the teacher runs. Returns ``module`` itself."""
-    module.eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return module

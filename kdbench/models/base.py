@@ -7,14 +7,14 @@ attacks work in pixel space and eps = 8/255 means what robustness papers mean by
 
 from __future__ import annotations
 
-from typing import ClassVar, NamedTuple
+from typing import ClassVar, NamedTuple, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from kdbench.config import EmptyConfig, StrictModel
 
-__all__ = ["ModelOutput", "Network", "NetworkSpec", "Normalize"]
+__all__ = ["ModelOutput", "Network", "NetworkSpec", "Normalize", "freeze"]
 
 
 class ModelOutput(NamedTuple):
@@ -78,3 +78,14 @@ class Network(nn.Module):
         """``x: (B, 3, H, W)`` in [0, 1] -> ``logits: (B, num_classes)``."""
         logits: Tensor = self.head(self.features(x))
         return logits
+
+
+_Module = TypeVar("_Module", bound=nn.Module)
+
+
+def freeze(module: _Module) -> _Module:
+    """Eval mode and no parameter gradients: how the teacher runs. Returns ``module`` itself."""
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module

@@ -40,8 +40,8 @@ def test_disk_full_at_result_json_keeps_the_evaluation(tmp_path, capsys, monkeyp
 
     monkeypatch.delattr(checkpoint_module, "open")  # space again
     calls = []
-    real_evaluate = run_module._evaluate
-    monkeypatch.setattr(run_module, "_evaluate", lambda *a, **k: calls.append(1) or real_evaluate(*a, **k))
+    real_evaluate = run_module.evaluate_network
+    monkeypatch.setattr(run_module, "evaluate_network", lambda *a, **k: calls.append(1) or real_evaluate(*a, **k))
     assert main(["run", str(recipe), "--out", str(out), "--quiet"]) == 0
     assert f"kdbench: using the evaluation kept in {kept} (not evaluating again)" in capsys.readouterr().err
     assert calls == []
