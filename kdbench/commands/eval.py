@@ -34,7 +34,9 @@ checked for accuracy rising with eps and, when it reaches 4 x the run's eps or m
 
 ``--update-result`` (run folders only) also writes the new evaluation into the run's result.json
 (metrics, flags, evaluation; the previous file is kept as result.json.orig), so a run trained by an
-older kdbench reaches the leaderboard with today's selection, attacks and checks without retraining.
+older kdbench reaches the leaderboard with today's selection, attacks and checks without retraining;
+a result that does not record its teacher's identity also gets it, derived from the folder
+(`kdbench.folder_teacher`), so it is ranked beside today's runs of that teacher.
 """
 
 from __future__ import annotations
@@ -279,8 +281,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     write_json(out, result)
     progress_store_for(out).clear()  # eval.json holds it all now
-    if args.update_result:
-        update_result(target.path, result)
+    teacher_added = update_result(target.path, result) if args.update_result else None
 
     print(
         f"{target.model} | {target.dataset} | {result['threat_model']['norm']} eps {eps_label(eps)} | n={len(labels)}"
@@ -292,6 +293,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"eval: {out}")
     if args.update_result:
         print(f"result: {target.path / 'result.json'} (previous: result.json.orig)")
+        if teacher_added is not None:
+            print(f"result: teacher identity {teacher_added} recorded (derived from the run folder)")
     if plot is not None:
         print(f"plot: {plot}")
     teardown_distributed(wait=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -66,12 +67,15 @@ def evaluation_record(report: EvalReport, selection: EvalSelection | None, step_
     }
 
 
-def update_result(run: Path, evaluation: dict[str, Any]) -> None:
+def update_result(run: Path, evaluation: dict[str, Any]) -> str | None:
     """Write ``evaluation`` (eval.json's content) into the run's result.json, keeping the old file.
 
     Replaces ``threat_model``, ``metrics``, ``flags``, ``flag_details`` and ``evaluation``, and records
     ``reevaluated`` (kdbench version, git commit, when); everything else (training, params, analysis,
-    env of the training) stays. The original is copied to result.json.orig once (never overwritten).
+    env of the training) stays. A result written before ``teacher_source`` existed also gets the
+    teacher's identity, derived from the folder (`kdbench.folder_teacher`; marked ``"derived": true``),
+    so the leaderboard can rank it beside today's runs of that teacher; its key is returned (None when
+    nothing was added). The original is copied to result.json.orig once (never overwritten).
     """
     folder = RunFolder(run)
     result = read_result(folder.result_file)
@@ -90,4 +94,17 @@ def update_result(run: Path, evaluation: dict[str, Any]) -> None:
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "seconds": evaluation.get("seconds", {}).get("total"),
     }
+    added = None
+    if result.teacher is not None and result.teacher_source is None:
+        from kdbench.folder_teacher import folder_teacher_identity
+
+        try:
+            identity = folder_teacher_identity(folder)
+        except UserError as exc:  # the evaluation is still written; only the teacher stays unidentified
+            print(f"kdbench: teacher identity not recorded: {exc}", file=sys.stderr)
+            identity = None
+        if identity is not None:
+            changes["teacher_source"] = {**identity.to_dict(), "derived": True}
+            added = identity.key
     result.updated(**changes).write(folder.result_file)
+    return added
