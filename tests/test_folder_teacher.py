@@ -82,7 +82,7 @@ def test_update_result_records_the_teacher_of_an_old_result_and_the_boards_merge
     assert main(["eval", str(old), "--update-result"]) == 0
     assert f"teacher identity {key} recorded" in capsys.readouterr().out
     source = json.loads((old / "result.json").read_text())["teacher_source"]
-    assert source["key"] == key and source["derived"] is True and source["model"] == "resnet8"
+    assert source["key"] == key and source["derived"] == "the run folder" and source["model"] == "resnet8"
     assert source["path"] == str(runs / "teacher" / key.removeprefix("recipe:")[:10] / "model.pt")
     assert "teacher_source" not in json.loads((old / "result.json.orig").read_text())
     assert _students(runs) == [(key, ["new", "old"])]  # one board: the same teacher
@@ -109,18 +109,54 @@ def test_a_checkpoint_teacher_is_identified_by_its_weights(tmp_path, capsys):
     assert _students(runs) == [(expected["key"], ["new", "old"])]
 
 
-def test_a_teacher_that_cannot_be_found_leaves_the_result_unidentified_but_updated(tmp_path, capsys):
+def test_a_teacher_recipe_that_does_not_resolve_from_the_folder_is_named_with_teacher(tmp_path, capsys):
+    """Older kdbench wrote teacher.recipe relative to the original recipe: from the folder it leads nowhere.
+    The evaluation is still written, with a note; ``--teacher RUN`` then names the teacher run."""
     runs = tmp_path / "runs"
-    teacher = write(tmp_path / "recipes" / "teacher.toml", TEACHER)
-    write(tmp_path / "recipes" / "old.toml", student("old", '[teacher]\nrecipe = "teacher.toml"\n'))
+    write(tmp_path / "recipes" / "teacher.toml", TEACHER)
+    for name in ("old", "new"):
+        write(tmp_path / "recipes" / f"{name}.toml", student(name, '[teacher]\nrecipe = "teacher.toml"\n'))
     old = _run(tmp_path / "recipes" / "old.toml", runs)
-    _as_written_before_teacher_source(old, {"recipe": str(teacher)})
-    for path in (runs / "teacher").rglob("*"):  # the teacher run is gone
-        if path.is_file():
-            path.unlink()
+    new = _run(tmp_path / "recipes" / "new.toml", runs)
+    key = json.loads((new / "result.json").read_text())["teacher_source"]["key"]
+    _as_written_before_teacher_source(old, {"model": "resnet8", "recipe": "teacher.toml"})
     capsys.readouterr()
     assert main(["eval", str(old), "--update-result"]) == 0
     err = capsys.readouterr().err
-    assert "teacher identity not recorded: no finished run of the teacher recipe" in err
+    assert "teacher identity not recorded:" in err and "does not resolve from the run folder" in err
+    assert "name it with --teacher RUN" in err
     result = json.loads((old / "result.json").read_text())
     assert "teacher_source" not in result and "reevaluated" in result
+
+    (teacher_run,) = (runs / "teacher").iterdir()
+    assert main(["eval", str(old), "--update-result", "--teacher", str(teacher_run)]) == 0
+    assert f"teacher identity {key} recorded" in capsys.readouterr().out
+    source = json.loads((old / "result.json").read_text())["teacher_source"]
+    assert source["key"] == key and source["derived"] == "--teacher"
+    assert _students(runs) == [(key, ["new", "old"])]
+
+
+def test_teacher_mistakes_are_one_line_errors_before_any_evaluation(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    write(tmp_path / "recipes" / "teacher.toml", TEACHER)
+    resnet20 = TEACHER.replace('name = "teacher"', 'name = "other"').replace("resnet8", "resnet20")
+    other = _run(write(tmp_path / "recipes" / "other.toml", resnet20), runs)  # another architecture
+    old = _run(write(tmp_path / "recipes" / "old.toml", student("old", '[teacher]\nrecipe = "teacher.toml"\n')), runs)
+    twin = TEACHER.replace('name = "teacher"', 'name = "twin"').replace("seed = 0", "seed = 1")
+    twin_run = _run(write(tmp_path / "recipes" / "twin.toml", twin), runs)  # the same network, other weights
+    (teacher_run,) = (runs / "teacher").iterdir()
+
+    def refused(args: list[str], message: str) -> None:
+        (old / "eval.json").unlink(missing_ok=True)
+        assert main(["eval", *args]) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert not (old / "eval.json").exists()  # refused before evaluating
+
+    refused([str(old), "--teacher", str(teacher_run)], "--teacher names the teacher that --update-result records")
+    refused([str(old), "--update-result", "--teacher", str(twin_run)], "drop --teacher")  # it records another
+    _as_written_before_teacher_source(old, {"model": "resnet8", "recipe": "teacher.toml"})
+    refused([str(old), "--update-result", "--teacher", str(other)], "trained 'resnet20', but")
+    refused([str(old), "--update-result", "--teacher", str(tmp_path / "nowhere")], "are not there")
+    recorded = json.loads((runs / "old").joinpath(old.name, "result.json").read_text())
+    assert "teacher_source" not in recorded

@@ -36,7 +36,8 @@ checked for accuracy rising with eps and, when it reaches 4 x the run's eps or m
 (metrics, flags, evaluation; the previous file is kept as result.json.orig), so a run trained by an
 older kdbench reaches the leaderboard with today's selection, attacks and checks without retraining;
 a result that does not record its teacher's identity also gets it, derived from the folder
-(`kdbench.folder_teacher`), so it is ranked beside today's runs of that teacher.
+(`kdbench.folder_teacher`) or from the teacher run ``--teacher RUN`` names, so it is ranked beside
+today's runs of that teacher.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ from kdbench.evaluation.eps_sweep import (
     plot_eps_sweep,
 )
 from kdbench.evaluation.progress_store import progress_store_for
-from kdbench.evaluation.record import evaluation_record, selection_flags, update_result
+from kdbench.evaluation.record import evaluation_record, recorded_teacher, selection_flags, update_result
 from kdbench.evaluation.report import EvalReport
 from kdbench.evaluation.sanity import check_eps_monotone
 from kdbench.evaluation.selection import read_examples, select_examples
@@ -148,6 +149,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError(f"--step-size must be > 0, got {args.step_size}")
     if args.update_result and not args.target.is_dir():
         raise UserError("--update-result rewrites a run folder's result.json; give a run folder")
+    if args.teacher is not None and not args.update_result:
+        raise UserError("--teacher names the teacher that --update-result records; add --update-result")
+    # The teacher --teacher names is checked before anything is evaluated.
+    teacher = recorded_teacher(args.target, args.teacher) if args.teacher is not None else None
     if args.chunk_size is not None and args.chunk_size < 0:
         raise UserError(f"--chunk-size must be >= 0 (0: one chunk), got {args.chunk_size}")
     world = setup_distributed(args.device)  # torchrun: every process evaluates its share of the chunks
@@ -281,7 +286,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     write_json(out, result)
     progress_store_for(out).clear()  # eval.json holds it all now
-    teacher_added = update_result(target.path, result) if args.update_result else None
+    teacher_added = update_result(target.path, result, teacher) if args.update_result else None
 
     print(
         f"{target.model} | {target.dataset} | {result['threat_model']['norm']} eps {eps_label(eps)} | n={len(labels)}"
@@ -294,7 +299,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.update_result:
         print(f"result: {target.path / 'result.json'} (previous: result.json.orig)")
         if teacher_added is not None:
-            print(f"result: teacher identity {teacher_added} recorded (derived from the run folder)")
+            print(f"result: teacher identity {teacher_added} recorded")
     if plot is not None:
         print(f"plot: {plot}")
     teardown_distributed(wait=True)

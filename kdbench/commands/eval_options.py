@@ -111,6 +111,13 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run folders: also write this evaluation into result.json (the old one kept as result.json.orig)",
     )
+    p.add_argument(
+        "--teacher",
+        type=Path,
+        metavar="RUN",
+        help="with --update-result, for a result that does not record its teacher: the teacher run folder (or "
+        "weights file) the student distilled from, when the folder's recipe.toml does not lead to it",
+    )
     p.add_argument("--eps", metavar="EPS", help='budget, e.g. "8/255" (default: the run\'s, else 8/255; L2 0.5)')
     p.add_argument("--norm", choices=("linf", "l2"), help="threat model (default: the run's, else linf)")
     p.add_argument("--batch-size", type=int, metavar="B", help="evaluation batch size (default: the run's, else 256)")

@@ -31,10 +31,12 @@ from kdbench.evaluation.report import EvalReport
 from kdbench.evaluation.sanity import Flag, check_class_coverage, flag_details
 from kdbench.evaluation.selection import EvalSelection
 from kdbench.evaluation.suite import BLACK_BOX_QUERIES, SANITY_SAMPLE
+from kdbench.folder_teacher import folder_teacher_identity
 from kdbench.results import SCHEMA_VERSION, read_result
 from kdbench.run_folder import RunFolder
+from kdbench.teachers import TeacherIdentity
 
-__all__ = ["attack_protocol", "evaluation_record", "selection_flags", "update_result"]
+__all__ = ["attack_protocol", "evaluation_record", "recorded_teacher", "selection_flags", "update_result"]
 
 
 def attack_protocol(step_size: float | None) -> str:
@@ -67,15 +69,16 @@ def evaluation_record(report: EvalReport, selection: EvalSelection | None, step_
     }
 
 
-def update_result(run: Path, evaluation: dict[str, Any]) -> str | None:
+def update_result(run: Path, evaluation: dict[str, Any], teacher: TeacherIdentity | None = None) -> str | None:
     """Write ``evaluation`` (eval.json's content) into the run's result.json, keeping the old file.
 
     Replaces ``threat_model``, ``metrics``, ``flags``, ``flag_details`` and ``evaluation``, and records
     ``reevaluated`` (kdbench version, git commit, when); everything else (training, params, analysis,
     env of the training) stays. A result written before ``teacher_source`` existed also gets the
-    teacher's identity, derived from the folder (`kdbench.folder_teacher`; marked ``"derived": true``),
-    so the leaderboard can rank it beside today's runs of that teacher; its key is returned (None when
-    nothing was added). The original is copied to result.json.orig once (never overwritten).
+    teacher's identity: ``teacher`` (`recorded_teacher`, from ``--teacher``), else derived from the
+    folder (`kdbench.folder_teacher`); marked ``"derived"``, so the leaderboard can rank the result beside
+    today's runs of that teacher. Its key is returned (None when nothing was added). The original is
+    copied to result.json.orig once (never overwritten).
     """
     folder = RunFolder(run)
     result = read_result(folder.result_file)
@@ -96,15 +99,34 @@ def update_result(run: Path, evaluation: dict[str, Any]) -> str | None:
     }
     added = None
     if result.teacher is not None and result.teacher_source is None:
-        from kdbench.folder_teacher import folder_teacher_identity
-
-        try:
-            identity = folder_teacher_identity(folder)
-        except UserError as exc:  # the evaluation is still written; only the teacher stays unidentified
-            print(f"kdbench: teacher identity not recorded: {exc}", file=sys.stderr)
-            identity = None
-        if identity is not None:
-            changes["teacher_source"] = {**identity.to_dict(), "derived": True}
-            added = identity.key
+        how = "--teacher" if teacher is not None else "the run folder"
+        if teacher is None:
+            try:
+                teacher = folder_teacher_identity(folder)
+            except UserError as exc:  # the evaluation is still written; only the teacher stays unidentified
+                print(f"kdbench: teacher identity not recorded: {exc}; name it with --teacher RUN", file=sys.stderr)
+        if teacher is not None:
+            changes["teacher_source"] = {**teacher.to_dict(), "derived": how}
+            added = teacher.key
     result.updated(**changes).write(folder.result_file)
     return added
+
+
+def recorded_teacher(run: Path, given: Path) -> TeacherIdentity | None:
+    """The identity ``--teacher given`` gives the run's teacher, checked before anything is evaluated: the
+    teacher must fit the folder's recipe (`kdbench.folder_teacher`), and a result that records its teacher
+    must record this one. None when the result already records it (nothing to add)."""
+    folder = RunFolder(run)
+    identity = folder_teacher_identity(folder, given)
+    if identity is None:
+        raise UserError(f"--teacher: {folder.recipe_file} names no teacher recipe or weights file to identify")
+    result = read_result(folder.result_file)
+    recorded = result.teacher_source if result is not None else None
+    if recorded is not None:
+        if recorded.get("key") != identity.key:
+            raise UserError(
+                f"--teacher {given} is {identity.key}, but {folder.result_file} records teacher {recorded.get('key')}; "
+                "drop --teacher"
+            )
+        return None
+    return identity
