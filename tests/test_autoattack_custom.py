@@ -14,25 +14,13 @@ from kdbench.recipe import load_recipe
 from kdbench.run import run_recipe
 
 from .conftest import write
+from .recipes import tiny_recipe
 
 pytest.importorskip("pyautoattack", reason="AutoAttack evaluations need pyautoattack")
 
-RECIPE = """
-name = "aa_custom"
-[data]
-dataset = "fake"
-options = {train_size = 64, test_size = 16, image_size = 16}
-[student]
-model = "resnet8"
-[method]
-name = "natural"
-[train]
-epochs = 1
-batch_size = 32
-[eval]
-attacks = ["clean", "pgd5", "autoattack_custom"]
-batch_size = 8
-"""
+RECIPE = tiny_recipe(
+    "aa_custom", seed=None, test_size=16, attacks=("clean", "pgd5", "autoattack_custom"), eval_extra="batch_size = 8"
+)
 
 
 def _linear_model() -> torch.nn.Module:

@@ -11,22 +11,9 @@ import pytest
 from kdbench.cli import main
 
 from .conftest import REPO, write
+from .recipes import tiny_recipe
 
-RECIPE = """
-name = "cli"
-[data]
-dataset = "fake"
-options = {train_size = 64, test_size = 32, image_size = 16}
-[student]
-model = "resnet8"
-[method]
-name = "natural"
-[train]
-epochs = 1
-batch_size = 32
-[eval]
-attacks = ["clean"]
-"""
+RECIPE = tiny_recipe("cli", seed=None)
 
 
 def test_validate_ok_and_errors(tmp_path, capsys):

@@ -24,24 +24,9 @@ from kdbench.recipe import load_recipe
 from kdbench.run import run_recipe
 
 from .conftest import write
+from .recipes import tiny_recipe
 
-RECIPE = """
-name = "tiny"
-seed = 0
-[data]
-dataset = "fake"
-options = {train_size = 64, test_size = 32, image_size = 16}
-[student]
-model = "resnet8"
-[method]
-name = "natural"
-[train]
-epochs = 1
-batch_size = 32
-deterministic = true
-[eval]
-attacks = ["clean"]
-"""
+RECIPE = tiny_recipe(train_extra="deterministic = true")
 FAKE_OPTIONS = ["--data-option", "image_size=16", "--data-option", "test_size=32", "--data-option", "train_size=64"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -13,30 +13,14 @@ from kdbench.leaderboard import build_boards, collect
 from kdbench.run_folder import RunFolder
 
 from .conftest import write
+from .recipes import tiny_recipe
 
-TEACHER = """
-name = "teacher"
-seed = 0
-[data]
-dataset = "fake"
-options = {train_size = 64, test_size = 24, image_size = 16}
-[student]
-model = "resnet8"
-[method]
-name = "natural"
-[train]
-epochs = 1
-batch_size = 32
-[eval]
-attacks = ["clean", "fgsm"]
-"""
-
-STUDENT = TEACHER.replace('name = "natural"', 'name = "kd"')
+TEACHER = tiny_recipe("teacher", test_size=24, attacks=("clean", "fgsm"))
 
 
 def student(name: str, teacher_table: str) -> str:
     """A KD student recipe named ``name`` with the given [teacher] table."""
-    return STUDENT.replace('name = "teacher"', f'name = "{name}"') + teacher_table
+    return tiny_recipe(name, method="kd", test_size=24, attacks=("clean", "fgsm"), teacher=teacher_table)
 
 
 def _run(recipe: Path, runs: Path) -> Path:
@@ -68,7 +52,7 @@ def test_update_result_records_the_teacher_of_an_old_result_and_the_boards_merge
     runs = tmp_path / "runs"
     teacher = write(tmp_path / "recipes" / "teacher.toml", TEACHER)
     for name in ("old", "new"):
-        write(tmp_path / "recipes" / f"{name}.toml", student(name, '[teacher]\nrecipe = "teacher.toml"\n'))
+        write(tmp_path / "recipes" / f"{name}.toml", student(name, '[teacher]\nrecipe = "teacher.toml"'))
     old = _run(tmp_path / "recipes" / "old.toml", runs)
     new = _run(tmp_path / "recipes" / "new.toml", runs)
     key = json.loads((new / "result.json").read_text())["teacher_source"]["key"]
@@ -115,7 +99,7 @@ def test_a_teacher_recipe_that_does_not_resolve_from_the_folder_is_named_with_te
     runs = tmp_path / "runs"
     write(tmp_path / "recipes" / "teacher.toml", TEACHER)
     for name in ("old", "new"):
-        write(tmp_path / "recipes" / f"{name}.toml", student(name, '[teacher]\nrecipe = "teacher.toml"\n'))
+        write(tmp_path / "recipes" / f"{name}.toml", student(name, '[teacher]\nrecipe = "teacher.toml"'))
     old = _run(tmp_path / "recipes" / "old.toml", runs)
     new = _run(tmp_path / "recipes" / "new.toml", runs)
     key = json.loads((new / "result.json").read_text())["teacher_source"]["key"]
@@ -139,10 +123,10 @@ def test_a_teacher_recipe_that_does_not_resolve_from_the_folder_is_named_with_te
 def test_teacher_mistakes_are_one_line_errors_before_any_evaluation(tmp_path, capsys):
     runs = tmp_path / "runs"
     write(tmp_path / "recipes" / "teacher.toml", TEACHER)
-    resnet20 = TEACHER.replace('name = "teacher"', 'name = "other"').replace("resnet8", "resnet20")
+    resnet20 = tiny_recipe("other", student="resnet20", test_size=24, attacks=("clean", "fgsm"))
     other = _run(write(tmp_path / "recipes" / "other.toml", resnet20), runs)  # another architecture
     old = _run(write(tmp_path / "recipes" / "old.toml", student("old", '[teacher]\nrecipe = "teacher.toml"\n')), runs)
-    twin = TEACHER.replace('name = "teacher"', 'name = "twin"').replace("seed = 0", "seed = 1")
+    twin = tiny_recipe("twin", seed=1, test_size=24, attacks=("clean", "fgsm"))
     twin_run = _run(write(tmp_path / "recipes" / "twin.toml", twin), runs)  # the same network, other weights
     (teacher_run,) = (runs / "teacher").iterdir()
 

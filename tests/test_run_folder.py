@@ -21,44 +21,18 @@ from kdbench.run import run_recipe
 from kdbench.run_folder import PROVENANCE_TABLE, RunFolder
 
 from .conftest import write
+from .recipes import tiny_recipe
 
-TEACHER = """
-name = "teacher"
-seed = 0
-[data]
-dataset = "fake"
-options = {train_size = 64, test_size = 24, image_size = 16}
-[student]
-model = "resnet8"
-[method]
-name = "natural"
-[train]
-epochs = 1
-batch_size = 32
-deterministic = true
-[eval]
-attacks = ["clean"]
-"""
+TEACHER = tiny_recipe("teacher", test_size=24, train_extra="deterministic = true")
 
-STUDENT = """
-name = "student"
-seed = 0
-[data]
-dataset = "fake"
-options = {train_size = 64, test_size = 24, image_size = 16}
-[teacher]
-recipe = "teachers/teacher.toml"
-[student]
-model = "resnet8"
-[method]
-name = "kd"
-[train]
-epochs = 1
-batch_size = 32
-deterministic = true
-[eval]
-attacks = ["clean", "fgsm"]
-"""
+STUDENT = tiny_recipe(
+    "student",
+    method="kd",
+    test_size=24,
+    teacher='[teacher]\nrecipe = "teachers/teacher.toml"',
+    train_extra="deterministic = true",
+    attacks=("clean", "fgsm"),
+)
 
 
 @pytest.fixture(scope="module")

@@ -11,23 +11,9 @@ from kdbench.cli import main
 from kdbench.recipe import load_recipe, load_recipes
 
 from .conftest import write
+from .recipes import tiny_recipe
 
-BASE = """
-name = "base"
-seed = 0
-[data]
-dataset = "fake"
-options = {train_size = 64, test_size = 32, image_size = 16}
-[student]
-model = "resnet8"
-[method]
-name = "natural"
-[train]
-epochs = 1
-batch_size = 32
-[eval]
-attacks = ["clean"]
-"""
+BASE = tiny_recipe("base")
 
 
 def test_sweep_expands_the_product_with_names(tmp_path):

@@ -13,26 +13,13 @@ import subprocess
 import pytest
 
 from ..conftest import write
+from ..recipes import tiny_recipe
 from .conftest import kdbench_command, subprocess_env, wait_for
 
 #: One quick epoch, then a PGD-20 evaluation long enough to be signalled in.
-SLOW_EVAL = """
-name = "slow-eval"
-seed = 5
-[data]
-dataset = "fake"
-options = {train_size = 64, test_size = 512, image_size = 16}
-[student]
-model = "resnet8"
-[method]
-name = "natural"
-[train]
-epochs = 1
-batch_size = 32
-deterministic = true
-[eval]
-attacks = ["clean", "pgd20"]
-"""
+SLOW_EVAL = tiny_recipe(
+    "slow-eval", seed=5, test_size=512, train_extra="deterministic = true", attacks=("clean", "pgd20")
+)
 
 
 @pytest.mark.parametrize(
