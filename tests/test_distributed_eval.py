@@ -21,27 +21,11 @@ import torch
 from kdbench.cli import main
 
 from .conftest import write
+from .recipes import tiny_recipe
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 
-RECIPE = """
-name = "evaluated"
-seed = 0
-[data]
-dataset = "fake"
-options = {train_size = 512, test_size = 48, image_size = 16}
-[student]
-model = "resnet8"
-[method]
-name = "natural"
-[train]
-epochs = 3
-batch_size = 32
-lr = 0.05
-device = "cpu"
-[eval]
-attacks = ["clean"]
-"""
+RECIPE = tiny_recipe("evaluated", train_size=512, test_size=48, epochs=3, train_extra='lr = 0.05\ndevice = "cpu"')
 ATTACKS = ["clean", "fgsm", "pgd5", "cw"]
 
 
@@ -185,26 +169,14 @@ def test_the_speed_up_measurement_recipes_validate():
     assert main(["validate", *recipes]) == 0
 
 
-RUN_RECIPE = """
-name = "killed-in-eval"
-seed = 0
-[data]
-dataset = "fake"
-options = {train_size = 256, test_size = 48, image_size = 16}
-[student]
-model = "resnet8"
-[method]
-name = "natural"
-[train]
-epochs = 1
-batch_size = 32
-device = "cpu"
-deterministic = true
-[eval]
-attacks = ["clean", "pgd100"]
-eps = "4/255"
-chunk_size = 8
-"""
+RUN_RECIPE = tiny_recipe(
+    "killed-in-eval",
+    train_size=256,
+    test_size=48,
+    train_extra='device = "cpu"\ndeterministic = true',
+    attacks=("clean", "pgd100"),
+    eval_extra='eps = "4/255"\nchunk_size = 8',
+)
 
 
 def test_a_run_killed_in_its_evaluation_resumes_at_the_chunk_it_reached(tmp_path):

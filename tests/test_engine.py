@@ -13,45 +13,19 @@ from kdbench.recipe import load_recipe
 from kdbench.run import default_out_dir, run_recipe
 
 from .conftest import write
+from .recipes import tiny_recipe
 
-TEACHER = """
-name = "teacher"
-seed = 0
-[data]
-dataset = "fake"
-options = {train_size = 96, test_size = 32, image_size = 16}
-[student]
-model = "resnet8"
-[method]
-name = "natural"
-[train]
-epochs = 2
-batch_size = 32
-deterministic = true
-[eval]
-attacks = ["clean"]
-"""
+TEACHER = tiny_recipe("teacher", train_size=96, epochs=2, train_extra="deterministic = true")
 
-STUDENT = """
-name = "student"
-seed = 3
-[data]
-dataset = "fake"
-options = {train_size = 96, test_size = 32, image_size = 16}
-[teacher]
-recipe = "teacher.toml"
-[student]
-model = "resnet8"
-[method]
-name = "kd"
-[train]
-epochs = 3
-batch_size = 32
-schedule = "cosine"
-deterministic = true
-[eval]
-attacks = ["clean"]
-"""
+STUDENT = tiny_recipe(
+    "student",
+    seed=3,
+    method="kd",
+    train_size=96,
+    teacher='[teacher]\nrecipe = "teacher.toml"',
+    epochs=3,
+    train_extra='schedule = "cosine"\ndeterministic = true',
+)
 
 
 @pytest.fixture

@@ -10,22 +10,9 @@ import pytest
 from kdbench.cli import main
 
 from .conftest import write
+from .recipes import tiny_recipe
 
-RECIPE = """
-name = "cut"
-[data]
-dataset = "fake"
-options = {train_size = 64, test_size = 32, image_size = 16}
-[student]
-model = "resnet8"
-[method]
-name = "natural"
-[train]
-epochs = 1
-batch_size = 32
-[eval]
-attacks = ["clean"]
-"""
+RECIPE = tiny_recipe("cut", seed=None)
 
 DISTIL = """
 name = "cut_kd"

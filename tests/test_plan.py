@@ -11,40 +11,11 @@ from kdbench.engine.estimate import CPU_WARN_SECONDS, estimate_run, format_durat
 from kdbench.recipe import load_recipe
 
 from .conftest import write
+from .recipes import tiny_recipe
 
-TEACHER = """
-name = "plan_teacher"
-[data]
-dataset = "fake"
-options = {train_size = 64, test_size = 32, image_size = 16}
-[student]
-model = "resnet8"
-[method]
-name = "natural"
-[train]
-epochs = 3
-batch_size = 32
-[eval]
-attacks = ["clean"]
-"""
+TEACHER = tiny_recipe("plan_teacher", seed=None, epochs=3)
 
-STUDENT = """
-name = "plan_student"
-[data]
-dataset = "fake"
-options = {train_size = 64, test_size = 32, image_size = 16}
-[teacher]
-recipe = "teacher.toml"
-[student]
-model = "resnet8"
-[method]
-name = "kd"
-[train]
-epochs = 1
-batch_size = 32
-[eval]
-attacks = ["clean"]
-"""
+STUDENT = tiny_recipe("plan_student", seed=None, method="kd", teacher='[teacher]\nrecipe = "teacher.toml"')
 
 
 @pytest.fixture

@@ -14,41 +14,13 @@ from kdbench.recipe import load_recipe
 from kdbench.run import run_recipe
 
 from .conftest import write
+from .recipes import tiny_recipe
 
-TEACHER = """
-name = "prog_teacher"
-[data]
-dataset = "fake"
-options = {train_size = 96, test_size = 32, image_size = 16}
-[student]
-model = "resnet8"
-[method]
-name = "natural"
-[train]
-epochs = 2
-batch_size = 32
-log_every = 1000
-[eval]
-attacks = ["clean"]
-"""
+TEACHER = tiny_recipe("prog_teacher", seed=None, train_size=96, epochs=2, train_extra="log_every = 1000")
 
-STUDENT = """
-name = "prog_student"
-[data]
-dataset = "fake"
-options = {train_size = 96, test_size = 32, image_size = 16}
-[teacher]
-recipe = "teacher.toml"
-[student]
-model = "resnet8"
-[method]
-name = "kd"
-[train]
-epochs = 1
-batch_size = 32
-[eval]
-attacks = ["clean"]
-"""
+STUDENT = tiny_recipe(
+    "prog_student", seed=None, method="kd", train_size=96, teacher='[teacher]\nrecipe = "teacher.toml"'
+)
 
 
 def test_clock_reports_elapsed_rate_and_etas(monkeypatch):

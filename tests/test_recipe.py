@@ -11,23 +11,9 @@ from kdbench._toml import dumps
 from kdbench.recipe import load_recipe, resolve
 
 from .conftest import write
+from .recipes import tiny_recipe
 
-BASE = """
-name = "r"
-seed = 1
-[data]
-dataset = "fake"
-options = {train_size = 64, test_size = 32, image_size = 16}
-[student]
-model = "resnet8"
-[method]
-name = "natural"
-[train]
-epochs = 1
-batch_size = 16
-[eval]
-attacks = ["clean"]
-"""
+BASE = tiny_recipe("r", seed=1, batch_size=16)
 
 
 def base(tmp_path, extra: str = "", name: str = "r.toml"):
