@@ -45,6 +45,7 @@ __all__ = [
     "checkpoint_num_classes",
     "dataset_root",
     "eval_selection",
+    "load_network_metadata",
     "load_network_weights",
     "network_spec",
     "place",
@@ -310,6 +311,18 @@ def place(net: Network, hardware: Hardware) -> Network:
     """Move a network to the run's device, channels_last when the hardware choice says so."""
     memory = torch.channels_last if hardware.channels_last else torch.contiguous_format
     return net.to(hardware.device).to(memory_format=memory)
+
+
+def load_network_metadata(weights: Path) -> dict[str, Any]:
+    """kdbench metadata of a weights file (empty for bare state_dicts and unreadable files)."""
+    file = weights / "model.pt" if weights.is_dir() else weights
+    try:
+        payload = load_weights_file(file)
+    except Exception:
+        return {}
+    if isinstance(payload, dict) and "state_dict" in payload:
+        return {k: v for k, v in payload.items() if k != "state_dict"}
+    return {}
 
 
 def checkpoint_num_classes(path: Path) -> int | None:

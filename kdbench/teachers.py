@@ -31,11 +31,12 @@ from kdbench.build import (
     build_source,
     check_label_spaces,
     checkpoint_num_classes,
+    load_network_metadata,
     load_network_weights,
     network_spec,
 )
 from kdbench.data.base import DatasetInfo
-from kdbench.engine.checkpoint import load_weights_file, max_weights_bytes
+from kdbench.engine.checkpoint import max_weights_bytes
 from kdbench.models.base import Network, freeze
 from kdbench.models.normalization import (
     Normalization,
@@ -51,7 +52,6 @@ __all__ = [
     "TeacherIdentity",
     "build_extra_teacher",
     "build_teacher",
-    "load_network_metadata",
     "teacher_normalization",
 ]
 
@@ -209,18 +209,6 @@ def _untrained(
     network = build_network(model_name, resolved.teacher_config, network_spec(info, classes, normalization))
     freeze(network)
     return BuiltTeacher(network, TeacherIdentity("untrained", model_name, path="random init"), normalization)
-
-
-def load_network_metadata(weights: Path) -> dict[str, Any]:
-    """kdbench metadata of a weights file (empty for bare state_dicts and unreadable files)."""
-    file = weights / "model.pt" if weights.is_dir() else weights
-    try:
-        payload = load_weights_file(file)
-    except Exception:
-        return {}
-    if isinstance(payload, dict) and "state_dict" in payload:
-        return {k: v for k, v in payload.items() if k != "state_dict"}
-    return {}
 
 
 # ------------------------------------------------------------------ the additional teachers

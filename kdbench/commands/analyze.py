@@ -43,6 +43,7 @@ from kdbench.build import (
     build_source,
     checkpoint_num_classes,
     eval_selection,
+    load_network_metadata,
     load_network_weights,
     network_spec,
     student_normalization,
@@ -55,7 +56,7 @@ from kdbench.models.normalization import Normalization, recorded_normalization
 from kdbench.recipe import ResolvedRecipe, resolve
 from kdbench.results import eps_label, read_result
 from kdbench.run_folder import RunFolder
-from kdbench.teachers import load_network_metadata, teacher_normalization
+from kdbench.teachers import teacher_normalization
 
 __all__ = ["DEFAULT_N", "add_parser", "analyze_run", "cmd_analyze"]
 

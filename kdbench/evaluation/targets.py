@@ -15,11 +15,10 @@ from torch import Tensor
 from kdbench import _toml
 from kdbench._errors import UserError
 from kdbench._registry import DATASETS, MODELS, split_variant
-from kdbench.build import DATA_ROOT_ENV, build_network, load_network_weights, network_spec
+from kdbench.build import DATA_ROOT_ENV, build_network, load_network_metadata, load_network_weights, network_spec
 from kdbench.config import StrictModel
 from kdbench.data.base import DatasetInfo, DatasetSource
 from kdbench.data.cache import load_split_cached
-from kdbench.engine.checkpoint import load_weights_file
 from kdbench.evaluation.selection import SelectionError, has_canonical_order, read_examples
 from kdbench.evaluation.sharding import recorded_chunk_size
 from kdbench.models.base import Network
@@ -66,17 +65,6 @@ class _Target:
     default_out: Path
 
 
-def _metadata(weights: Path) -> dict[str, Any]:
-    """The metadata of a kdbench model file (``model``, ``options``, ``num_classes``; empty otherwise)."""
-    try:
-        payload = load_weights_file(weights)
-    except Exception:
-        return {}  # load_network_weights reports the problem with context
-    if isinstance(payload, dict) and "state_dict" in payload:
-        return {k: v for k, v in payload.items() if k != "state_dict"}
-    return {}
-
-
 def _make_source(dataset: str, config: StrictModel, root: Path | None, download: bool = False) -> DatasetSource:
     cls = DATASETS.get(dataset)
     return cls(config, root, download)
@@ -101,7 +89,7 @@ def _build_net(
     config = _config(cls, options, str(weights), f"options of model {model!r}")
     # The input normalisation the weights were trained with (model.pt records it; older files and bare
     # state_dicts used the dataset's statistics).
-    normalization = recorded_normalization(_metadata(weights), tuple(info.mean), tuple(info.std))
+    normalization = recorded_normalization(load_network_metadata(weights), tuple(info.mean), tuple(info.std))
     if normalize is not None:
         wanted = resolve_normalization(normalize, tuple(info.mean), tuple(info.std))  # type: ignore[arg-type]
         if normalization is not None and not normalization.same_function(wanted):
@@ -157,7 +145,7 @@ def _load_run(run: Path, args: argparse.Namespace) -> _Target:
         except SelectionError as err:
             raise SelectionError(err.key, err.problem, "give the index file with --examples FILE") from None
 
-    meta = _metadata(weights)
+    meta = load_network_metadata(weights)
     model = meta.get("model")
     if not isinstance(model, str):
         raise UserError(f"{weights} does not record its model; evaluate it as a weights file with --model NAME")
@@ -198,7 +186,7 @@ def _load_weights(weights: Path, args: argparse.Namespace) -> _Target:
     """A weights file: --model (or the file's own record) on --dataset's test split."""
     if not args.dataset:
         raise UserError(f"{weights} is a weights file: name its dataset with --dataset (e.g. --dataset cifar10)")
-    meta = _metadata(weights)
+    meta = load_network_metadata(weights)
     recorded = meta.get("model") if isinstance(meta.get("model"), str) else None
     model = args.model or recorded
     if not model:
