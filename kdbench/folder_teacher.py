@@ -40,7 +40,7 @@ def folder_teacher_identity(folder: RunFolder, given: Path | None = None) -> Tea
     teacher = folder.recipe_table().get("teacher")
     if not isinstance(teacher, dict) or isinstance(teacher.get("zoo_name"), str):
         return None
-    weights = given if given is not None else folder.teacher_weights()
+    weights = given if given is not None else folder.teacher_weights(hint="name the teacher run with --teacher RUN")
     if weights is None:
         return None
     file = weights / "model.pt" if weights.is_dir() else weights

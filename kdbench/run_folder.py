@@ -57,6 +57,8 @@ __all__ = ["PROVENANCE_TABLE", "RunFolder", "RunStatus", "recorded_recipe_hash"]
 
 RunStatus = Literal["done", "partial", "new"]
 _HEADER = "# resolved recipe "
+#: How `RunFolder.teacher_weights` asks for a teacher it cannot find (``kdbench analyze``'s option).
+_TEACHER_HINT = "pass --teacher-checkpoint PATH (the teacher's model.pt or run folder)"
 
 
 class RunFolder:
@@ -288,11 +290,12 @@ class RunFolder:
 
         return resolve(self.recipe_table(), path=self.recipe_file)
 
-    def teacher_weights(self, runs_dir: Path | None = None) -> Path | None:
+    def teacher_weights(self, runs_dir: Path | None = None, hint: str = _TEACHER_HINT) -> Path | None:
         """The teacher's weights (a model.pt or a teacher run folder), or None for a run without teacher.
 
         Self-contained folders name them in recipe.toml; for folders of an older kdbench whose teacher
-        was a recipe, the teacher run is looked for beside the student's and in the runs folder.
+        was a recipe, the teacher run is looked for beside the student's and in the runs folder. ``hint``
+        ends the error when it is not found (the calling command's way to name the teacher).
         """
         raw = self.recipe_table()
         teacher = raw.get("teacher")
@@ -314,8 +317,7 @@ class RunFolder:
             if exc.key == "teacher.recipe":
                 raise UserError(
                     f"{self.recipe_file}: teacher.recipe {teacher.get('recipe')!r} does not resolve from the run "
-                    "folder (an older kdbench wrote it relative to the original recipe); "
-                    "pass --teacher-checkpoint PATH (the teacher's model.pt or run folder)"
+                    f"folder (an older kdbench wrote it relative to the original recipe); {hint}"
                 ) from None
             raise
         sub = resolved.teacher_recipe
@@ -326,8 +328,7 @@ class RunFolder:
                 return folder
         raise UserError(
             f"no finished run of the teacher recipe {sub.file} (hash {sub.short_hash}) in "
-            f"{' or '.join(str(c) for c in candidates)}; "
-            "pass --teacher-checkpoint PATH (the teacher's model.pt or run folder)"
+            f"{' or '.join(str(c) for c in candidates)}; {hint}"
         )
 
 

@@ -104,7 +104,7 @@ def update_result(run: Path, evaluation: dict[str, Any], teacher: TeacherIdentit
             try:
                 teacher = folder_teacher_identity(folder)
             except UserError as exc:  # the evaluation is still written; only the teacher stays unidentified
-                print(f"kdbench: teacher identity not recorded: {exc}; name it with --teacher RUN", file=sys.stderr)
+                print(f"kdbench: teacher identity not recorded: {exc}", file=sys.stderr)
         if teacher is not None:
             changes["teacher_source"] = {**teacher.to_dict(), "derived": how}
             added = teacher.key
