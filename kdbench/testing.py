@@ -17,12 +17,17 @@ a method that does not attack shows the student nothing but x.
 
 `tests/test_conformance.py` generates one such class per registered method from the registry (as
 timm's tests iterate its model registry), so no installed method can skip the suite.
+
+For a test that runs a method end to end, `tiny_recipe` writes the recipe to start from: fake data, a
+ResNet-8, one epoch, clean accuracy (seconds on a CPU)::
+
+    path.write_text(tiny_recipe("mine", method="my_method", teacher='[teacher]\nrecipe = "teacher.toml"'))
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
@@ -35,7 +40,7 @@ from kdbench.config import EmptyConfig
 from kdbench.method import Method, MethodSetup, StepContext, TeacherSetup
 from kdbench.models.base import ModelOutput, Network, NetworkSpec, Normalize
 
-__all__ = ["MethodConformance", "TinyNet", "conformance_suite", "make_context"]
+__all__ = ["MethodConformance", "TinyNet", "conformance_suite", "make_context", "tiny_recipe"]
 
 #: Widths of the tiny teachers: the main one, then each additional teacher (features 2x width).
 TEACHER_WIDTH = 12
@@ -276,3 +281,63 @@ def conformance_suite(name: str, **attributes: Any) -> type[MethodConformance]:
     """A `MethodConformance` subclass for the registered method ``name`` (pytest collects it as Test*)."""
     safe = "".join(ch if ch.isalnum() else "_" for ch in name)
     return type(f"TestConformance_{safe}", (MethodConformance,), {"method": name, **attributes})
+
+
+# ------------------------------------------------------------------------------------ a tiny run
+
+
+def tiny_recipe(
+    name: str = "tiny",
+    *,
+    method: str = "natural",
+    seed: int | None = 0,
+    train_size: int = 64,
+    test_size: int = 32,
+    image_size: int = 16,
+    data_options: str = "",
+    teacher: str = "",
+    student: str = "resnet8",
+    student_extra: str = "",
+    method_extra: str = "",
+    attack: str = "",
+    epochs: int = 1,
+    batch_size: int = 32,
+    train_extra: str = "",
+    attacks: Sequence[str] = ("clean",),
+    eval_extra: str = "",
+) -> str:
+    """The TOML text of a runnable recipe on ``fake`` data (a ResNet-8, one epoch, clean accuracy).
+
+    Keyword arguments change one part; the ``*_extra`` ones add lines (one key per line) to a table.
+    ``teacher``: its table(s), e.g. ``'[teacher]\\nrecipe = "t.toml"'``; ``attack``: the ``[attack]``
+    table's lines (the table is written only when given); ``data_options``: more fake-data options, e.g.
+    ``"num_classes = 5"``. The text keeps the shape tests edit with ``str.replace`` (``epochs = 1``,
+    ``name = "natural"``).
+    """
+    options = f"train_size = {train_size}, test_size = {test_size}, image_size = {image_size}"
+    if data_options:
+        options += f", {data_options}"
+    listed = ", ".join(f'"{a}"' for a in attacks)
+    parts = [
+        f'name = "{name}"',
+        f"seed = {seed}" if seed is not None else "",
+        "[data]",
+        'dataset = "fake"',
+        f"options = {{{options}}}",
+        teacher,
+        "[student]",
+        f'model = "{student}"',
+        student_extra,
+        "[method]",
+        f'name = "{method}"',
+        method_extra,
+        f"[attack]\n{attack}" if attack else "",
+        "[train]",
+        f"epochs = {epochs}",
+        f"batch_size = {batch_size}",
+        train_extra,
+        "[eval]",
+        f"attacks = [{listed}]",
+        eval_extra,
+    ]
+    return "\n".join(part.strip("\n") for part in parts if part) + "\n"

@@ -12,9 +12,9 @@ from kdbench.engine.progress import make_progress
 from kdbench.evaluation import evaluate
 from kdbench.recipe import load_recipe
 from kdbench.run import run_recipe
+from kdbench.testing import tiny_recipe
 
 from .conftest import write
-from .recipes import tiny_recipe
 
 pytest.importorskip("pyautoattack", reason="AutoAttack evaluations need pyautoattack")
 

@@ -11,9 +11,9 @@ from kdbench.engine.loss_checks import NonFiniteLossError
 from kdbench.engine.trainer import Interrupted, Trainer
 from kdbench.recipe import load_recipe
 from kdbench.run import default_out_dir, run_recipe
+from kdbench.testing import tiny_recipe
 
 from .conftest import write
-from .recipes import tiny_recipe
 
 TEACHER = tiny_recipe("teacher", train_size=96, epochs=2, train_extra="deterministic = true")
 

@@ -22,9 +22,9 @@ from kdbench.evaluation.sanity import check_eps_monotone, check_steps_monotone, 
 from kdbench.evaluation.sanity import monotone as sanity_module
 from kdbench.recipe import load_recipe
 from kdbench.run import run_recipe
+from kdbench.testing import tiny_recipe
 
 from .conftest import write
-from .recipes import tiny_recipe
 
 RECIPE = tiny_recipe(train_extra="deterministic = true")
 FAKE_OPTIONS = ["--data-option", "image_size=16", "--data-option", "test_size=32", "--data-option", "train_size=64"]

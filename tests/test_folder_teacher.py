@@ -11,9 +11,9 @@ from kdbench import _toml
 from kdbench.cli import main
 from kdbench.leaderboard import build_boards, collect
 from kdbench.run_folder import RunFolder
+from kdbench.testing import tiny_recipe
 
 from .conftest import write
-from .recipes import tiny_recipe
 
 TEACHER = tiny_recipe("teacher", test_size=24, attacks=("clean", "fgsm"))
 

@@ -8,9 +8,9 @@ import sys
 import pytest
 
 from kdbench.cli import main
+from kdbench.testing import tiny_recipe
 
 from .conftest import write
-from .recipes import tiny_recipe
 
 RECIPE = tiny_recipe("cut", seed=None)
 

@@ -9,9 +9,9 @@ import pytest
 from kdbench.cli import main
 from kdbench.engine.estimate import CPU_WARN_SECONDS, estimate_run, format_duration, warn_if_long
 from kdbench.recipe import load_recipe
+from kdbench.testing import tiny_recipe
 
 from .conftest import write
-from .recipes import tiny_recipe
 
 TEACHER = tiny_recipe("plan_teacher", seed=None, epochs=3)
 

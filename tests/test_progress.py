@@ -12,9 +12,9 @@ from kdbench.cli import main
 from kdbench.engine.progress import PlainProgress, RunClock
 from kdbench.recipe import load_recipe
 from kdbench.run import run_recipe
+from kdbench.testing import tiny_recipe
 
 from .conftest import write
-from .recipes import tiny_recipe
 
 TEACHER = tiny_recipe("prog_teacher", seed=None, train_size=96, epochs=2, train_extra="log_every = 1000")
 

@@ -9,9 +9,9 @@ import pytest
 from kdbench import RecipeError
 from kdbench._toml import dumps
 from kdbench.recipe import load_recipe, resolve
+from kdbench.testing import tiny_recipe
 
 from .conftest import write
-from .recipes import tiny_recipe
 
 BASE = tiny_recipe("r", seed=1, batch_size=16)
 

@@ -19,9 +19,9 @@ from kdbench.recipe import load_recipe
 from kdbench.results import Result, ResultError, result_problem
 from kdbench.run import run_recipe
 from kdbench.run_folder import PROVENANCE_TABLE, RunFolder
+from kdbench.testing import tiny_recipe
 
 from .conftest import write
-from .recipes import tiny_recipe
 
 TEACHER = tiny_recipe("teacher", test_size=24, train_extra="deterministic = true")
 

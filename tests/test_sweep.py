@@ -9,9 +9,9 @@ import pytest
 from kdbench import RecipeError
 from kdbench.cli import main
 from kdbench.recipe import load_recipe, load_recipes
+from kdbench.testing import tiny_recipe
 
 from .conftest import write
-from .recipes import tiny_recipe
 
 BASE = tiny_recipe("base")
 

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import math
-import textwrap
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -13,7 +12,7 @@ from kdbench.engine.checkpoint import load_weights_only
 from kdbench.engine.trainer import Trainer
 from kdbench.recipe import load_recipe
 from kdbench.run import run_recipe
-from kdbench.testing import MethodConformance, make_context
+from kdbench.testing import MethodConformance, make_context, tiny_recipe
 
 
 class TestCRDConformance(MethodConformance):
@@ -151,49 +150,22 @@ def test_kd_term_refuses_another_label_space_at_construction():
 
 # ------------------------------------------------------------------------------ runs on fake data
 
-TEACHER = """
-name = "teacher"
-seed = 0
-[data]
-dataset = "fake"
-options = {train_size = 64, test_size = 32, image_size = 16, num_classes = CLASSES}
-[student]
-model = "resnet8"
-[method]
-name = "natural"
-[train]
-epochs = 1
-batch_size = 32
-deterministic = true
-[eval]
-attacks = ["clean"]
-"""
+TEACHER = tiny_recipe("teacher", data_options="num_classes = CLASSES", train_extra="deterministic = true")
 
-STUDENT = """
-name = "student"
-seed = 3
-[data]
-dataset = "fake"
-options = {train_size = 64, test_size = 32, image_size = 16}
-[teacher]
-recipe = "teacher.toml"
-[student]
-model = "resnet8"
-[method]
-name = "crd"
-[train]
-epochs = 2
-batch_size = 32
-deterministic = true
-[eval]
-attacks = ["clean"]
-"""
+STUDENT = tiny_recipe(
+    "student",
+    seed=3,
+    method="crd",
+    teacher='[teacher]\nrecipe = "teacher.toml"',
+    epochs=2,
+    train_extra="deterministic = true",
+)
 
 
 def _write(folder: Path, teacher_classes: int = 10, method: str = "crd") -> Path:
-    (folder / "teacher.toml").write_text(textwrap.dedent(TEACHER).replace("CLASSES", str(teacher_classes)))
+    (folder / "teacher.toml").write_text(TEACHER.replace("CLASSES", str(teacher_classes)))
     path = folder / "student.toml"
-    path.write_text(textwrap.dedent(STUDENT).replace('name = "crd"', f'name = "{method}"'))
+    path.write_text(STUDENT.replace('name = "crd"', f'name = "{method}"'))
     return path
 
 

@@ -3,7 +3,6 @@ distils a 5-class teacher into a 10-class student."""
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from kdbench import METHODS, MethodSetup, UserError
 from kdbench.models.base import NetworkSpec
 from kdbench.recipe import load_recipe
 from kdbench.run import run_recipe
-from kdbench.testing import TinyNet, make_context
+from kdbench.testing import TinyNet, make_context, tiny_recipe
 
 # ------------------------------------------------------------------------------ label spaces
 
@@ -49,52 +48,24 @@ def test_feature_only_options_work_across_label_spaces(options):
     assert all(torch.isfinite(v) for v in terms.values())
 
 
-TEACHER = """
-name = "teacher5"
-seed = 0
-[data]
-dataset = "fake"
-options = {train_size = 64, test_size = 32, image_size = 16, num_classes = 5}
-[student]
-model = "resnet8"
-[method]
-name = "natural"
-[train]
-epochs = 1
-batch_size = 32
-deterministic = true
-[eval]
-attacks = ["clean"]
-"""
+TEACHER = tiny_recipe("teacher5", data_options="num_classes = 5", train_extra="deterministic = true")
 
-STUDENT = """
-name = "gacd_transfer"
-seed = 3
-[data]
-dataset = "fake"
-options = {train_size = 64, test_size = 32, image_size = 16}
-[teacher]
-recipe = "teacher.toml"
-[student]
-model = "resnet8"
-[method]
-name = "gacd"
-weight_source = "off"
-[attack]
-steps = 2
-[train]
-epochs = 2
-batch_size = 32
-deterministic = true
-[eval]
-attacks = ["clean"]
-"""
+STUDENT = tiny_recipe(
+    "gacd_transfer",
+    seed=3,
+    method="gacd",
+    method_extra='weight_source = "off"',
+    attack="steps = 2",
+    teacher='[teacher]\nrecipe = "teacher.toml"',
+    epochs=2,
+    train_extra="deterministic = true",
+)
 
 
 def test_transfer_run_from_a_5_class_teacher_to_a_10_class_student(tmp_path: Path):
-    (tmp_path / "teacher.toml").write_text(textwrap.dedent(TEACHER))
+    (tmp_path / "teacher.toml").write_text(TEACHER)
     path = tmp_path / "student.toml"
-    path.write_text(textwrap.dedent(STUDENT))
+    path.write_text(STUDENT)
     outcome = run_recipe(load_recipe(path), tmp_path / "gacd")
     final = outcome.result.train.final
     assert final["epoch"] == 2

@@ -12,8 +12,9 @@ import subprocess
 
 import pytest
 
+from kdbench.testing import tiny_recipe
+
 from ..conftest import write
-from ..recipes import tiny_recipe
 from .conftest import kdbench_command, subprocess_env, wait_for
 
 #: One quick epoch, then a PGD-20 evaluation long enough to be signalled in.
