@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from kdbench.results import Result
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -68,3 +70,17 @@ def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(textwrap.dedent(text).lstrip())
     return path
+
+
+def minimal_result(**keys: object) -> Result:
+    """A result.json holding only the keys every kdbench writes, plus ``keys``."""
+    base = {
+        "schema_version": 1,
+        "name": "r",
+        "method": "kd",
+        "student": "resnet8",
+        "dataset": "cifar10",
+        "threat_model": {"norm": "Linf", "eps": "8/255"},
+        "metrics": {"clean_acc": 0.5},
+    }
+    return Result.parse({**base, **keys})

@@ -14,6 +14,8 @@ from kdbench.models.base import NetworkSpec
 from kdbench.results import Result
 from kdbench.testing import TinyNet
 
+from .conftest import minimal_result
+
 ATTACKS = ["clean", "fgsm", "pgd3"]
 EPS = 0.03  # with the data below about half the examples fall to each attack: the outcomes carry information
 
@@ -108,16 +110,8 @@ def test_one_chunk_without_a_world_is_the_evaluation_before_chunks():
 
 
 def _result(evaluation: object = None) -> Result:
-    base = {
-        "schema_version": 1,
-        "name": "r",
-        "method": "kd",
-        "student": "resnet8",
-        "dataset": "cifar10",
-        "threat_model": {"norm": "Linf", "eps": "8/255"},
-        "metrics": {"clean_acc": 0.5},
-    }
-    return Result.parse(base if evaluation is None else {**base, "evaluation": evaluation})
+    """A minimal result with ``evaluation`` (without one when None)."""
+    return minimal_result() if evaluation is None else minimal_result(evaluation=evaluation)
 
 
 def test_the_chunk_size_a_result_recorded_is_read_back_defensively():

@@ -20,8 +20,8 @@ from kdbench.leaderboard.html import render_html
 from kdbench.leaderboard.label_layout import place_label, text_width
 from kdbench.leaderboard.readings import train_device
 from kdbench.leaderboard.render import cell, choose_columns
-from kdbench.results import Result
 
+from .conftest import minimal_result
 from .leaderboard_runs import CHROMIUM, chromium, write_run
 
 
@@ -61,26 +61,13 @@ def test_the_seeds_column_counts_seeds(tmp_path):
     assert (row["n_seeds"], row["seeds"]) == ("1", "7")  # CSV keeps both the count and the values
 
 
-def _result(**keys: object) -> Result:
-    base = {
-        "schema_version": 1,
-        "name": "r",
-        "method": "kd",
-        "student": "resnet8",
-        "dataset": "cifar10",
-        "threat_model": {"norm": "Linf", "eps": "8/255"},
-        "metrics": {"clean_acc": 0.5},
-    }
-    return Result.parse({**base, **keys})
-
-
 def test_train_device_reads_env_and_cost():
-    assert train_device(_result(env={"device": "NVIDIA H200"})) == "NVIDIA H200"
-    assert train_device(_result(env={"device": "NVIDIA H200"}, cost={"devices": 4})) == "4 x NVIDIA H200"
-    assert train_device(_result(env={"device": "cpu (2 threads)"}, cost={"devices": 1})) == "cpu (2 threads)"
-    assert train_device(_result(cost={"device": "NVIDIA A100-SXM4-80GB"})) == "NVIDIA A100-SXM4-80GB"
-    assert train_device(_result(env={})) is None
-    assert train_device(_result()) is None
+    assert train_device(minimal_result(env={"device": "NVIDIA H200"})) == "NVIDIA H200"
+    assert train_device(minimal_result(env={"device": "NVIDIA H200"}, cost={"devices": 4})) == "4 x NVIDIA H200"
+    assert train_device(minimal_result(env={"device": "cpu (2 threads)"}, cost={"devices": 1})) == "cpu (2 threads)"
+    assert train_device(minimal_result(cost={"device": "NVIDIA A100-SXM4-80GB"})) == "NVIDIA A100-SXM4-80GB"
+    assert train_device(minimal_result(env={})) is None
+    assert train_device(minimal_result()) is None
 
 
 def test_train_time_is_shown_with_its_device(tmp_path):
